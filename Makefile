@@ -1,0 +1,122 @@
+# SCXNN study. `make reports` runs the study (PROFILE=demo by default), `make test` the tests.
+# Every notebook target is a real file under reports/executed/<profile>/ whose prerequisites are
+# the notebook, the profile's params files, the scxnn modules it calls and the step it reads from,
+# so reruns redo only what changed and `make -j` runs independent steps (the 13 findings) in parallel.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DELETE_ON_ERROR:
+MAKEFLAGS += --no-builtin-rules
+
+PROFILE ?= demo
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+CONSTRAINTS := .ci/constraints.txt
+EXEC := reports/executed/$(PROFILE)
+RUN_NB := $(PY) -m scxnn notebook
+
+.DEFAULT_GOAL := help
+
+# ---------------------------------------------------------------- environment
+# The venv is rebuilt when pyproject.toml or the pins change. Notebook targets depend on it
+# order-only (after `|`), so reinstalling does not rerun the study.
+$(STAMP): pyproject.toml $(CONSTRAINTS)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q -e '.[dev]' -c $(CONSTRAINTS)
+	$(PY) -m ipykernel install --sys-prefix --name scxnn --display-name "Python 3 (scxnn)" >/dev/null
+	@touch $@
+
+# Profile facts the Makefile needs (findings, the params files it is made of) come from
+# scxnn.config itself, so the Makefile never re-implements the params logic.
+.make/%.mk: params/*.yaml scxnn/config.py | $(STAMP)
+	@mkdir -p .make
+	@$(PY) -m scxnn config --profile $* --make > $@.tmp && mv $@.tmp $@
+
+NO_PIPELINE_GOALS := help clean clean-profile venv setup test lab lock
+ifneq ($(filter-out $(NO_PIPELINE_GOALS),$(or $(MAKECMDGOALS),help)),)
+include .make/$(PROFILE).mk
+endif
+
+# ---------------------------------------------------------------- study steps
+# Modules each step calls; wildcard so that a module added later is tracked without editing this.
+CORE_SRC := $(wildcard scxnn/__init__.py scxnn/config.py scxnn/utils.py scxnn/pipeline.py scxnn/thesis.py)
+SRC_01 := $(CORE_SRC) $(wildcard scxnn/dicom.py scxnn/preprocess.py scxnn/data.py scxnn/synth/*.py scxnn/adapters/*.py)
+SRC_02 := $(CORE_SRC) $(wildcard scxnn/data.py scxnn/models.py scxnn/train.py)
+SRC_03 := $(CORE_SRC) $(wildcard scxnn/models.py scxnn/ensemble.py scxnn/metrics.py)
+SRC_04 := $(CORE_SRC) $(wildcard scxnn/ensemble.py scxnn/metrics.py scxnn/reports.py)
+SRC_06 := $(CORE_SRC) $(wildcard scxnn/models.py scxnn/cam.py)
+SRC_07 := $(CORE_SRC) $(wildcard scxnn/data.py scxnn/models.py scxnn/train.py scxnn/ensemble.py scxnn/metrics.py scxnn/ablations.py)
+
+NB01 := $(EXEC)/01_preprocessing.ipynb
+NB02 := $(FINDINGS:%=$(EXEC)/02_train_disease_model/%.ipynb)
+NB03 := $(EXEC)/03_svm_ensemble.ipynb
+NB04 := $(EXEC)/04_evaluation.ipynb
+NB05 := $(EXEC)/05_novel_diseases.ipynb
+NB06 := $(EXEC)/06_gradcam.ipynb
+NB07 := $(EXEC)/07_ablations.ipynb
+ALL_NBS := $(NB01) $(NB02) $(NB03) $(NB04) $(NB05) $(NB06) $(NB07)
+
+$(NB01): notebooks/01_preprocessing.ipynb $(PROFILE_PARAMS) $(SRC_01) | $(STAMP)
+	$(RUN_NB) $< $@ -p profile $(PROFILE)
+
+$(EXEC)/02_train_disease_model/%.ipynb: notebooks/02_train_disease_model.ipynb $(NB01) $(PROFILE_PARAMS) $(SRC_02) | $(STAMP)
+	$(RUN_NB) $< $@ -p profile $(PROFILE) -p finding $*
+
+$(NB03): notebooks/03_svm_ensemble.ipynb $(NB02) $(PROFILE_PARAMS) $(SRC_03) | $(STAMP)
+	$(RUN_NB) $< $@ -p profile $(PROFILE)
+
+$(NB04): notebooks/04_evaluation.ipynb $(NB03) $(PROFILE_PARAMS) $(SRC_04) | $(STAMP)
+	$(RUN_NB) $< $@ -p profile $(PROFILE)
+
+$(NB05): notebooks/05_novel_diseases.ipynb $(NB03) $(PROFILE_PARAMS) $(SRC_04) | $(STAMP)
+	$(RUN_NB) $< $@ -p profile $(PROFILE)
+
+$(NB06): notebooks/06_gradcam.ipynb $(NB02) $(PROFILE_PARAMS) $(SRC_06) | $(STAMP)
+	$(RUN_NB) $< $@ -p profile $(PROFILE)
+
+$(NB07): notebooks/07_ablations.ipynb $(NB01) $(PROFILE_PARAMS) $(SRC_07) | $(STAMP)
+	$(RUN_NB) $< $@ -p profile $(PROFILE)
+
+# ---------------------------------------------------------------- entry points
+.PHONY: help setup venv reports preprocess train ensemble evaluate novel gradcam ablations test lab lock clean clean-profile
+
+help: ## list the targets
+	@echo "SCXNN study - make TARGET [PROFILE=demo|smoke|thesis|...]  (default PROFILE=demo)"
+	@grep -hE '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([^:]+):.*## (.*)/  \1\t\2/' | expand -t 22
+	@echo "  train-FINDING         train one finding's model, e.g. make train-pneumothorax"
+
+setup: $(STAMP) ## create .venv, install the pinned packages, the notebook kernel and the nbstripout git filter
+	$(VENV)/bin/nbstripout --install --attributes .gitattributes
+
+venv: $(STAMP) ## create or update .venv only
+
+reports: $(ALL_NBS) ## run the whole study for PROFILE: every notebook to reports/executed/PROFILE/
+
+preprocess: $(NB01) ## 01: synthetic data / adapters, preprocessing, Table 1
+train: $(NB02) ## 02: train the per-finding models (all findings; make -j trains them in parallel)
+train-%: $(EXEC)/02_train_disease_model/%.ipynb ;
+ensemble: $(NB03) ## 03: logits table, SVM, definite-normal operating point
+evaluate: $(NB04) ## 04: Tables 2, 3, 7, 8 with 95% CIs, ROC figures
+novel: $(NB05) ## 05: unseen findings (Table 9)
+gradcam: $(NB06) ## 06: Grad-CAM (Figure 5) and localization
+ablations: $(NB07) ## 07: Tables 4, 5, 6
+
+test: $(STAMP) ## unit tests, then every notebook with PROFILE=smoke through papermill
+	$(PY) -m pytest
+
+lab: $(STAMP) ## open JupyterLab in the project venv with the scxnn kernel
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" notebooks/
+
+lock: ## re-resolve the pins in .ci/constraints.txt from pyproject.toml in a scratch venv
+	rm -rf .lockvenv && $(PYTHON) -m venv .lockvenv
+	.lockvenv/bin/python -m pip install --disable-pip-version-check -q -e '.[dev]'
+	{ sed -n '1,3p' $(CONSTRAINTS); .lockvenv/bin/python -m pip freeze --exclude-editable | tr 'A-Z_' 'a-z-' | sort; } > $(CONSTRAINTS).tmp
+	mv $(CONSTRAINTS).tmp $(CONSTRAINTS) && rm -rf .lockvenv
+
+clean-profile: ## delete PROFILE's executed notebooks, generated data and runs (regenerable)
+	rm -rf reports/executed/$(PROFILE) reports/tables/$(PROFILE) reports/figures/$(PROFILE) data/$(PROFILE) runs/$(PROFILE) .make/$(PROFILE).mk
+
+clean: ## delete every generated file except .venv
+	rm -rf reports/executed/*/ reports/tables/*/ reports/figures/*/ data runs .make .pytest_cache

@@ -1,0 +1,3 @@
+from scxnn.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,524 @@
+"""Typed, frozen study configuration loaded from ``params/*.yaml``.
+
+Resolution order: ``params/defaults.yaml`` -> the profile's ``extends`` chain -> the profile ->
+overrides (papermill parameters or ``--set key=value`` on the CLI). Every key is checked against the
+dataclasses below: an unknown key or a bad value raises :class:`ConfigError` naming the key and the
+file (or ``override``) it came from.
+
+The resolved config is written next to every artifact (:func:`save_resolved`) and embedded in
+checkpoints (:meth:`Config.to_dict`), so any result can be traced back to the exact settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence
+
+import yaml
+
+from scxnn.utils import atomic_write_text
+
+DEFAULTS_FILE = "defaults.yaml"
+RESOLVED_NAME = "config.resolved.yaml"
+BACKBONES = ("densenet121", "densenet169", "resnet50", "vgg16", "googlenet", "efficientnet_b2")
+RISK_GROUPS = ("critical", "urgent", "non_urgent", "cardiomegaly")
+
+
+class ConfigError(ValueError):
+    """A params file or override is invalid. The message names the key and its source."""
+
+
+# --------------------------------------------------------------------------- schema
+# No defaults here on purpose: params/defaults.yaml is the single place where default values live,
+# and a key missing from it is an error rather than a silent fallback.
+
+
+@dataclass(frozen=True)
+class Paths:
+    data: str  # generated images, PNG cache and manifests; "{profile}" is expanded
+    runs: str  # checkpoints, logits, fitted SVMs
+    reports: str  # tables/, figures/, executed/
+    shared: str  # read-only material beside the project (real samples, thesis tables)
+
+
+@dataclass(frozen=True)
+class Data:
+    source: Literal["synth", "manifest"]
+    manifest: str | None  # used when source == "manifest"
+    scale: float  # fraction of the thesis' Table 1 counts to generate
+    min_per_finding: int  # floor per finding after scaling, so rare findings still get images
+    synth_size: int  # side of the generated radiographs in pixels
+    split: tuple[float, float, float]  # hard-label train / val / test, by patient
+
+    def __post_init__(self) -> None:
+        _check(0 < self.scale <= 1, "scale", "must be in (0, 1]")
+        _check(self.min_per_finding >= 1, "min_per_finding", "must be >= 1")
+        _check(self.synth_size >= 64, "synth_size", "must be >= 64")
+        _check(abs(sum(self.split) - 1) < 1e-6 and min(self.split) > 0, "split", "must be 3 positive fractions summing to 1")
+        _check(self.source != "manifest" or bool(self.manifest), "manifest", "is required when source is 'manifest'")
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    clip_percentiles: tuple[float, float]
+    contrast: Literal["clahe", "histeq", "none"]
+    clahe_clip_limit: float
+    clahe_tiles: int
+    size: int  # square side after padding and resizing
+    dilation_unit: Literal["fraction", "mm"]
+    dilation: float  # kernel size, as a fraction of the image side or in millimetres
+    voi_lut: bool  # apply the DICOM VOI LUT / window before the percentile clip
+
+    def __post_init__(self) -> None:
+        lo, hi = self.clip_percentiles
+        _check(0 <= lo < hi <= 100, "clip_percentiles", "must satisfy 0 <= low < high <= 100")
+        _check(self.clahe_clip_limit > 0, "clahe_clip_limit", "must be > 0")
+        _check(self.clahe_tiles >= 1, "clahe_tiles", "must be >= 1")
+        # Five stride-2 stages in every backbone: the decoder's skips line up only at multiples of 32.
+        _check(self.size >= 64 and self.size % 32 == 0, "size", "must be a multiple of 32 and >= 64")
+        _check(self.dilation >= 0, "dilation", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class Model:
+    backbone: Literal["densenet121", "densenet169", "resnet50", "vgg16", "googlenet", "efficientnet_b2"]
+    pretrained: str  # "imagenet", "none", or a path to a state_dict file
+    num_classes: Literal[2, 3]  # 3: normal / target / others (thesis); 2: normal / target
+    decoder: Literal["reconstruction", "segmentation", "none"]
+    dilate_mask: bool
+    recon_weight: float  # lambda in CE + lambda * MSE
+
+    def __post_init__(self) -> None:
+        _check(self.recon_weight >= 0, "recon_weight", "must be >= 0")
+        _check(bool(self.pretrained), "pretrained", "must be 'imagenet', 'none' or a path")
+
+
+@dataclass(frozen=True)
+class Train:
+    batch_size: int
+    lr: float
+    betas: tuple[float, float]
+    weight_decay: float
+    max_epochs: int
+    plateau_factor: float  # learning rate multiplier on a plateau
+    plateau_patience: int  # epochs without improvement before the learning rate drops
+    lr_floor: float  # stop once lr < lr_floor and plateau_patience epochs pass without improvement
+    stage2_epochs: int  # weak-label epochs (decoder frozen); 0 skips stage 2
+    stage2_unfreeze_encoder: bool
+    imbalance: Literal["sampler", "class_weights", "none"]
+    augment: bool
+    num_workers: int
+    channels_last: bool
+    bf16: Literal["auto", "on", "off"]
+    compile: bool
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size >= 1, "batch_size", "must be >= 1")
+        _check(self.lr > 0, "lr", "must be > 0")
+        _check(all(0 <= b < 1 for b in self.betas), "betas", "must be in [0, 1)")
+        _check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        _check(self.max_epochs >= 1, "max_epochs", "must be >= 1")
+        _check(0 < self.plateau_factor < 1, "plateau_factor", "must be in (0, 1)")
+        _check(self.plateau_patience >= 0, "plateau_patience", "must be >= 0")
+        _check(0 <= self.lr_floor < self.lr, "lr_floor", "must be >= 0 and below lr")
+        _check(self.stage2_epochs >= 0, "stage2_epochs", "must be >= 0")
+        _check(self.num_workers >= 0, "num_workers", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class Ensemble:
+    kernel: Literal["rbf", "linear", "poly", "sigmoid"]
+    C: float
+    class_weight: Literal["balanced", "none"]
+    fit_on: Literal["validation", "oof"]  # never test, temporal or external data
+    sensitivity_target: float  # abnormal sensitivity the definite-normal threshold must keep
+
+    def __post_init__(self) -> None:
+        _check(self.C > 0, "C", "must be > 0")
+        _check(0 < self.sensitivity_target < 1, "sensitivity_target", "must be in (0, 1)")
+
+
+@dataclass(frozen=True)
+class Evaluate:
+    bootstrap: int  # resamples (of patients) for the 95% intervals
+    ci: float
+
+    def __post_init__(self) -> None:
+        _check(self.bootstrap >= 100, "bootstrap", "must be >= 100")
+        _check(0 < self.ci < 1, "ci", "must be in (0, 1)")
+
+
+@dataclass(frozen=True)
+class Config:
+    profile: str
+    description: str
+    seed: int
+    device: Literal["auto", "cpu", "cuda"]
+    findings: dict[str, Literal["critical", "urgent", "non_urgent", "cardiomegaly"]]  # finding -> risk group
+    unseen_findings: tuple[str, ...]  # evaluation-only findings (thesis Table 9)
+    paths: Paths
+    data: Data
+    preprocess: Preprocess
+    model: Model
+    train: Train
+    ensemble: Ensemble
+    evaluate: Evaluate
+
+    def __post_init__(self) -> None:
+        _check(len(self.findings) >= 1, "findings", "must list at least one finding")
+        _check(not set(self.findings) & set(self.unseen_findings), "unseen_findings", "must not overlap findings")
+
+    # -- views -------------------------------------------------------------------------------
+    @property
+    def root(self) -> Path:
+        """The project root the relative paths are resolved against."""
+        root = getattr(self, "_root", None)
+        if root is not None:
+            return root
+        return Path(os.environ.get("SCXNN_ROOT") or _find_root(Path.cwd()) or _package_root())
+
+    def path(self, name: Literal["data", "runs", "reports", "shared"]) -> Path:
+        raw = getattr(self.paths, name).format(profile=self.profile)
+        p = Path(raw).expanduser()
+        return p if p.is_absolute() else self.root / p
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON/YAML-safe dict (tuples become lists); what checkpoints embed."""
+        return _plain(dataclasses.asdict(self))
+
+    def fingerprint(self, *sections: str) -> str:
+        """Short stable hash of the whole config, or of the named top-level sections only."""
+        d = self.to_dict()
+        if sections:
+            d = {k: d[k] for k in sections}
+        blob = json.dumps(d, sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+    def replace(self, overrides: Mapping[str, Any] | Sequence[str]) -> "Config":
+        """A new config with dotted-key overrides applied and validated."""
+        merged = self.to_dict()
+        _merge(merged, _overrides_to_tree(overrides), "override", "", _schema_tree(Config))
+        new = _build(Config, merged, _Sources(default="override"), "")
+        object.__setattr__(new, "_root", getattr(self, "_root", None))
+        return new
+
+
+def _check(ok: bool, key: str, msg: str) -> None:
+    if not ok:
+        raise _FieldError(key, msg)
+
+
+class _FieldError(ValueError):
+    def __init__(self, key: str, msg: str):
+        super().__init__(msg)
+        self.key = key
+        self.msg = msg
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def params_dir(explicit: str | os.PathLike | None = None) -> Path:
+    """The params/ folder: explicit, $SCXNN_PARAMS, the nearest ancestor of cwd that has one, or the
+    checkout the package was installed from."""
+    if explicit:
+        return Path(explicit)
+    if os.environ.get("SCXNN_PARAMS"):
+        return Path(os.environ["SCXNN_PARAMS"])
+    root = _find_root(Path.cwd()) or _package_root()
+    return root / "params"
+
+
+def available_profiles(pdir: str | os.PathLike | None = None) -> list[str]:
+    d = params_dir(pdir)
+    return sorted(p.stem for p in d.glob("*.yaml") if p.name != DEFAULTS_FILE)
+
+
+def profile_chain(profile: str, pdir: str | os.PathLike | None = None) -> list[Path]:
+    """Files that make up a profile, base first: defaults.yaml, then each ``extends`` ancestor."""
+    d = params_dir(pdir)
+    chain: list[Path] = []
+    name: str | None = profile
+    while name is not None:
+        f = d / f"{name}.yaml"
+        if not f.is_file():
+            known = ", ".join(available_profiles(d)) or "none"
+            hint = f"unknown profile {name!r}" if not chain else f"{chain[0].name}: 'extends: {name}' names no file"
+            raise ConfigError(f"{hint} (looked for {f}; profiles in {d}: {known})")
+        if f in chain:
+            raise ConfigError(f"{f}: 'extends' cycle through {', '.join(p.name for p in chain)}")
+        chain.insert(0, f)
+        name = _read_yaml(f).get("extends")
+        if name is not None and not isinstance(name, str):
+            raise ConfigError(f"{f}: extends: expected a profile name, got {name!r}")
+    return [d / DEFAULTS_FILE, *chain]
+
+
+def load_config(
+    profile: str = "demo",
+    overrides: Mapping[str, Any] | Sequence[str] | None = None,
+    params: str | os.PathLike | None = None,
+) -> Config:
+    """Resolve ``profile`` (a name in params/, or a path to a YAML file) with optional overrides.
+
+    ``overrides`` is a mapping of dotted keys (``{"train.max_epochs": 2}``), a nested mapping, or a
+    list of ``"key=value"`` strings whose values are parsed as YAML scalars.
+    """
+    pdir = params_dir(params)
+    if profile.endswith((".yaml", ".yml")) or os.sep in profile:
+        # A path: its folder must also hold defaults.yaml (copy params/ to make your own set).
+        f = Path(profile)
+        pdir, profile = f.parent, f.stem
+    defaults = pdir / DEFAULTS_FILE
+    if not defaults.is_file():
+        raise ConfigError(f"{defaults}: missing (params folder: {pdir})")
+    schema = _schema_tree(Config)
+    tree: dict[str, Any] = {}
+    sources = _Sources()
+    for f in profile_chain(profile, pdir):
+        data = _read_yaml(f)
+        data.pop("extends", None)
+        if f.name != DEFAULTS_FILE and "profile" in data:
+            raise ConfigError(f"{f}: profile: is set from the file name; remove the key")
+        _merge(tree, data, str(f), "", schema, sources)
+    tree["profile"] = profile
+    sources.set("profile", "profile name")
+    if overrides:
+        _merge(tree, _overrides_to_tree(overrides), "override", "", schema, sources)
+    cfg = _build(Config, tree, sources, "")
+    # Relative paths in params resolve against the folder that holds params/, whatever the cwd
+    # (papermill runs notebooks from notebooks/, the CLI from anywhere).
+    object.__setattr__(cfg, "_root", pdir.resolve().parent)
+    return cfg
+
+
+def save_resolved(cfg: Config, directory: str | os.PathLike, extra: Mapping[str, Any] | None = None) -> Path:
+    """Write ``config.resolved.yaml`` (atomically) into ``directory``; returns its path."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    from scxnn import __version__
+
+    header = {
+        "scxnn_version": __version__,
+        "config_fingerprint": cfg.fingerprint(),
+        **(dict(extra) if extra else {}),
+    }
+    text = (
+        "# Resolved SCXNN config: defaults -> profile -> overrides. Written by scxnn.config.save_resolved.\n"
+        + yaml.safe_dump({"_meta": header}, sort_keys=False)
+        + yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    )
+    path = d / RESOLVED_NAME
+    atomic_write_text(path, text)
+    return path
+
+
+def load_resolved(path: str | os.PathLike) -> Config:
+    """Rebuild a Config from a ``config.resolved.yaml`` or a checkpoint's embedded dict file."""
+    p = Path(path)
+    data = _read_yaml(p)
+    data.pop("_meta", None)
+    return config_from_dict(data, source=str(p))
+
+
+def config_from_dict(data: Mapping[str, Any], source: str = "dict") -> Config:
+    tree: dict[str, Any] = {}
+    sources = _Sources()
+    _merge(tree, dict(data), source, "", _schema_tree(Config), sources)
+    return _build(Config, tree, sources, "")
+
+
+# --------------------------------------------------------------------------- internals
+
+
+class _Sources:
+    """Which file last set each dotted key, for error messages."""
+
+    def __init__(self, default: str = "params") -> None:
+        self._by_key: dict[str, str] = {}
+        self._default = default
+
+    def set(self, key: str, src: str) -> None:
+        self._by_key[key] = src
+
+    def get(self, key: str) -> str:
+        while key:
+            if key in self._by_key:
+                return self._by_key[key]
+            key = key.rpartition(".")[0]
+        return self._default
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def _schema_tree(cls: type) -> dict[str, Any]:
+    """Nested dict of field name -> sub-schema (dataclass) or None (leaf)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: (_schema_tree(hints[f.name]) if dataclasses.is_dataclass(hints[f.name]) else None) for f in fields(cls)}
+
+
+def _merge(dst: dict, src: Mapping, source: str, prefix: str, schema: dict | None, sources: _Sources | None = None) -> None:
+    for key, value in src.items():
+        dotted = f"{prefix}{key}"
+        if schema is not None:
+            if not isinstance(key, str) or key not in schema:
+                close = difflib.get_close_matches(str(key), list(schema), n=1)
+                hint = f" (did you mean {prefix}{close[0]!r}?)" if close else ""
+                allowed = ", ".join(schema)
+                raise ConfigError(f"{source}: unknown key {dotted!r}{hint}; allowed here: {allowed}")
+            sub = schema[key]
+        else:
+            sub = None
+        if sub is not None:
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{source}: {dotted}: expected a mapping of keys, got {value!r}")
+            _merge(dst.setdefault(key, {}), value, source, dotted + ".", sub, sources)
+        else:
+            # Leaves (including dict-valued ones such as `findings`) are replaced whole, not merged:
+            # a profile that lists findings means exactly those findings.
+            dst[key] = value
+            if sources is not None:
+                sources.set(dotted, source)
+
+
+def _overrides_to_tree(overrides: Mapping[str, Any] | Sequence[str]) -> dict[str, Any]:
+    if isinstance(overrides, str):
+        overrides = [overrides]
+    items: list[tuple[str, Any]] = []
+    if isinstance(overrides, Mapping):
+        items = list(overrides.items())
+    else:
+        for item in overrides:
+            if not isinstance(item, str) or "=" not in item:
+                raise ConfigError(f"override: expected 'key=value', got {item!r}")
+            k, v = item.split("=", 1)
+            try:
+                parsed = yaml.safe_load(v) if v.strip() else None
+            except yaml.YAMLError:
+                parsed = v
+            items.append((k.strip(), parsed))
+    tree: dict[str, Any] = {}
+    for key, value in items:
+        node = tree
+        parts = str(key).split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override: {key!r} conflicts with another override")
+        if isinstance(value, Mapping) and isinstance(node.get(parts[-1]), dict):
+            node[parts[-1]].update(value)
+        else:
+            node[parts[-1]] = value
+    return tree
+
+
+def _build(cls: type, data: Mapping[str, Any], sources: _Sources, prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for f in fields(cls):
+        dotted = f"{prefix}{f.name}"
+        if f.name not in data:
+            raise ConfigError(f"{sources.get(prefix.rstrip('.')) if prefix else 'params'}: missing key {dotted!r} (add it to params/{DEFAULTS_FILE})")
+        kwargs[f.name] = _coerce(hints[f.name], data[f.name], dotted, sources)
+    try:
+        return cls(**kwargs)
+    except _FieldError as e:
+        key = f"{prefix}{e.key}"
+        raise ConfigError(f"{sources.get(key)}: {key}: {e.msg}, got {_short(kwargs.get(e.key))}") from None
+
+
+def _coerce(tp: Any, value: Any, key: str, sources: _Sources) -> Any:
+    def fail(expected: str) -> typing.NoReturn:
+        raise ConfigError(f"{sources.get(key)}: {key}: expected {expected}, got {_short(value)}")
+
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            fail("a mapping")
+        return _build(tp, value, sources, key + ".")
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0] if len(inner) == 1 else typing.Union[tuple(inner)], value, key, sources)
+    if origin is Literal:
+        # bool is an int subclass: `True` must not pass for choice 1.
+        if any(value == a and type(value) is type(a) for a in args):
+            return value
+        fail("one of " + ", ".join(repr(a) for a in args))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        fail("true or false")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        fail("an integer")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        fail("a number")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        fail("a string")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            fail("a list")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, f"{key}[{i}]", sources) for i, v in enumerate(value))
+        if len(value) != len(args):
+            fail(f"a list of {len(args)} items")
+        return tuple(_coerce(a, v, f"{key}[{i}]", sources) for i, (a, v) in enumerate(zip(args, value)))
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            fail("a mapping")
+        kt, vt = args
+        return {_coerce(kt, k, f"{key}.{k}", sources): _coerce(vt, v, f"{key}.{k}", sources) for k, v in value.items()}
+    raise TypeError(f"unsupported config type {tp!r} for {key}")  # a bug in the schema, not in params
+
+
+def _short(value: Any) -> str:
+    r = repr(value)
+    return r if len(r) <= 80 else r[:77] + "..."
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _find_root(start: Path) -> Path | None:
+    for d in (start, *start.parents):
+        if (d / "params" / DEFAULTS_FILE).is_file() and (d / "scxnn").is_dir():
+            return d
+    return None
+
+
+def _package_root() -> Path:
+    return Path(__file__).resolve().parents[1]

@@ -1,0 +1,66 @@
+"""The `scxnn` command: every subcommand answers --help; config errors are clean exit codes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from scxnn.cli import EXIT_NOT_YET, build_parser, main
+
+from conftest import ROOT
+
+SUBCOMMANDS = ["config", "notebook", "synth", "preprocess", "train", "ensemble", "evaluate", "predict", "gradcam", "bench"]
+
+
+def test_parser_has_every_subcommand():
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert set(SUBCOMMANDS) <= set(sub.choices)
+
+
+@pytest.mark.parametrize("cmd", SUBCOMMANDS)
+def test_help(cmd, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([cmd, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "--profile" in out and "--set" in out
+
+
+def test_console_script_and_module_entry_points():
+    for argv in (["scxnn", "--version"], [sys.executable, "-m", "scxnn", "--version"]):
+        exe = argv if argv[0] != "scxnn" else [str(ROOT / ".venv" / "bin" / "scxnn"), *argv[1:]]
+        if not (ROOT / ".venv" / "bin" / "scxnn").exists() and argv[0] == "scxnn":
+            continue
+        r = subprocess.run(exe, capture_output=True, text=True, cwd=ROOT)
+        assert r.returncode == 0 and r.stdout.startswith("scxnn "), r.stderr
+
+
+def test_config_prints_resolved_yaml_with_overrides(capsys):
+    assert main(["config", "--profile", "smoke", "--set", "train.max_epochs=9"]) == 0
+    d = yaml.safe_load(capsys.readouterr().out)
+    assert d["profile"] == "smoke" and d["train"]["max_epochs"] == 9
+
+
+def test_config_make_lists_findings_and_param_files(capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    assert main(["config", "--profile", "smoke", "--make"]) == 0
+    out = capsys.readouterr().out
+    assert "FINDINGS := pneumothorax pneumoperitoneum" in out
+    assert "PROFILE_PARAMS := params/defaults.yaml params/smoke.yaml" in out
+
+
+def test_config_error_is_exit_2_with_the_key(capsys):
+    assert main(["config", "--profile", "smoke", "--set", "train.bogus=1"]) == 2
+    assert "train.bogus" in capsys.readouterr().err
+
+
+def test_check_all_profiles(capsys):
+    assert main(["config", "--check-all"]) == 0
+
+
+def test_unimplemented_steps_fail_loudly(capsys):
+    assert main(["ensemble", "--profile", "smoke"]) == EXIT_NOT_YET
+    assert "issue #5" in capsys.readouterr().err

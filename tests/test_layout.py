@@ -1,0 +1,89 @@
+"""The repository's shape and its pinned environment, as the README promises them."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import tomllib
+
+import yaml
+
+from conftest import ROOT
+
+PIN = re.compile(r"^([A-Za-z0-9_.\-]+)(\[[^\]]*\])?==([^\s;]+)$")
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _pyproject_deps() -> list[str]:
+    p = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return p["dependencies"] + p["optional-dependencies"]["dev"]
+
+
+def _constraints() -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / ".ci" / "constraints.txt").read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            m = PIN.match(line)
+            assert m, f"constraints.txt: not an exact pin: {line!r}"
+            pins[_norm(m.group(1))] = m.group(3)
+    return pins
+
+
+def test_top_level_layout():
+    # Tracked plus untracked-but-not-ignored: what a commit of this tree would hold.
+    tracked = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+                             cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    top = {t.split("/")[0] for t in tracked}
+    required = {"notebooks", "scxnn", "params", "reports", "tests", "environment.yml", "Makefile",
+                "README.md", "pyproject.toml", ".ci", ".gitattributes", ".gitignore"}
+    assert required <= top, f"missing at top level: {sorted(required - top)}"
+    assert top <= required, f"unexpected at top level: {sorted(top - required)}"
+    for sub in ("tables", "figures", "executed"):
+        assert (ROOT / "reports" / sub).is_dir()
+
+
+def test_generated_folders_are_ignored():
+    probe = ["data/x.png", "runs/x.pt", "reports/executed/demo/01.ipynb", "reports/tables/demo/t.csv",
+             "reports/figures/demo/f.png", ".venv/bin/python", "x.dcm"]
+    out = subprocess.run(["git", "check-ignore", *probe], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    assert sorted(out) == sorted(probe)
+
+
+def test_every_dependency_is_pinned_exactly_and_consistently():
+    pins = _constraints()
+    for dep in _pyproject_deps():
+        m = PIN.match(dep)
+        assert m, f"pyproject.toml: {dep!r} is not pinned with =="
+        name, version = _norm(m.group(1)), m.group(3)
+        assert pins.get(name) == version, f"{name}: pyproject {version} vs constraints {pins.get(name)}"
+
+
+def test_the_machine_facts_are_respected():
+    pins = _constraints()
+    assert pins["torch"] == "2.14.1" and pins["torchvision"] == "0.29.1"
+    assert "opencv-python-headless" in pins
+    assert "opencv-python" not in pins and "opencv-contrib-python" not in pins  # two cv2 builds clash
+    assert "pylibjpeg-libjpeg" not in pins  # GPL
+    for need in ("pydicom", "pylibjpeg", "pylibjpeg-openjpeg", "python-gdcm", "jupyterlab", "ipykernel", "papermill",
+                 "scikit-learn", "skops", "pandas", "pyarrow", "seaborn", "matplotlib", "albumentations", "grad-cam",
+                 "tqdm", "pyyaml", "pytest", "hypothesis", "nbstripout"):
+        assert need in pins, need
+
+
+def test_environment_yml_installs_the_same_pinned_set():
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    assert "python=3.11" in env["dependencies"]
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert "--constraint .ci/constraints.txt" in pip
+    listed = [d for d in pip if not d.startswith("-")]
+    assert sorted(listed) == sorted(_pyproject_deps())
+
+
+def test_ci_runs_make_test():
+    run = (ROOT / ".ci" / "run").read_text()
+    assert re.search(r"^make test$", run, re.M)
+    assert "make test" in (ROOT / "README.md").read_text()

@@ -1,0 +1,87 @@
+"""The study end to end: every notebook through papermill with the smoke profile, via `make`.
+
+This is the check that `make reports` works from a fresh clone, and that Make's file targets make a
+second run a no-op and a change rerun only what depends on it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from scxnn.config import load_config
+from scxnn.pipeline import STEPS, require_step, start_step
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.pipeline
+PROFILE = "smoke"
+EXEC = ROOT / "reports" / "executed" / PROFILE
+
+
+def _make(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    # A clean environment for the inner make: the outer `make test`'s jobserver flags must not leak in.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    r = subprocess.run(["make", "--no-print-directory", *args, f"PROFILE={PROFILE}"], cwd=ROOT, env=env,
+                       capture_output=True, text=True)
+    if check and r.returncode != 0:
+        pytest.fail(f"make {' '.join(args)} failed ({r.returncode}):\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}")
+    return r
+
+
+@pytest.fixture(scope="module")
+def smoke_reports():
+    _make("-j2", "reports")
+    return EXEC
+
+
+def test_every_notebook_is_executed(smoke_reports):
+    cfg = load_config(PROFILE)
+    expected = {f"{s}.ipynb" for s in STEPS if s != "02_train_disease_model"}
+    expected |= {f"02_train_disease_model/{f}.ipynb" for f in cfg.findings}
+    got = {p.relative_to(smoke_reports).as_posix() for p in smoke_reports.rglob("*.ipynb")}
+    assert expected <= got, f"missing: {sorted(expected - got)}"
+    assert not any(".partial." in g or ".failed." in g for g in got)
+
+
+def test_each_step_saved_its_resolved_config(smoke_reports):
+    cfg = load_config(PROFILE)
+    for step in STEPS:
+        if step == "02_train_disease_model":
+            for f in cfg.findings:
+                assert require_step(cfg, step, f)
+        else:
+            assert require_step(cfg, step)
+
+
+def test_second_run_reruns_nothing(smoke_reports):
+    assert _make("-q", "reports", check=False).returncode == 0, "make -q says something is out of date"
+    assert "Nothing to be done" in _make("reports").stdout
+
+
+def test_a_change_reruns_only_what_depends_on_it(smoke_reports):
+    def would_run(newer: str) -> set[str]:
+        out = _make("-n", "-W", newer, "reports").stdout
+        return {line.split()[5] for line in out.splitlines() if " scxnn notebook " in line}
+
+    assert would_run("notebooks/05_novel_diseases.ipynb") == {str(EXEC.relative_to(ROOT) / "05_novel_diseases.ipynb")}
+    downstream_of_03 = would_run("notebooks/03_svm_ensemble.ipynb")
+    assert {p.rsplit("/", 1)[-1] for p in downstream_of_03} == {"03_svm_ensemble.ipynb", "04_evaluation.ipynb", "05_novel_diseases.ipynb"}
+    everything = would_run(f"params/{PROFILE}.yaml")
+    assert len(everything) == len(STEPS) - 1 + len(load_config(PROFILE).findings)
+
+
+def test_mismatched_upstream_settings_fail_loudly(smoke_reports):
+    cfg = load_config(PROFILE, {"train.max_epochs": 99})
+    with pytest.raises(RuntimeError, match="train differ"):
+        require_step(cfg, "01_preprocessing")
+
+
+def test_missing_upstream_step_names_the_make_target(tmp_path):
+    cfg = load_config(PROFILE, {"paths.runs": str(tmp_path / "runs")})
+    with pytest.raises(FileNotFoundError, match="make ensemble PROFILE=smoke"):
+        require_step(cfg, "03_svm_ensemble")
+    start_step(cfg, "03_svm_ensemble")
+    assert require_step(cfg, "03_svm_ensemble") == tmp_path / "runs" / "03_svm_ensemble"
