@@ -23,6 +23,8 @@ RUN_NB := $(PY) -m scxnn notebook
 # The venv is rebuilt when pyproject.toml or the pins change. Notebook targets depend on it
 # order-only (after `|`), so reinstalling does not rerun the study.
 $(STAMP): pyproject.toml $(CONSTRAINTS)
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null || \
+	  { echo "error: the study needs Python 3.11 ('$(PYTHON)' is $$($(PYTHON) --version 2>&1)); try: make $(MAKECMDGOALS) PYTHON=python3.11" >&2; exit 1; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -q -e '.[dev]' -c $(CONSTRAINTS)
 	$(PY) -m ipykernel install --sys-prefix --name scxnn --display-name "Python 3 (scxnn)" >/dev/null

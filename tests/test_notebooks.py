@@ -59,3 +59,27 @@ def test_notebooks_stay_thin(path):
             tree = ast.parse("".join(cell["source"]))
             defs = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))]
             assert not defs, f"{path.name}: move {[d.name for d in defs]} into the scxnn package"
+
+
+def test_nbstripout_filter_strips_outputs_but_keeps_the_parameters_tag(tmp_path):
+    """What `make setup` installs: the filter must keep papermill's `parameters` tag."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import nbformat
+
+    assert "*.ipynb filter=nbstripout" in (ROOT / ".gitattributes").read_text()
+    nb = nbformat.read(ROOT / "notebooks" / "01_preprocessing.ipynb", as_version=4)
+    for i, cell in enumerate(c for c in nb.cells if c.cell_type == "code"):
+        cell.execution_count = i + 1
+        cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text="ran\n")]
+    dirty = tmp_path / "dirty.ipynb"
+    nbformat.write(nb, dirty)
+    exe = shutil.which("nbstripout", path=str(Path(sys.executable).parent)) or "nbstripout"
+    subprocess.run([exe, str(dirty)], check=True)
+    clean = json.loads(dirty.read_text())
+    code = [c for c in clean["cells"] if c["cell_type"] == "code"]
+    assert all(c["outputs"] == [] and c["execution_count"] is None for c in code)
+    assert "parameters" in code[0]["metadata"]["tags"]
