@@ -44,7 +44,7 @@ endif
 # ---------------------------------------------------------------- study steps
 # Modules each step calls; wildcard so that a module added later is tracked without editing this.
 CORE_SRC := $(wildcard scxnn/__init__.py scxnn/config.py scxnn/utils.py scxnn/pipeline.py scxnn/thesis.py)
-SRC_01 := $(CORE_SRC) $(wildcard scxnn/dicom.py scxnn/preprocess.py scxnn/data.py scxnn/synth/*.py scxnn/adapters/*.py)
+SRC_01 := $(CORE_SRC) $(wildcard scxnn/dicom.py scxnn/preprocess.py scxnn/data.py scxnn/reports.py scxnn/synth/*.py scxnn/adapters/*.py)
 SRC_02 := $(CORE_SRC) $(wildcard scxnn/data.py scxnn/models.py scxnn/train.py)
 SRC_03 := $(CORE_SRC) $(wildcard scxnn/models.py scxnn/ensemble.py scxnn/metrics.py)
 SRC_04 := $(CORE_SRC) $(wildcard scxnn/ensemble.py scxnn/metrics.py scxnn/reports.py)

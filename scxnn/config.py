@@ -56,12 +56,18 @@ class Data:
     scale: float  # fraction of the thesis' Table 1 counts to generate
     min_per_finding: int  # floor per finding after scaling, so rare findings still get images
     synth_size: int  # side of the generated radiographs in pixels
+    eval_scale: float  # fraction of the thesis' temporal / external set sizes to generate
+    synth_difficulty: float  # 1.0: realistic lesion size/contrast mix; < 1 easier, > 1 subtler
+    workers: int  # processes for generation and preprocessing; 0: all cores
     split: tuple[float, float, float]  # hard-label train / val / test, by patient
 
     def __post_init__(self) -> None:
         _check(0 < self.scale <= 1, "scale", "must be in (0, 1]")
         _check(self.min_per_finding >= 1, "min_per_finding", "must be >= 1")
         _check(self.synth_size >= 64, "synth_size", "must be >= 64")
+        _check(0 < self.eval_scale <= 1, "eval_scale", "must be in (0, 1]")
+        _check(self.synth_difficulty > 0, "synth_difficulty", "must be > 0")
+        _check(self.workers >= 0, "workers", "must be >= 0")
         _check(abs(sum(self.split) - 1) < 1e-6 and min(self.split) > 0, "split", "must be 3 positive fractions summing to 1")
         _check(self.source != "manifest" or bool(self.manifest), "manifest", "is required when source is 'manifest'")
 

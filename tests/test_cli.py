@@ -64,3 +64,16 @@ def test_check_all_profiles(capsys):
 def test_unimplemented_steps_fail_loudly(capsys):
     assert main(["ensemble", "--profile", "smoke"]) == EXIT_NOT_YET
     assert "issue #5" in capsys.readouterr().err
+
+
+def test_bench_preprocess_prints_the_ratio_against_the_reference(capsys):
+    # Small image: this checks that the benchmark runs and reports, not how fast anything is.
+    assert main(["bench", "preprocess", "--profile", "smoke", "--height", "300", "--width", "250", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "reference (NumPy+skimage)" in out and "ratio:" in out and "percentiles" in out
+
+
+def test_synth_cli_writes_the_study(tmp_path, capsys):
+    assert main(["synth", "--profile", "smoke", "--out", str(tmp_path / "raw"), "--no-progress", "--set", "data.workers=1"]) == 0
+    assert (tmp_path / "raw" / "manifest.csv").is_file()
+    assert "internal" in capsys.readouterr().out

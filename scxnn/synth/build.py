@@ -1,0 +1,264 @@
+"""Plan the synthetic study (who gets which finding, where, which split), render it in parallel and
+write the manifest.
+
+Planning is sequential and cheap; every image then draws from its own RNG (seed, image index), so
+the bytes do not depend on the number of workers or on the order in which processes finish.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import shutil
+from functools import partial
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from scxnn import data as D
+from scxnn.synth import sites
+from scxnn.synth.anatomy import compose, jitter, make_geometry, render_layers, sample_anatomy
+from scxnn.synth.findings import FINDINGS, sample_severity
+from scxnn.utils import atomic_write_bytes, atomic_write_text, sha256_file
+
+GENERATOR_VERSION = "1"
+META_NAME = "synth.json"
+SECOND_FINDING = 0.2  # share of abnormal images with a second target finding
+UNSEEN_SHARE = 0.12  # share of abnormal evaluation images with an unseen finding
+PATIENT_IMAGES = ([1, 2, 3], [0.75, 0.18, 0.07])
+
+
+def fingerprint(cfg) -> str:
+    d = cfg.to_dict()["data"]
+    for k in ("workers", "source", "manifest"):  # do not change the images
+        d.pop(k, None)
+    blob = {"version": GENERATOR_VERSION, "seed": cfg.seed, "data": d, "findings": list(cfg.findings), "unseen": list(cfg.unseen_findings)}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def _weights(findings, boost_device: float = 1.0) -> np.ndarray:
+    # Flattened Table 1 prevalence: rare findings still occur among co-findings and eval sets.
+    w = np.array([np.sqrt(sum(sites.TABLE1.get(f, (100, 0)))) * (boost_device if f == "support_device" else 1.0) for f in findings])
+    return w / w.sum()
+
+
+def _add_second(specs, findings, rng, boost=1.0):
+    w = _weights(findings, boost)
+    for sp in specs:
+        if sp["findings"] and rng.random() < SECOND_FINDING:
+            f2 = findings[int(rng.choice(len(findings), p=w))]
+            if f2 not in sp["findings"]:
+                sp["findings"].append(f2)
+
+
+def _group_patients(specs, rng):
+    """Consecutive specs -> patients of 1-3 images; returns a list of lists."""
+    order = rng.permutation(len(specs))
+    out, i = [], 0
+    while i < len(order):
+        k = int(rng.choice(PATIENT_IMAGES[0], p=PATIENT_IMAGES[1]))
+        out.append([specs[j] for j in order[i : i + k]])
+        i += k
+    return out
+
+
+def _dates(site: str, n: int, rng) -> list[str]:
+    lo, hi = (dt.date.fromisoformat(d) for d in sites.SITE_DATES[site])
+    span = (hi - lo).days
+    start = int(rng.integers(0, max(1, span - 30 * (n - 1))))
+    days = sorted(start + int(rng.integers(0, 30)) * i + i for i in range(n))
+    return [(lo + dt.timedelta(days=min(d, span))).isoformat() for d in days]
+
+
+def plan(cfg) -> list[dict]:
+    rng = np.random.default_rng([cfg.seed, 101])
+    findings = list(cfg.findings)
+    unseen = list(cfg.unseen_findings)
+    jobs: list[dict] = []
+
+    def pid_of(site: str, pool: str, i: int) -> str:
+        return D.hash_patient(f"synth:{cfg.seed}:{site}:{pool}:{i}")
+
+    def emit(site: str, pool: str, patients: list[list[dict]], split_of) -> None:
+        for pi, group in enumerate(patients):
+            pid = pid_of(site, pool, pi)
+            dates = _dates(site, len(group), rng)
+            anat_seed = int(rng.integers(2**62))
+            for sp, date in zip(group, dates):
+                idx = len(jobs)
+                dev = sites.pick_device(site, rng)
+                H, W = sites.image_shape(site, cfg.data.synth_size, rng)
+                # Physical field of view ~350-430 mm across the film.
+                spacing = rng.uniform(350, 430) / W
+                jobs.append(
+                    dict(
+                        index=idx,
+                        image_id=f"{sites.SITE_PREFIX[site]}-{idx:06d}",
+                        site=site,
+                        patient_id=pid,
+                        anat_seed=anat_seed,
+                        image_seed=[cfg.seed, 202, idx],
+                        study_date=date,
+                        split=split_of(pid),
+                        view="AP" if rng.random() < sites.STYLES[site]["ap"] else "PA",
+                        device=dev,
+                        shape=(H, W),
+                        spacing=spacing,
+                        **sp,
+                    )
+                )
+
+    # Internal: hard + normal patients are split by patient; weak-label patients all train.
+    hard, weak, n_norm = sites.internal_counts(findings, cfg.data.scale, cfg.data.min_per_finding)
+    hn = [dict(label_type="hard", findings=[f], unseen=[]) for f in findings for _ in range(hard[f])]
+    hn += [dict(label_type="hard", findings=[], unseen=[]) for _ in range(n_norm)]
+    wk = [dict(label_type="weak", findings=[f], unseen=[]) for f in findings for _ in range(weak[f])]
+    _add_second(hn, findings, rng)
+    _add_second(wk, findings, rng)
+    hn_patients = _group_patients(hn, rng)
+    split = D.split_by_patient([pid_of("internal", "hard", i) for i in range(len(hn_patients))], cfg.data.split, cfg.seed)
+    emit("internal", "hard", hn_patients, split.__getitem__)
+    emit("internal", "weak", _group_patients(wk, rng), lambda pid: "train")
+
+    unseen_i = 0
+    for site in ("temporal", "external1", "external2"):
+        n_norm_e, n_abn = sites.eval_counts(site, cfg.data.eval_scale)
+        w = _weights(findings, sites.STYLES[site]["device_boost"])
+        abn = [dict(label_type="hard", findings=[findings[int(rng.choice(len(findings), p=w))]], unseen=[]) for _ in range(n_abn)]
+        _add_second(abn, findings, rng, sites.STYLES[site]["device_boost"])
+        n_unseen = max(1, int(round(UNSEEN_SHARE * n_abn))) if unseen else 0
+        for j in range(min(n_unseen, n_abn)):
+            abn[j]["unseen"] = [unseen[unseen_i % len(unseen)]]
+            if j % 2 == 0:  # an unseen finding alone: abnormal, yet no target model's finding
+                abn[j]["findings"] = []
+            unseen_i += 1
+        specs = abn + [dict(label_type="hard", findings=[], unseen=[]) for _ in range(n_norm_e)]
+        emit(site, "eval", _group_patients(specs, rng), lambda pid: "test")
+    return jobs
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def render(job: dict, difficulty: float) -> tuple[np.ndarray, dict]:
+    """(image in [0, 1], {finding: bool mask}) for one planned job."""
+    p = sample_anatomy(np.random.default_rng(job["anat_seed"]))
+    rng = np.random.default_rng(job["image_seed"])
+    p = jitter(p, rng)
+    names = job["findings"] + job["unseen"]
+    sev = {f: sample_severity(rng, difficulty) for f in names}
+    for f in names:
+        pre = FINDINGS[f][0]
+        if pre is not None:
+            pre(p, rng, sev[f])
+    H, W = job["shape"]
+    g = make_geometry(p, H, W, job["spacing"])
+    layers = render_layers(g)
+    att = compose(layers, p)
+    masks = {}
+    for f in names:
+        delta, mask = FINDINGS[f][1](g, layers, rng, sev[f])
+        att += delta
+        if not mask.any():  # guarantee a non-empty mask for every positive
+            mask = np.abs(delta) > 0.5 * np.abs(delta).max() if np.abs(delta).max() > 0 else mask
+        masks[f] = mask
+    return sites.acquire(att, job["site"], rng, g.tw), masks
+
+
+def _work(job: dict, root: str, difficulty: float, seed: int, findings: list, unseen: list) -> dict:
+    cv2.setNumThreads(1)
+    rootp = Path(root)
+    dev = job["device"]
+    rel = f"images/{job['site']}/{job['image_id']}.{dev['fmt']}"
+    targets = [f for f in job["findings"] if f in findings]
+    mask_rel = {f: f"masks/{job['image_id']}_{f}.png" for f in targets} if job["label_type"] == "hard" else {}
+    outputs = [rootp / rel, *(rootp / m for m in mask_rel.values())]
+    if not all(o.is_file() for o in outputs):
+        v, masks = render(job, difficulty)
+        meta = dict(seed=seed, uid_key=job["image_id"], patient_id=job["patient_id"], study_date=job["study_date"], view=job["view"], spacing=job["spacing"])
+        atomic_write_bytes(rootp / rel, sites.encode(v, dev, meta))
+        for f, m in mask_rel.items():
+            ok, buf = cv2.imencode(".png", masks[f].astype(np.uint8) * 255)
+            atomic_write_bytes(rootp / m, buf.tobytes())
+    row = dict(
+        image_id=job["image_id"],
+        patient_id=job["patient_id"],
+        study_date=job["study_date"],
+        site=job["site"],
+        split=job["split"],
+        label_type=job["label_type"],
+        **{f: int(f in job["findings"]) for f in findings},
+        **{f: int(f in job["unseen"]) for f in unseen},
+        masks=D.format_masks(mask_rel),
+        view=job["view"],
+        path=rel,
+        source_sha256=sha256_file(rootp / rel),
+        modality=dev["modality"],
+        body_part="CHEST",
+        photometric=dev["photometric"],
+        bits_stored=dev["bits"],
+        pixel_spacing_mm=round(job["spacing"], 4) if dev["fmt"] == "dcm" else "",  # JPEG: spacing lost, as in MIMIC-CXR-JPG
+    )
+    return row
+
+
+def generate(cfg, out_dir, progress: bool = True) -> pd.DataFrame:
+    """Generate (or resume) the synthetic study under ``out_dir``; returns the manifest.
+
+    Files: ``images/<site>/<image_id>.dcm|.jpg``, ``masks/<image_id>_<finding>.png`` (uint8 0/255,
+    image geometry), ``manifest.csv`` (paths relative to ``out_dir``) and ``synth.json`` (the
+    generator fingerprint). A complete set with the same fingerprint is returned as is; an
+    interrupted one is finished without rewriting the images already written.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    findings, unseen = list(cfg.findings), list(cfg.unseen_findings)
+    fp = fingerprint(cfg)
+    meta_path, man_path = out / META_NAME, out / D.MANIFEST_NAME
+    old = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    if old.get("fingerprint") == fp and old.get("complete") and man_path.is_file():
+        return D.read_manifest(man_path, findings, unseen)
+    if not old and any(out.iterdir()):
+        # Never delete what the generator did not write.
+        raise FileExistsError(f"{out} is not empty and holds no {META_NAME}: not a synthetic-data folder; choose an empty or new folder")
+    if old.get("fingerprint") != fp:
+        # Images from other settings must not be mistaken for ours.
+        man_path.unlink(missing_ok=True)
+        for sub in ("images", "masks"):
+            shutil.rmtree(out / sub, ignore_errors=True)
+    atomic_write_text(meta_path, json.dumps({"fingerprint": fp, "version": GENERATOR_VERSION, "complete": False}, indent=1))
+
+    jobs = plan(cfg)
+    work = partial(_work, root=str(out), difficulty=cfg.data.synth_difficulty, seed=cfg.seed, findings=findings, unseen=unseen)
+    n_workers = min(cfg.data.workers or os.cpu_count() or 1, len(jobs))
+    rows = []
+    with tqdm(total=len(jobs), desc="synth", unit="img", disable=not progress) as bar:
+        if n_workers <= 1:
+            for j in jobs:
+                rows.append(work(j))
+                bar.update()
+        else:
+            # spawn, not fork: forking a process that already runs torch or OpenCV threads can deadlock.
+            ctx = mp.get_context("spawn")
+            with ctx.Pool(n_workers) as pool:
+                for r in pool.imap_unordered(work, jobs, chunksize=max(1, len(jobs) // (n_workers * 16))):
+                    rows.append(r)
+                    bar.update()
+    order = {j["image_id"]: j["index"] for j in jobs}
+    rows.sort(key=lambda r: order[r["image_id"]])
+    df = D.new_manifest(rows, findings, unseen)
+    D.validate_manifest(df, findings, unseen, source="synth")
+    D.write_manifest(df, man_path)
+    counts = df.groupby(["site", "split", "label_type"]).size()
+    summary = {f"{a}/{b}/{c}": int(n) for (a, b, c), n in counts.items()}
+    atomic_write_text(meta_path, json.dumps({"fingerprint": fp, "version": GENERATOR_VERSION, "complete": True, "counts": summary}, indent=1))
+    return D.read_manifest(man_path, findings, unseen)

@@ -1,0 +1,297 @@
+"""Dataset adapters: the two real shared samples, plus tiny fakes that follow each other dataset's
+file layout and CSV headers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import require_shared
+
+from scxnn import data
+from scxnn.adapters._common import opaque_id as oid
+from scxnn.adapters import ADAPTERS, build_manifest, kermany, nih, siim
+
+F = ("pneumothorax", "pneumoperitoneum", "mediastinal_widening", "pleural_effusion", "nodule", "consolidation",
+     "active_tuberculosis", "advanced_tuberculosis", "atelectasis", "support_device", "pleural_calcification",
+     "interstitial_opacity", "cardiomegaly")
+U = ("pneumonia", "edema", "fracture")
+
+
+def _png(path: Path, h: int = 32, w: int = 40) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), (np.arange(h * w) % 251).reshape(h, w).astype(np.uint8))
+    return path
+
+
+def _dicom(path: Path, h: int = 32, w: int = 40, patient: str = "P") -> Path:
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.PatientID, ds.Modality, ds.Rows, ds.Columns = patient, "DX", h, w
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.PixelData = np.zeros((h, w), np.uint8).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _no_raw_ids(df: pd.DataFrame, *needles: str) -> None:
+    text = df.to_csv(index=False)
+    for n in needles:
+        assert n not in text, n
+    assert df["patient_id"].str.fullmatch(r"[0-9a-f]{16}").all()
+
+
+# ------------------------------------------------------------------ real samples
+def test_kermany_real(tmp_path):
+    root = require_shared("realdata", "kermany_dev")
+    df = build_manifest("kermany", root, tmp_path, F, U, seed=0)
+    assert len(df) == 460 and df.attrs["skipped"] == []
+    assert (df["pneumonia"] == 0).sum() == 154
+    data.validate_manifest(df, F, U)
+    assert (tmp_path / data.MANIFEST_NAME).is_file()
+    # Only `path` (where the user's own copy lies) may carry the dataset's file names.
+    assert "person" not in df.drop(columns=["path"]).to_csv(index=False)
+    _no_raw_ids(df[["image_id", "patient_id", "study_date", "site", "split", "masks"]], "person", "IM-")
+    normals = df[df["pneumonia"] == 0]
+    assert (normals[list(F)] == 0).all().all()
+    assert df[df["pneumonia"] == 1][list(F)].isna().all().all()
+    assert set(df["split"]) == {"train", "val", "test"} and set(df["view"]) == {"AP"}
+    # persons with both bacterial and viral films stay in one split
+    person = df["path"].str.extract(r"(person\d+)_")[0]
+    kind = df["path"].str.extract(r"_(bacteria|virus)_")[0]
+    both = kind.groupby(person).nunique()
+    both = both[both > 1].index
+    assert len(both) > 0
+    assert (df[person.isin(both)].groupby(person)["split"].nunique() == 1).all()
+
+    sub = kermany.build(root, tmp_path / "sub", kermany.SUBTYPES, (), seed=0)
+    counts = sub[list(kermany.SUBTYPES)].sum()
+    assert counts["bacterial_pneumonia"] == 147 and counts["viral_pneumonia"] == 159
+    assert ((sub["bacterial_pneumonia"] == 0) & (sub["viral_pneumonia"] == 0)).sum() == 154
+    assert (sub["split"].values == df["split"].values).all()  # same patients, same seed -> same split
+
+
+def test_nih_mini_real(tmp_path):
+    root = require_shared("realdata", "nih_cxr14_mini")
+    df = nih.build(root, tmp_path, F, U, seed=0)
+    assert len(df) == 1004 and df["image_id"].is_unique
+    assert not {"Patient Age", "Patient Gender", "age", "sex"} & set(df.columns)
+    lab = pd.read_csv(root / "labels.csv")
+    assert df["pleural_effusion"].sum() == lab["Effusion"].sum() == 170
+    assert df["nodule"].sum() == (lab["Nodule"] | lab["Mass"]).sum()
+    assert df["cardiomegaly"].sum() == 84 and df["pneumonia"].sum() == 11 and df["edema"].sum() == 31
+    assert df["support_device"].isna().sum() == 1004 - 501  # only "No Finding" films are 0
+    assert "Infiltration" in nih.UNMAPPED and "Fibrosis" in nih.UNMAPPED
+    # the 9 boxed images: 7 have boxes of mapped findings (2 only "Infiltrate", unmapped)
+    boxed = set(pd.read_csv(root / "nih_bbox_subset_origcoords.csv")["Image Index"].str[:-4])
+    assert len(boxed) == 9
+    hard = df[df["label_type"] == "hard"]
+    assert set(hard["image_id"]) <= {oid("nih", b) for b in boxed} and len(hard) == 7
+    for r in hard.itertuples():
+        for finding, rel in data.parse_masks(r.masks).items():
+            m = cv2.imread(str(tmp_path / rel), cv2.IMREAD_UNCHANGED)
+            img = cv2.imread(r.path, cv2.IMREAD_UNCHANGED)
+            assert m.shape == img.shape[:2] and m.dtype == np.uint8 and m.any()
+            assert getattr(r, finding) == 1
+    data.check_patient_splits(df)
+
+
+# ------------------------------------------------------------------ SIIM RLE
+def test_siim_rle_known_example():
+    # 3x3, runs at flat (column-major) 1-2 and 6: "1 2 3 1" (6 = 3 past the end of the first run)
+    m = siim.rle_decode("1 2 3 1", 3, 3)
+    want = np.zeros((3, 3), np.uint8)
+    want[1, 0] = want[2, 0] = want[0, 2] = 255
+    assert (m == want).all()
+    assert siim.rle_encode(want) == "1 2 3 1"
+    assert not siim.rle_decode("-1", 4, 5).any() and siim.rle_decode("-1", 4, 5).shape == (4, 5)
+
+
+def test_siim_rle_round_trip():
+    rng = np.random.default_rng(0)
+    m = np.zeros((48, 64), np.uint8)
+    m[5:20, 10:30] = 255
+    m[30:40, 50:63] = 255
+    m[rng.random(m.shape) < 0.02] = 255
+    assert (siim.rle_decode(siim.rle_encode(m), 48, 64) == m).all()
+    with pytest.raises(ValueError):
+        siim.rle_decode("0 5000", 8, 8)
+
+
+def test_siim_fake(tmp_path):
+    root = tmp_path / "siim"
+    _dicom(root / "dicom-images-train/s1/r1/img1.dcm", 16, 16, patient="pat-a")
+    _dicom(root / "dicom-images-train/s2/r2/img2.dcm", 16, 16, patient="pat-a")
+    _dicom(root / "dicom-images-train/s3/r3/img3.dcm", 16, 16, patient="pat-b")
+    box = np.zeros((16, 16), np.uint8)
+    box[2:5, 3:6] = 255
+    box2 = np.zeros((16, 16), np.uint8)
+    box2[10:12, 10:12] = 255
+    pd.DataFrame({"ImageId": ["img1", "img1", "img2", "img3", "gone"],
+                  " EncodedPixels": [siim.rle_encode(box), siim.rle_encode(box2), "-1", "-1", "-1"]}
+                 ).to_csv(root / "train-rle.csv", index=False)
+    df = siim.build(root, tmp_path / "out", F, U, seed=1)
+    assert len(df) == 3 and [s["reason"] for s in df.attrs["skipped"]] == ["listed in train-rle.csv but missing on disk"]
+    r = df.set_index("image_id")
+    assert r.loc[oid("siim", "img1"), "pneumothorax"] == 1 and r.loc[oid("siim", "img2"), "pneumothorax"] == 0
+    assert r.loc[oid("siim", "img1"), "label_type"] == "hard" and r.loc[oid("siim", "img2"), "label_type"] == "weak"
+    assert r.loc[oid("siim", "img1"), "patient_id"] == r.loc[oid("siim", "img2"), "patient_id"] == data.hash_patient("siim:pat-a")
+    assert r.loc[oid("siim", "img1"), "split"] == r.loc[oid("siim", "img2"), "split"]
+    mask = cv2.imread(str(tmp_path / "out" / data.parse_masks(r.loc[oid("siim", "img1"), "masks"])["pneumothorax"]), cv2.IMREAD_UNCHANGED)
+    assert (mask == (box | box2)).all()
+    assert r[list(F[1:])].isna().all().all()
+    _no_raw_ids(df, "pat-a", "pat-b")
+
+
+# ------------------------------------------------------------------ fakes of the other layouts
+def test_vindr_fake(tmp_path):
+    root = tmp_path / "vindr"
+    (root / "annotations").mkdir(parents=True)
+    _dicom(root / "train/aaa.dicom", 20, 30)
+    _dicom(root / "train/bbb.dicom", 20, 30)
+    _dicom(root / "test/ccc.dicom", 20, 30)
+    cols = ["image_id", "rad_id", "class_name", "x_min", "y_min", "x_max", "y_max"]
+    pd.DataFrame([["aaa", "R1", "Nodule/Mass", 2, 3, 8, 9], ["aaa", "R2", "Nodule/Mass", 5.5, 5, 12, 10],
+                  ["aaa", "R3", "No finding", None, None, None, None], ["aaa", "R1", "Aortic enlargement", 1, 1, 4, 4],
+                  ["bbb", "R1", "No finding", None, None, None, None], ["bbb", "R2", "No finding", None, None, None, None],
+                  ["zzz", "R1", "No finding", None, None, None, None]], columns=cols
+                 ).to_csv(root / "annotations/annotations_train.csv", index=False)
+    pd.DataFrame([["ccc", "R8", "Pleural effusion", 0, 10, 30, 20]], columns=cols).to_csv(root / "annotations/annotations_test.csv", index=False)
+    pd.DataFrame({"image_id": ["ccc"], "rad_id": ["R8"], "Pneumonia": [1], "Tuberculosis": [1], "No finding": [0]}
+                 ).to_csv(root / "annotations/image_labels_test.csv", index=False)
+    df = ADAPTERS["vindr"].build(root, tmp_path / "out", F, U, seed=0)
+    r = df.set_index("image_id")
+    assert len(df) == 3 and df.attrs["skipped"][0]["path"].endswith("zzz.dicom")
+    assert r.loc[oid("vindr", "ccc"), "split"] == "test" and r.loc[oid("vindr", "aaa"), "split"] != "test"
+    assert r.loc[oid("vindr", "aaa"), "nodule"] == 1 and pd.isna(r.loc[oid("vindr", "aaa"), "mediastinal_widening"])
+    assert r.loc[oid("vindr", "bbb"), "nodule"] == 0 and r.loc[oid("vindr", "bbb"), "support_device"] == 0  # "No finding" film
+    assert r.loc[oid("vindr", "ccc"), "pleural_effusion"] == 1 and r.loc[oid("vindr", "ccc"), "pneumonia"] == 1
+    assert pd.isna(r.loc[oid("vindr", "ccc"), "active_tuberculosis"])
+    m = cv2.imread(str(tmp_path / "out" / data.parse_masks(r.loc[oid("vindr", "aaa"), "masks"])["nodule"]), cv2.IMREAD_UNCHANGED)
+    assert m.shape == (20, 30) and m[3:9, 2:8].all() and m[5:10, 6:12].all() and not m[3:5, 9:12].any() and not m[15:].any()
+    assert r.loc[oid("vindr", "bbb"), "label_type"] == "weak"
+
+
+def test_chexpert_fake(tmp_path):
+    root = tmp_path / "CheXpert-v1.0-small"
+    head = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly",
+            "Lung Opacity", "Lung Lesion", "Edema", "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax",
+            "Pleural Effusion", "Pleural Other", "Fracture", "Support Devices"]
+    rows = [["train/patient00001/study1/view1_frontal.jpg", "Female", "68", "Frontal", "AP", "", "", "1.0", "", "1.0", "-1.0", "", "", "", "0.0", "", "", "", "1.0"],
+            ["train/patient00001/study1/view2_lateral.jpg", "Female", "68", "Lateral", "", "", "", "1.0", "", "", "", "", "", "", "", "", "", "", ""],
+            ["train/patient00002/study1/view1_frontal.jpg", "Male", "40", "Frontal", "PA", "1.0", "", "", "", "", "", "", "", "", "", "", "", "", ""],
+            ["train/patient00003/study1/view1_frontal.jpg", "Male", "40", "Frontal", "PA", "1.0", "", "", "", "", "", "", "", "", "", "", "", "", ""],
+            ["train/patient00004/study1/view1_frontal.jpg", "Male", "40", "Frontal", "PA", "", "", "", "", "", "", "", "", "", "", "", "", "", ""]]
+    valid = [["valid/patient64541/study1/view1_frontal.jpg", "Male", "73", "Frontal", "AP", "0.0", "", "0.0", "", "", "1.0", "", "", "", "", "", "", "1.0", "0.0"]]
+    for r in rows[:4] + valid:
+        _png(root / r[0], 24, 20)
+    pd.DataFrame([["CheXpert-v1.0-small/" + r[0], *r[1:]] for r in rows], columns=head).to_csv(root / "train.csv", index=False)
+    pd.DataFrame([["CheXpert-v1.0-small/" + r[0], *r[1:]] for r in valid], columns=head).to_csv(root / "valid.csv", index=False)
+    df = ADAPTERS["chexpert"].build(root, tmp_path / "out", F, U, seed=0)
+    r = df.set_index("image_id")
+    assert len(df) == 5 and len(df.attrs["skipped"]) == 1
+    a = r.loc[oid("chexpert", "patient00001_study1_view1_frontal")]
+    assert a["cardiomegaly"] == 1 and a["nodule"] == 1 and pd.isna(a["edema"]) and a["pneumothorax"] == 0
+    assert a["support_device"] == 1 and pd.isna(a["consolidation"]) and a["view"] == "AP"
+    assert r.loc[oid("chexpert", "patient00001_study1_view2_lateral"), "view"] == "LATERAL"
+    n = r.loc[oid("chexpert", "patient00002_study1_view1_frontal")]
+    assert n["cardiomegaly"] == 0 and n["fracture"] == 0 and pd.isna(n["support_device"])
+    v = r.loc[oid("chexpert", "patient64541_study1_view1_frontal")]
+    assert v["split"] == "val" and v["edema"] == 1 and v["fracture"] == 1
+    assert r.loc[oid("chexpert", "patient00001_study1_view1_frontal"), "split"] in ("train", "test")
+    assert not {"Sex", "Age"} & set(df.columns)
+    _no_raw_ids(df[["patient_id", "masks", "site"]], "patient0")
+
+
+def test_mimic_fake(tmp_path):
+    root = tmp_path / "mimic"
+    meta = pd.DataFrame({"dicom_id": ["d1", "d2", "d3", "d4"], "subject_id": ["10000032", "10000032", "11000011", "12000012"],
+                         "study_id": ["50414267", "50414267", "53189527", "59999999"], "PerformedProcedureStepDescription": ["CHEST"] * 4,
+                         "ViewPosition": ["PA", "LL", "AP", "PA"], "Rows": [24] * 4, "Columns": [20] * 4,
+                         "StudyDate": ["21800506", "21800506", "21100304", "21100304"]})
+    root.mkdir()
+    meta.to_csv(root / "mimic-cxr-2.0.0-metadata.csv.gz", index=False)
+    lab_cols = ["subject_id", "study_id", "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged Cardiomediastinum",
+                "Fracture", "Lung Lesion", "Lung Opacity", "No Finding", "Pleural Effusion", "Pleural Other", "Pneumonia",
+                "Pneumothorax", "Support Devices"]
+    pd.DataFrame([["10000032", "50414267", "", "", "", "", "", "", "", "", "1.0", "", "", "", "", ""],
+                  ["11000011", "53189527", "1.0", "-1.0", "", "", "", "", "", "", "", "0.0", "", "", "", ""]],
+                 columns=lab_cols).to_csv(root / "mimic-cxr-2.0.0-chexpert.csv.gz", index=False)
+    pd.DataFrame({"dicom_id": ["d1", "d2", "d3", "d4"], "study_id": meta["study_id"], "subject_id": meta["subject_id"],
+                  "split": ["train", "train", "test", "validate"]}).to_csv(root / "mimic-cxr-2.0.0-split.csv.gz", index=False)
+    for m in meta.itertuples():
+        if m.dicom_id != "d4":
+            _png(root / f"files/p{m.subject_id[:2]}/p{m.subject_id}/s{m.study_id}/{m.dicom_id}.jpg", 24, 20)
+    df = ADAPTERS["mimic"].build(root, tmp_path / "out", F, U, seed=0)
+    r = df.set_index("image_id")
+    assert list(r.index) == [oid("mimic", d) for d in ("d1", "d2", "d3")] and len(df.attrs["skipped"]) == 1
+    assert r.loc[oid("mimic", "d2"), "view"] == "LATERAL" and r.loc[oid("mimic", "d1"), "study_date"] == "2180-05-06"
+    assert r.loc[oid("mimic", "d1"), "cardiomegaly"] == 0 and pd.isna(r.loc[oid("mimic", "d1"), "support_device"])
+    assert r.loc[oid("mimic", "d3"), "atelectasis"] == 1 and pd.isna(r.loc[oid("mimic", "d3"), "cardiomegaly"]) and r.loc[oid("mimic", "d3"), "pleural_effusion"] == 0
+    assert r.loc[oid("mimic", "d3"), "split"] == "test" and r.loc[oid("mimic", "d1"), "split"] == r.loc[oid("mimic", "d2"), "split"] == "train"
+    _no_raw_ids(df[["patient_id", "masks"]], "10000032")
+    with pytest.raises(FileNotFoundError, match="mimic-cxr-2.0.0-negbio.csv"):
+        ADAPTERS["mimic"].build(root, tmp_path / "o2", F, U, labeler="negbio")
+
+
+def test_tbx11k_fake(tmp_path):
+    root = tmp_path / "TBX11K"
+    for rel in ("health/h0001.png", "sick/s0001.png", "tb/tb0001.png", "tb/tb0002.png", "tb/tb0003.png", "tb/tb0004.png"):
+        _png(root / "imgs" / rel, 30, 30)
+    (root / "lists").mkdir()
+    (root / "lists/TBX11K_train.txt").write_text("health/h0001.png\nsick/s0001.png\ntb/tb0001.png\ntb/tb0002.png\ntb/tb0009.png\n")
+    (root / "lists/TBX11K_val.txt").write_text("tb/tb0003.png\ntb/tb0004.png\n")
+    cats = [{"id": 1, "name": "ActiveTuberculosis"}, {"id": 2, "name": "ObsoletePulmonaryTuberculosis"}, {"id": 3, "name": "PulmonaryTuberculosis"}]
+
+    def coco(images, anns):
+        return {"images": [{"id": i, "file_name": f, "width": 30, "height": 30} for i, f in images],
+                "annotations": [{"id": k, "image_id": i, "category_id": c, "bbox": b} for k, (i, c, b) in enumerate(anns)], "categories": cats}
+    (root / "annotations/json").mkdir(parents=True)
+    (root / "annotations/json/TBX11K_train.json").write_text(json.dumps(coco([(1, "tb0001.png"), (2, "tb0002.png")], [(1, 1, [2, 3, 5, 6]), (2, 2, [1, 1, 4, 4])])))
+    (root / "annotations/json/TBX11K_val.json").write_text(json.dumps(coco([(3, "tb0003.png"), (4, "tb0004.png")], [(3, 3, [1, 1, 4, 4]), (4, 1, [0, 0, 30, 2])])))
+    df = ADAPTERS["tbx11k"].build(root, tmp_path / "out", F, U, seed=0)
+    r = df.set_index("image_id")
+    assert len(df) == 6 and len(df.attrs["skipped"]) == 1
+    assert r.loc[oid("tbx11k", "h0001"), "active_tuberculosis"] == 0 and r.loc[oid("tbx11k", "h0001"), "nodule"] == 0
+    assert r.loc[oid("tbx11k", "s0001"), "active_tuberculosis"] == 0 and pd.isna(r.loc[oid("tbx11k", "s0001"), "nodule"])
+    assert r.loc[oid("tbx11k", "tb0001"), "active_tuberculosis"] == 1 and r.loc[oid("tbx11k", "tb0001"), "label_type"] == "hard"
+    assert r.loc[oid("tbx11k", "tb0002"), "active_tuberculosis"] == 0 and pd.isna(r.loc[oid("tbx11k", "tb0003"), "active_tuberculosis"])
+    assert pd.isna(r["advanced_tuberculosis"][oid("tbx11k", "tb0001")])
+    assert set(r.loc[[oid("tbx11k", "tb0003"), oid("tbx11k", "tb0004")], "split"]) == {"val"}
+    m = cv2.imread(str(tmp_path / "out" / data.parse_masks(r.loc[oid("tbx11k", "tb0001"), "masks"])["active_tuberculosis"]), cv2.IMREAD_UNCHANGED)
+    assert m.shape == (30, 30) and m[3:9, 2:7].all() and int((m > 0).sum()) == 30
+
+
+# ------------------------------------------------------------------ errors and registry
+@pytest.mark.parametrize("name, expected", [("kermany", "labels.csv"), ("nih", "Data_Entry_2017"), ("vindr", "annotations_train.csv"),
+                                            ("chexpert", "train.csv"), ("mimic", "mimic-cxr-2.0.0-metadata.csv"),
+                                            ("siim", "train-rle.csv"), ("tbx11k", "TBX11K_train.txt")])
+def test_missing_label_file_is_named(tmp_path, name, expected):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=expected):
+        ADAPTERS[name].build(tmp_path / "empty", tmp_path / "out", F, U)
+    with pytest.raises(FileNotFoundError, match="not found"):
+        build_manifest(name, tmp_path / "nowhere", tmp_path / "out", F, U)
+
+
+def test_registry_contract():
+    targets = set(F) | set(U)
+    for name, mod in ADAPTERS.items():
+        assert callable(mod.build) and isinstance(mod.UNMAPPED, tuple) and isinstance(mod.NORMAL_LABELS, tuple), name
+        assert {v for v in mod.FINDING_MAP.values() if v} <= targets, name
+        assert not set(mod.UNMAPPED) & set(mod.FINDING_MAP), name
+    with pytest.raises(ValueError, match="unknown dataset"):
+        build_manifest("nope", ".", ".", F, U)

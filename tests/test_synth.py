@@ -1,0 +1,188 @@
+"""The synthetic generator: determinism, Table 1 proportions, sites, formats, masks, resume, gallery."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pydicom
+import pytest
+
+from scxnn.config import load_config
+from scxnn.data import check_patient_splits, parse_masks, validate_manifest
+from scxnn.synth import generate, plot_gallery, read_image
+from scxnn.synth.sites import TABLE1, internal_counts
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth")
+    cfg = load_config("smoke", {"paths.data": str(out), "data.workers": 2})
+    df = generate(cfg, out, progress=False)
+    return cfg, out, df
+
+
+def test_deterministic(smoke, tmp_path):
+    cfg, out, df = smoke
+    # A second generation elsewhere, with another worker count, gives the same bytes.
+    df2 = generate(cfg.replace({"data.workers": 1}), tmp_path, progress=False)
+    assert list(df["source_sha256"]) == list(df2["source_sha256"])
+    for rel in df["masks"].map(parse_masks).map(lambda d: list(d.values())).sum()[:20]:
+        assert (out / rel).read_bytes() == (tmp_path / rel).read_bytes()
+
+
+def test_counts_follow_table1(smoke):
+    cfg, _, df = smoke
+    internal = df[df["site"] == "internal"]
+    hard, weak, n_norm = internal_counts(cfg.findings, cfg.data.scale, cfg.data.min_per_finding)
+    findings = list(cfg.findings)
+    is_normal = internal[findings].sum(axis=1) == 0
+    assert is_normal.sum() == n_norm
+    for f in findings:
+        h = internal[(internal["label_type"] == "hard") & (internal[f] == 1)]
+        assert len(h) >= cfg.data.min_per_finding, f
+        w = internal[(internal["label_type"] == "weak") & (internal[f] == 1)]
+        if TABLE1[f][1] == 0:
+            # weak rows may carry f only as a second finding, never as the labelled one
+            assert weak[f] == 0
+        else:
+            assert len(w) >= 1, f
+        assert is_normal.sum() > max(len(h), len(w)), f  # normals are the largest class
+    assert (internal.loc[internal["label_type"] == "weak", "split"] == "train").all()
+    assert set(internal.loc[internal["label_type"] == "hard", "split"]) == {"train", "val", "test"}
+
+
+def test_sites_splits_unseen(smoke):
+    cfg, _, df = smoke
+    assert set(df["site"]) == {"internal", "temporal", "external1", "external2"}
+    validate_manifest(df, list(cfg.findings), list(cfg.unseen_findings))
+    check_patient_splits(df)
+    unseen = list(cfg.unseen_findings)
+    has_unseen = df[unseen].sum(axis=1) > 0
+    assert not has_unseen[df["site"] == "internal"].any()
+    assert has_unseen.sum() >= 3
+    assert (df.loc[df["site"] != "internal", "split"] == "test").all()
+    for site in ("temporal", "external1", "external2"):
+        s = df[df["site"] == site]
+        abn = (s[list(cfg.findings) + unseen].sum(axis=1) > 0).sum()
+        assert 0 < abn < len(s)
+    assert (df.groupby("patient_id").size() > 1).any()  # some patients have follow-up images
+    assert (df["patient_id"].str.fullmatch("[0-9a-f]{16}")).all()
+
+
+def test_files_read_back(smoke):
+    _, out, df = smoke
+    photometric, bits = set(), set()
+    for _, r in df.iterrows():
+        p = out / r["path"]
+        assert r["path"].startswith(f"images/{r['site']}/")
+        if p.suffix == ".jpg":
+            img = cv2.imread(str(p), cv2.IMREAD_GRAYSCALE)
+            assert img is not None and img.dtype == np.uint8
+            shape = img.shape
+        else:
+            ds = pydicom.dcmread(p)
+            arr = ds.pixel_array
+            shape = arr.shape
+            assert arr.max() < 2**ds.BitsStored and ds.BitsAllocated == 16
+            assert str(ds.PatientName) == "ANON" and ds.PatientID == r["patient_id"]
+            assert ds.BodyPartExamined == "CHEST" and ds.Modality in ("CR", "DX")
+            assert ds.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+            photometric.add(ds.PhotometricInterpretation)
+            bits.add(int(ds.BitsStored))
+            assert 0.3 < float(ds.PixelSpacing[0]) * ds.Columns / 1.0 / 1000 < 0.5  # 300-500 mm across
+        for rel in parse_masks(r["masks"]).values():
+            m = cv2.imread(str(out / rel), cv2.IMREAD_GRAYSCALE)
+            assert m.shape == shape and set(np.unique(m)) <= {0, 255}
+    assert photometric == {"MONOCHROME1", "MONOCHROME2"}
+    assert bits == {10, 12, 14, 16}
+    assert set(df["view"]) == {"PA", "AP"}
+
+
+def test_masks_present_and_plausible(smoke):
+    cfg, out, df = smoke
+    findings = list(cfg.findings)
+    for _, r in df[df["label_type"] == "hard"].iterrows():
+        masks = parse_masks(r["masks"])
+        assert set(masks) == {f for f in findings if r[f] == 1}, r["image_id"]
+        for f, rel in masks.items():
+            m = cv2.imread(str(out / rel), cv2.IMREAD_GRAYSCALE) > 0
+            assert m.any(), (r["image_id"], f)
+            ys, xs = np.nonzero(m)
+            h, w = m.shape
+            if f == "cardiomegaly":
+                assert 0.25 * w < xs.mean() < 0.75 * w and 0.3 * h < ys.mean() < 0.85 * h
+            if f == "pleural_effusion":
+                assert ys.mean() > 0.5 * h
+            if f in ("active_tuberculosis", "advanced_tuberculosis"):
+                assert ys.mean() < 0.6 * h
+    weak = df[df["label_type"] == "weak"]
+    assert (weak["masks"] == "").all()
+
+
+def test_not_trivial(smoke):
+    """Lesion contrast varies and some lesions are subtle (contrast close to the background)."""
+    cfg, out, df = smoke
+    contrasts = []
+    for _, r in df[(df["label_type"] == "hard") & (df["site"] == "internal")].iterrows():
+        masks = parse_masks(r["masks"])
+        for f in ("nodule", "consolidation", "pleural_effusion", "atelectasis"):
+            if f in masks:
+                img = read_image(out / r["path"])
+                m = cv2.imread(str(out / masks[f]), cv2.IMREAD_GRAYSCALE) > 0
+                ring = cv2.dilate(m.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool) & ~m
+                contrasts.append(img[m].mean() - img[ring].mean())
+    c = np.array(contrasts)
+    assert len(c) >= 8
+    assert c.std() > 0.01
+    assert (np.abs(c) < 0.5 * np.abs(c).max()).any()
+
+
+def test_resume_and_refingerprint(smoke):
+    cfg, out, df = smoke
+    files = sorted((out / "images").rglob("*"))
+    mtimes = {p: p.stat().st_mtime_ns for p in files}
+    man_mtime = (out / "manifest.csv").stat().st_mtime_ns
+    df2 = generate(cfg, out, progress=False)
+    assert df2.equals(df)
+    assert {p: p.stat().st_mtime_ns for p in files} == mtimes
+    assert (out / "manifest.csv").stat().st_mtime_ns == man_mtime
+
+
+def test_interrupted_run_keeps_written_images(tmp_path):
+    cfg = load_config("smoke", {"paths.data": str(tmp_path), "data.workers": 1, "data.eval_scale": 0.01, "data.min_per_finding": 1})
+    df = generate(cfg, tmp_path, progress=False)
+    (tmp_path / "manifest.csv").unlink()  # as if killed before the manifest was written
+    victim = tmp_path / df["path"].iloc[0]
+    keep = tmp_path / df["path"].iloc[1]
+    victim.unlink()
+    t_keep = keep.stat().st_mtime_ns
+    df2 = generate(cfg, tmp_path, progress=False)
+    assert victim.is_file() and keep.stat().st_mtime_ns == t_keep
+    assert list(df2["source_sha256"]) == list(df["source_sha256"])
+    # Different settings: the old images are discarded, not reused.
+    cfg2 = cfg.replace({"seed": cfg.seed + 1})
+    df3 = generate(cfg2, tmp_path, progress=False)
+    assert df3["source_sha256"].iloc[0] != df["source_sha256"].iloc[0]
+
+
+def test_gallery(smoke, tmp_path):
+    cfg, out, df = smoke
+    p = plot_gallery(df, out, tmp_path / "gallery.png", list(cfg.findings))
+    img = cv2.imread(str(p))
+    assert img is not None and img.shape[0] > 200 and os.path.getsize(p) > 10_000
+
+
+def test_refuses_to_write_into_a_foreign_folder(tmp_path):
+    """A folder without synth.json may hold someone's own images: the generator never deletes them."""
+    from scxnn.config import load_config
+    from scxnn.synth import generate
+
+    (tmp_path / "images").mkdir()
+    precious = tmp_path / "images" / "mine.dcm"
+    precious.write_bytes(b"not ours")
+    with pytest.raises(FileExistsError, match="not empty"):
+        generate(load_config("smoke"), tmp_path, progress=False)
+    assert precious.read_bytes() == b"not ours"
