@@ -72,6 +72,17 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_manifest(args: argparse.Namespace) -> int:
+    from scxnn.adapters import build_manifest
+
+    cfg = load_config(args.profile, args.set)
+    df = build_manifest(args.dataset, args.root, args.out, list(cfg.findings), list(cfg.unseen_findings), seed=cfg.seed, split=cfg.data.split)
+    n_skip = len(df.attrs.get("skipped", []))
+    print(f"{len(df)} images from {args.dataset} -> {args.out}/manifest.csv ({df['patient_id'].nunique()} patients; "
+          f"splits {dict(df['split'].value_counts())}); {n_skip} skipped (see {args.out}/skipped.csv)")
+    return 0
+
+
 def _cmd_synth(args: argparse.Namespace) -> int:
     from scxnn import synth
 
@@ -156,6 +167,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("synth", "generate the synthetic chest-radiograph study data (DICOM + masks + manifest)", _cmd_synth)
     p.add_argument("--out", help="output folder (default: data/<profile>/raw)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    from scxnn.adapters import ADAPTERS
+
+    p = add("manifest", "build a manifest from a local copy of a public dataset (adapters; no downloads)", _cmd_manifest)
+    p.add_argument("dataset", choices=sorted(ADAPTERS), help="which dataset layout to read")
+    p.add_argument("root", help="the dataset's folder, as distributed")
+    p.add_argument("--out", required=True, help="output folder: manifest.csv, masks/, skipped.csv")
 
     p = add("preprocess", "read DICOM/PNG/JPEG folders or manifests, preprocess to the PNG cache + manifest", _cmd_preprocess)
     p.add_argument("inputs", nargs="+", metavar="IN", help="folders (recursive), image files, or manifest .csv files")

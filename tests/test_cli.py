@@ -12,7 +12,7 @@ from scxnn.cli import EXIT_NOT_YET, build_parser, main
 
 from conftest import ROOT
 
-SUBCOMMANDS = ["config", "notebook", "synth", "preprocess", "train", "ensemble", "evaluate", "predict", "gradcam", "bench"]
+SUBCOMMANDS = ["config", "notebook", "manifest", "synth", "preprocess", "train", "ensemble", "evaluate", "predict", "gradcam", "bench"]
 
 
 def test_parser_has_every_subcommand():
@@ -77,3 +77,12 @@ def test_synth_cli_writes_the_study(tmp_path, capsys):
     assert main(["synth", "--profile", "smoke", "--out", str(tmp_path / "raw"), "--no-progress", "--set", "data.workers=1"]) == 0
     assert (tmp_path / "raw" / "manifest.csv").is_file()
     assert "internal" in capsys.readouterr().out
+
+
+def test_manifest_cli_on_the_real_kermany_sample(tmp_path, capsys):
+    from conftest import require_shared
+
+    root = require_shared("realdata", "kermany_dev")
+    assert main(["manifest", "kermany", str(root), "--out", str(tmp_path), "--profile", "smoke"]) == 0
+    assert "460 images from kermany" in capsys.readouterr().out
+    assert (tmp_path / "manifest.csv").is_file() and (tmp_path / "skipped.csv").is_file()

@@ -46,4 +46,6 @@ def build_manifest(
     out_dir.mkdir(parents=True, exist_ok=True)
     df = ADAPTERS[name].build(root, out_dir, tuple(findings), tuple(unseen), seed=seed, split=tuple(split))
     data.write_manifest(df, out_dir / data.MANIFEST_NAME)
+    skipped = pd.DataFrame(df.attrs.get("skipped", []), columns=["path", "reason"])
+    data.write_manifest(skipped, out_dir / "skipped.csv")
     return df
