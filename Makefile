@@ -15,7 +15,14 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CONSTRAINTS := .ci/constraints.txt
 EXEC := reports/executed/$(PROFILE)
-RUN_NB := $(PY) -m scxnn notebook
+# Under `make -jN` each notebook gets cores/N threads: N PyTorch processes each spinning up one
+# OpenMP thread per core ran 5-40x slower than this on 2 cores. (Results are reproducible for a
+# given thread count; a different count changes float summation order.) Recursive so that it
+# reads -jN from MAKEFLAGS at recipe time, when make has filled it in.
+NPROC := $(shell nproc 2>/dev/null || echo 1)
+JOBS = $(or $(patsubst -j%,%,$(filter -j%,$(MAKEFLAGS))),1)
+THREADS = $(shell j=$(JOBS); [ -n "$${j//[0-9]/}" ] && j=$(NPROC); t=$$(( $(NPROC) / j )); echo $$(( t > 0 ? t : 1 )))
+RUN_NB = OMP_NUM_THREADS=$(THREADS) $(PY) -m scxnn notebook
 
 .DEFAULT_GOAL := help
 
@@ -45,7 +52,7 @@ endif
 # Modules each step calls; wildcard so that a module added later is tracked without editing this.
 CORE_SRC := $(wildcard scxnn/__init__.py scxnn/config.py scxnn/utils.py scxnn/pipeline.py scxnn/thesis.py)
 SRC_01 := $(CORE_SRC) $(wildcard scxnn/dicom.py scxnn/preprocess.py scxnn/data.py scxnn/reports.py scxnn/synth/*.py scxnn/adapters/*.py)
-SRC_02 := $(CORE_SRC) $(wildcard scxnn/data.py scxnn/models.py scxnn/train.py)
+SRC_02 := $(CORE_SRC) $(wildcard scxnn/data.py scxnn/dataset.py scxnn/preprocess.py scxnn/models.py scxnn/train.py scxnn/reports.py)
 SRC_03 := $(CORE_SRC) $(wildcard scxnn/models.py scxnn/ensemble.py scxnn/metrics.py)
 SRC_04 := $(CORE_SRC) $(wildcard scxnn/ensemble.py scxnn/metrics.py scxnn/reports.py)
 SRC_06 := $(CORE_SRC) $(wildcard scxnn/models.py scxnn/cam.py)

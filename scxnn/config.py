@@ -125,6 +125,15 @@ class Train:
     channels_last: bool
     bf16: Literal["auto", "on", "off"]
     compile: bool
+    max_images_per_epoch: int  # training images drawn per epoch (stage 1 and 2); 0: all of them
+    # Augmentation (training only; image and lesion mask together). Each transform fires with augment_p.
+    augment_p: float  # probability of each augmentation below
+    augment_shift: float  # max translation, fraction of the image side
+    augment_rotate: float  # max rotation, degrees
+    augment_gamma: tuple[float, float]  # gamma range, e.g. [0.8, 1.2]
+    augment_sharpen: float  # max sharpening alpha (0: off)
+    augment_blur: int  # max Gaussian blur kernel, odd pixels (< 3: off)
+    augment_noise: float  # max Gaussian noise std, fraction of full scale (0: off)
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, "batch_size", "must be >= 1")
@@ -137,6 +146,14 @@ class Train:
         _check(0 <= self.lr_floor < self.lr, "lr_floor", "must be >= 0 and below lr")
         _check(self.stage2_epochs >= 0, "stage2_epochs", "must be >= 0")
         _check(self.num_workers >= 0, "num_workers", "must be >= 0")
+        _check(self.max_images_per_epoch >= 0, "max_images_per_epoch", "must be >= 0 (0: all)")
+        _check(0 <= self.augment_p <= 1, "augment_p", "must be in [0, 1]")
+        _check(0 <= self.augment_shift < 0.5, "augment_shift", "must be in [0, 0.5)")
+        _check(0 <= self.augment_rotate <= 180, "augment_rotate", "must be in [0, 180]")
+        _check(0 < self.augment_gamma[0] <= self.augment_gamma[1], "augment_gamma", "must be [low, high] with 0 < low <= high")
+        _check(0 <= self.augment_sharpen <= 1, "augment_sharpen", "must be in [0, 1]")
+        _check(self.augment_blur >= 0, "augment_blur", "must be >= 0")
+        _check(0 <= self.augment_noise < 1, "augment_noise", "must be in [0, 1)")
 
 
 @dataclass(frozen=True)

@@ -133,3 +133,80 @@ def before_after_figure(raw_paths: Sequence[str], processed_paths: Sequence[str]
         ax.axis("off")
     fig.tight_layout()
     return fig
+
+
+# --------------------------------------------------------------------------- training
+
+
+def training_curves(history: pd.DataFrame, title: str = ""):
+    """Loss parts, validation AUC and learning rate per epoch, stage 1 and stage 2 side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    h = history.reset_index(drop=True).copy()
+    h["step"] = np.arange(1, len(h) + 1)
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    for col, style in (("train_loss", "-"), ("val_loss", "-"), ("train_mse", ":"), ("val_mse", ":")):
+        if col in h and h[col].notna().any():
+            axes[0].plot(h["step"], h[col], style, label=col)
+    axes[0].set_title("loss (CE + λ·MSE)")
+    axes[0].legend(fontsize=7)
+    for col in ("val_auc", "val_acc"):
+        if col in h:
+            axes[1].plot(h["step"], h[col], marker="o", ms=3, label=col)
+    axes[1].set_ylim(0, 1.02)
+    axes[1].set_title("validation")
+    axes[1].legend(fontsize=7)
+    axes[2].semilogy(h["step"], h["lr"], drawstyle="steps-post")
+    axes[2].set_title("learning rate")
+    if "stage" in h and h["stage"].nunique() > 1:
+        first2 = h.index[h["stage"] == h["stage"].max()][0] + 0.5
+        for ax in axes:
+            ax.axvline(first2, color="grey", lw=0.8, ls="--")
+    for ax in axes:
+        ax.set_xlabel("epoch (stage 1 | stage 2)")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def reconstruction_examples(cfg: Config, finding: str, checkpoint, n: int = 4, split: str = "val"):
+    """Hard-labelled ``split`` images positive for ``finding``: input, the decoder's target (image x
+    dilated lesion mask) and the model's reconstruction, one row each."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    import torch
+
+    from scxnn.data import MANIFEST_NAME, read_manifest
+    from scxnn.dataset import RadiographDataset
+    from scxnn.preprocess import cache_dir
+    from scxnn.train import finding_labels, load_model
+
+    model, mcfg = load_model(checkpoint)
+    df = read_manifest(cache_dir(cfg) / MANIFEST_NAME, list(cfg.findings), list(cfg.unseen_findings))
+    pick = df[(df["split"] == split) & (df["label_type"] == "hard") & (df[finding] == 1)]
+    if pick.empty:  # tiny profiles: fall back to the training images
+        pick = df[(df["label_type"] == "hard") & (df[finding] == 1)]
+    pick = pick.head(n).reset_index(drop=True)
+    labels = finding_labels(pick, finding, mcfg.model.num_classes, list(cfg.findings), list(cfg.unseen_findings)).fillna(0).astype(int)
+    ds = RadiographDataset(pick, cache_dir(cfg), finding, labels.to_numpy(), mcfg)
+    fig, axes = plt.subplots(max(len(ds), 1), 3, figsize=(7.5, 2.5 * max(len(ds), 1)), squeeze=False)
+    with torch.inference_mode():
+        for i in range(len(ds)):
+            item = ds[i]
+            logits, recon = model(item["image"][None], decode=model.decoder is not None)
+            prob = torch.softmax(logits, 1)[0, 1].item()
+            panels = [(item["image"][0], "input"), (item["target"][0], "target (image x dilated mask)"),
+                      (recon[0, 0] if recon is not None else torch.zeros_like(item["image"][0]), f"reconstruction, p(target)={prob:.2f}")]
+            for ax, (img, title) in zip(axes[i], panels):
+                ax.imshow(img.numpy(), cmap="gray", vmin=0, vmax=1)
+                ax.set_title(title, fontsize=8)
+    for ax in axes.ravel():
+        ax.axis("off")
+    fig.suptitle(f"{finding}: decoder reconstructions ({split})", fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -64,7 +64,8 @@ def test_second_run_reruns_nothing(smoke_reports):
 def test_a_change_reruns_only_what_depends_on_it(smoke_reports):
     def would_run(newer: str) -> set[str]:
         out = _make("-n", "-W", newer, "reports").stdout
-        return {line.split()[5] for line in out.splitlines() if " scxnn notebook " in line}
+        runs = [line.split() for line in out.splitlines() if " scxnn notebook " in line]
+        return {w[w.index("notebook") + 2] for w in runs}
 
     assert would_run("notebooks/05_novel_diseases.ipynb") == {str(EXEC.relative_to(ROOT) / "05_novel_diseases.ipynb")}
     downstream_of_03 = would_run("notebooks/03_svm_ensemble.ipynb")
