@@ -9,6 +9,7 @@ them for a successful run.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Callable, Sequence
 
@@ -110,6 +111,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         for name in ("last.pt", "best.pt", "history.csv"):
             (out / name).unlink(missing_ok=True)
     r = train_finding(cfg, args.finding, out_dir=out, resume=True, progress=not args.no_progress)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
+        return 0
     print(f"{args.finding}: best checkpoint {r.best_checkpoint}; " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.metrics.items()))
     return 0
 

@@ -574,13 +574,15 @@ def _epoch_end_hook(stage: int, epoch: int) -> None:
 # --------------------------------------------------------------------------- driver
 
 
-def train_finding(cfg: Config, finding: str, out_dir=None, manifest=None, resume: bool = True, progress: bool = True) -> TrainResult:
+def train_finding(cfg: Config, finding: str, out_dir=None, manifest=None, resume: bool | str = True, progress: bool = True) -> TrainResult:
     """Train (or resume) ``finding``'s model; returns the best checkpoint, history and metrics.
 
     ``out_dir`` defaults to ``runs/<profile>/02_train_disease_model/<finding>``; ``manifest`` to the
     profile's preprocessed cache (a path, or a DataFrame whose paths are relative to the cache).
     With ``resume`` an existing ``last.pt`` is continued (its settings must match, except for
-    :data:`RESUMABLE_CHANGES`); without it any previous run in ``out_dir`` is started over.
+    :data:`RESUMABLE_CHANGES`); without it any previous run in ``out_dir`` is started over. With
+    ``resume="auto"`` (the notebook's mode) a run made with other settings is moved to
+    ``out_dir/superseded/`` and training starts over, instead of failing.
     """
     from scxnn.models import build_model
     from scxnn.preprocess import fingerprint
@@ -618,13 +620,20 @@ def train_finding(cfg: Config, finding: str, out_dir=None, manifest=None, resume
         if resume and last_path.is_file():
             ckpt = load_checkpoint(last_path, map_location=device)
             diff = _config_diff(cfg.to_dict(), ckpt.get("config", {}))
+            why = None
             if diff or ckpt.get("finding") != finding:
-                raise RuntimeError(
-                    f"{last_path}: was trained with different settings ({', '.join(diff) or 'finding'}); "
-                    "pass resume=False (CLI: --no-resume) to start over, or use another output folder"
-                )
-            if ckpt.get("preprocess_fingerprint") != pre_fp:
-                raise RuntimeError(f"{last_path}: preprocessing fingerprint {ckpt.get('preprocess_fingerprint')} != {pre_fp}; start over with resume=False")
+                why = f"was trained with different settings ({', '.join(diff) or 'finding'})"
+            elif ckpt.get("preprocess_fingerprint") != pre_fp:
+                why = f"was trained on another preprocessing ({ckpt.get('preprocess_fingerprint')} != {pre_fp})"
+            if why and resume != "auto":
+                raise RuntimeError(f"{last_path}: {why}; start over (CLI: --fresh) or use another output folder")
+            if why:
+                # The Make pipeline reruns a step because its settings changed: keep the old run
+                # aside (one generation) instead of deleting hours of training.
+                log.warning("%s: %s; moved to %s/, training starts over", last_path, why, SUPERSEDED)
+                if dist_.main:
+                    _supersede(out_dir)
+                ckpt = None
         if dist_.main:
             out_dir.mkdir(parents=True, exist_ok=True)
             if ckpt is None:
@@ -762,36 +771,24 @@ def train_finding(cfg: Config, finding: str, out_dir=None, manifest=None, resume
             dist.destroy_process_group()
 
 
+SUPERSEDED = "superseded"
+
+
+def _supersede(out_dir: Path) -> None:
+    """Move a run's files into ``out_dir/superseded/`` (replacing an older superseded run)."""
+    import shutil
+
+    dst = out_dir / SUPERSEDED
+    shutil.rmtree(dst, ignore_errors=True)
+    dst.mkdir(parents=True)
+    for name in (LAST_NAME, BEST_NAME, HISTORY_NAME):
+        if (out_dir / name).exists():
+            os.replace(out_dir / name, dst / name)
+
+
 def _history_frame(history: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(history, columns=list(HISTORY_COLUMNS))
 
 
 def _write_history(path: Path, history: list[dict]) -> None:
     atomic_write_text(path, _history_frame(history).to_csv(index=False))
-
-
-def main_ddp(argv: Sequence[str] | None = None) -> int:
-    """``torchrun --nproc_per_node=N -m scxnn.train --profile P --finding F [--set k=v ...] [--no-resume]``."""
-    import argparse
-
-    from scxnn.config import load_config
-    from scxnn.utils import setup_logging
-
-    ap = argparse.ArgumentParser(prog="python -m scxnn.train", description=main_ddp.__doc__)
-    ap.add_argument("--profile", default="demo")
-    ap.add_argument("--finding", required=True)
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--out-dir", default=None)
-    ap.add_argument("--no-resume", action="store_true")
-    ap.add_argument("--no-progress", action="store_true")
-    a = ap.parse_args(argv)
-    setup_logging()
-    cfg = load_config(a.profile, a.overrides)
-    r = train_finding(cfg, a.finding, out_dir=a.out_dir, resume=not a.no_resume, progress=not a.no_progress)
-    if int(os.environ.get("RANK", "0")) == 0:
-        print({k: v for k, v in r.metrics.items() if k != "stage1_best"})
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main_ddp())

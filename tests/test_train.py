@@ -347,3 +347,16 @@ def test_ddp_two_processes_gloo(smoke_cache, tmp_path):
     assert not list(out.glob(".*.tmp"))
     ck = T.load_checkpoint(out / T.LAST_NAME)
     assert not any(k.startswith("module.") for k in ck["model"])  # the bare model's state, not DDP's
+
+
+def test_changed_settings_supersede_the_old_run_in_auto_mode(smoke_cache, tmp_path):
+    """The notebook's mode: Make reruns a finding because its params changed; the old run is kept
+    aside rather than deleted, while strict resume refuses."""
+    out = tmp_path / "run"
+    T.train_finding(_cfg(smoke_cache), FINDING, out_dir=out, progress=False)
+    changed = _cfg(smoke_cache, train__lr=0.0005)
+    with pytest.raises(RuntimeError, match="different settings"):
+        T.train_finding(changed, FINDING, out_dir=out, resume=True, progress=False)
+    r = T.train_finding(changed, FINDING, out_dir=out, resume="auto", progress=False)
+    assert (out / T.SUPERSEDED / "last.pt").is_file() and r.best_checkpoint.is_file()
+    assert T.load_checkpoint(out / "last.pt")["config"]["train"]["lr"] == 0.0005
