@@ -1,0 +1,131 @@
+"""The second classifier (thesis §3.3.3-3.3.4): an SVM over the 13 models' 3 logits each that
+separates normal from abnormal films, and the definite-normal operating point.
+
+The SVM is a scikit-learn ``Pipeline`` (StandardScaler, SVC). Its ``decision_function`` grows with
+abnormality; a film is reported *definitely normal* when the score is below the threshold. The
+threshold is chosen on validation data only (:func:`choose_thresholds`) and frozen before any test
+set is scored. Fitted ensembles are stored with skops, never pickle, and loading refuses any type
+outside a small allow-list (:func:`load`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
+
+from scxnn.metrics import patient_bootstrap, screening_metrics
+from scxnn.utils import atomic_write_bytes, atomic_write_text
+
+ENSEMBLE_NAME = "svm.skops"
+THRESHOLDS_NAME = "thresholds.json"
+# What a saved ensemble may contain; anything else in a file is refused before it is loaded.
+TRUSTED_TYPES = [
+    "scxnn.ensemble.DefiniteNormalSVM",
+    "sklearn.pipeline.Pipeline",
+    "sklearn.preprocessing._data.StandardScaler",
+    "sklearn.svm._classes.SVC",
+]
+
+
+def logit_columns(findings: Sequence[str], num_classes: int = 3) -> list[str]:
+    names = ("normal", "target", "others")[:num_classes]
+    return [f"{f}__{n}" for f in findings for n in names]
+
+
+class DefiniteNormalSVM(ClassifierMixin, BaseEstimator):
+    """StandardScaler + SVC over the logits table; ``y`` is 1 for abnormal, 0 for normal."""
+
+    def __init__(self, kernel: str = "rbf", C: float = 1.0, class_weight: str | None = "balanced", random_state: int = 0):
+        self.kernel = kernel
+        self.C = C
+        self.class_weight = class_weight
+        self.random_state = random_state
+
+    def fit(self, X, y):
+        y = np.asarray(y, dtype=int)
+        if set(np.unique(y)) != {0, 1}:
+            raise ValueError(f"the SVM needs both normal (0) and abnormal (1) films to fit, got classes {sorted(set(y))}")
+        self.pipeline_ = Pipeline([
+            ("scale", StandardScaler()),
+            ("svm", SVC(kernel=self.kernel, C=self.C, class_weight=self.class_weight, random_state=self.random_state)),
+        ]).fit(np.asarray(X, dtype=float), y)
+        self.classes_ = self.pipeline_.classes_
+        self.n_features_in_ = self.pipeline_.n_features_in_
+        return self
+
+    def decision_function(self, X) -> np.ndarray:
+        """Larger = more abnormal."""
+        return self.pipeline_.decision_function(np.asarray(X, dtype=float))
+
+    def predict(self, X) -> np.ndarray:
+        return self.pipeline_.predict(np.asarray(X, dtype=float))
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Definite-normal cut-offs on the SVM score, chosen on validation data."""
+
+    point: float  # validation sensitivity >= target
+    strict: float  # lower 95% bootstrap bound of validation sensitivity >= target
+    target: float
+    n_val: int
+    val_sensitivity: float
+    val_auto_normal: float
+
+
+def choose_thresholds(scores: Sequence[float], abnormal: Sequence[int], patients: Sequence, target: float, n_boot: int, seed: int, ci: float = 0.95) -> Thresholds:
+    """Highest threshold whose validation sensitivity reaches ``target`` (films scoring below it are
+    called normal), and the stricter one at which the lower ``ci`` patient-bootstrap bound of
+    sensitivity reaches it. Candidates are the midpoints between sorted validation scores."""
+    s = np.asarray(scores, dtype=float)
+    y = np.asarray(abnormal, dtype=int)
+    if y.sum() == 0 or (1 - y).sum() == 0:
+        raise ValueError("threshold selection needs normal and abnormal validation films")
+    uniq = np.unique(s)
+    cands = np.r_[uniq[0] - 1.0, (uniq[:-1] + uniq[1:]) / 2, uniq[-1] + 1.0]
+
+    def sens(idx, t):
+        return screening_metrics(y[idx], s[idx] >= t)["sensitivity"]
+
+    everyone = np.arange(len(y))
+    ok = [t for t in cands if sens(everyone, t) >= target]
+    point = float(max(ok))  # cands[0] always qualifies: nothing is called normal
+    strict = float(cands[0])
+    for t in sorted((t for t in ok), reverse=True):
+        lo = patient_bootstrap(patients, lambda idx: {"sensitivity": sens(idx, t)}, n_boot, seed, ci)["sensitivity"][0]
+        if lo >= target:
+            strict = float(t)
+            break
+    m = screening_metrics(y, s >= point)
+    return Thresholds(point=point, strict=strict, target=target, n_val=len(y), val_sensitivity=m["sensitivity"], val_auto_normal=m["auto_normal"])
+
+
+def save(model: DefiniteNormalSVM, thresholds: Thresholds, out_dir: str | os.PathLike) -> Path:
+    import skops.io as sio
+
+    out = Path(out_dir)
+    atomic_write_bytes(out / ENSEMBLE_NAME, sio.dumps(model))
+    atomic_write_text(out / THRESHOLDS_NAME, json.dumps(asdict(thresholds), indent=1))
+    return out / ENSEMBLE_NAME
+
+
+def load(out_dir: str | os.PathLike) -> tuple[DefiniteNormalSVM, Thresholds]:
+    """Load a saved ensemble, refusing any type outside :data:`TRUSTED_TYPES`."""
+    import skops.io as sio
+
+    out = Path(out_dir)
+    blob = (out / ENSEMBLE_NAME).read_bytes()
+    untrusted = [t for t in sio.get_untrusted_types(data=blob) if t not in TRUSTED_TYPES]
+    if untrusted:
+        raise ValueError(f"{out / ENSEMBLE_NAME}: refusing to load untrusted types {untrusted}")
+    model = sio.loads(blob, trusted=TRUSTED_TYPES)
+    return model, Thresholds(**json.loads((out / THRESHOLDS_NAME).read_text()))
