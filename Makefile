@@ -53,7 +53,7 @@ endif
 CORE_SRC := $(wildcard scxnn/__init__.py scxnn/config.py scxnn/utils.py scxnn/pipeline.py scxnn/thesis.py)
 SRC_01 := $(CORE_SRC) $(wildcard scxnn/dicom.py scxnn/preprocess.py scxnn/data.py scxnn/reports.py scxnn/synth/*.py scxnn/adapters/*.py)
 SRC_02 := $(CORE_SRC) $(wildcard scxnn/data.py scxnn/dataset.py scxnn/preprocess.py scxnn/models.py scxnn/train.py scxnn/reports.py)
-SRC_03 := $(CORE_SRC) $(wildcard scxnn/models.py scxnn/ensemble.py scxnn/metrics.py)
+SRC_03 := $(CORE_SRC) $(wildcard scxnn/dataset.py scxnn/models.py scxnn/train.py scxnn/ensemble.py scxnn/metrics.py)
 SRC_04 := $(CORE_SRC) $(wildcard scxnn/ensemble.py scxnn/metrics.py scxnn/reports.py)
 SRC_06 := $(CORE_SRC) $(wildcard scxnn/models.py scxnn/cam.py)
 SRC_07 := $(CORE_SRC) $(wildcard scxnn/data.py scxnn/models.py scxnn/train.py scxnn/ensemble.py scxnn/metrics.py scxnn/ablations.py)

@@ -10,6 +10,7 @@ outside a small allow-list (:func:`load`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -23,7 +24,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 from scxnn.metrics import patient_bootstrap, screening_metrics
-from scxnn.utils import atomic_write_bytes, atomic_write_text
+from scxnn.utils import atomic_write_bytes, atomic_write_text, log
 
 ENSEMBLE_NAME = "svm.skops"
 THRESHOLDS_NAME = "thresholds.json"
@@ -80,6 +81,7 @@ class Thresholds:
     n_val: int
     val_sensitivity: float
     val_auto_normal: float
+    scores: str = "validation"  # which validation scores chose them (out-of-fold, in-sample)
 
 
 def choose_thresholds(scores: Sequence[float], abnormal: Sequence[int], patients: Sequence, target: float, n_boot: int, seed: int, ci: float = 0.95) -> Thresholds:
@@ -129,3 +131,96 @@ def load(out_dir: str | os.PathLike) -> tuple[DefiniteNormalSVM, Thresholds]:
         raise ValueError(f"{out / ENSEMBLE_NAME}: refusing to load untrusted types {untrusted}")
     model = sio.loads(blob, trusted=TRUSTED_TYPES)
     return model, Thresholds(**json.loads((out / THRESHOLDS_NAME).read_text()))
+
+
+# --------------------------------------------------------------------------- the logits table
+
+
+def abnormal_labels(df, findings: Sequence[str], unseen: Sequence[str]) -> np.ndarray:
+    """1 when a film has any of the 13 findings or an unseen one (thesis: abnormal = target or
+    others), 0 when none; unknown values count as absent."""
+    cols = [c for c in (*findings, *unseen) if c in df]
+    return (df[cols].fillna(0).astype(int).to_numpy().sum(axis=1) > 0).astype(int)
+
+
+def logits_table(cfg, model_dirs: dict, progress: bool = True):
+    """Every film of the PNG cache through each finding's model (decoder off): one row per image with
+    the 13 x 3 logits, its labels, site, split and patient. The networks run once here; later steps
+    read the table."""
+    import pandas as pd
+    import torch
+    from tqdm.auto import tqdm
+
+    from scxnn.data import MANIFEST_NAME, read_manifest
+    from scxnn.dataset import RadiographDataset
+    from scxnn.preprocess import cache_dir
+    from scxnn.train import load_model, predict
+
+    findings, unseen = list(cfg.findings), list(cfg.unseen_findings)
+    df = read_manifest(cache_dir(cfg) / MANIFEST_NAME, findings, unseen)
+    keep = ["image_id", "patient_id", "site", "split", "label_type", *findings, *unseen]
+    out = df[keep].copy()
+    out["abnormal"] = abnormal_labels(df, findings, unseen)
+    zeros = np.zeros(len(df), dtype=int)
+    with torch.inference_mode():
+        for finding in tqdm(findings, desc="logits", unit="model", disable=not progress):
+            model, mcfg = load_model(Path(model_dirs[finding]) / "best.pt")
+            ds = RadiographDataset(df, cache_dir(cfg), finding, zeros, mcfg)
+            logits, _ = predict(model, ds)
+            names = logit_columns([finding], logits.shape[1])
+            for j, c in enumerate(names):
+                out[c] = logits[:, j].astype(np.float32)
+            out[f"{finding}__pred"] = logits.argmax(axis=1)
+    return out.reset_index(drop=True)
+
+
+def oof_scores(X, y, groups, make_model, n_splits: int = 5, seed: int = 0) -> np.ndarray:
+    """Out-of-fold SVM scores on the fitting set, grouped by patient: the threshold is chosen on
+    scores of films the scoring SVM did not see, so it is not tuned to the SVM's own fit."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    y = np.asarray(y, dtype=int)
+    k = int(max(2, min(n_splits, np.bincount(y).min())))
+    scores = np.zeros(len(y), dtype=float)
+    for tr, te in StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed).split(X, y, groups):
+        if len(set(y[tr])) < 2:
+            raise ValueError("a fold lacks normal or abnormal films; the validation set is too small for out-of-fold scores")
+        scores[te] = make_model().fit(X[tr], y[tr]).decision_function(X[te])
+    return scores
+
+
+def fit_ensemble(cfg, table) -> tuple[DefiniteNormalSVM, Thresholds]:
+    """Fit the SVM on the validation films (never test, temporal or external) and freeze both
+    thresholds from out-of-fold validation scores."""
+    e = cfg.ensemble
+    if e.fit_on != "validation":
+        raise NotImplementedError(f"ensemble.fit_on={e.fit_on!r} is not implemented yet; use 'validation'")
+    val = table[table["split"] == "val"]
+    cols = logit_columns(list(cfg.findings), cfg.model.num_classes)
+    X, y, g = val[cols].to_numpy(float), val["abnormal"].to_numpy(int), val["patient_id"].to_numpy()
+
+    def make():
+        return DefiniteNormalSVM(kernel=e.kernel, C=e.C, class_weight=None if e.class_weight == "none" else e.class_weight, random_state=cfg.seed)
+
+    svm = make().fit(X, y)
+    try:
+        scores, source = oof_scores(X, y, g, make, seed=cfg.seed), "out-of-fold"
+    except ValueError as err:
+        # Tiny validation sets (the smoke profile) cannot be split by patient into folds that each
+        # hold both classes; say so in the thresholds instead of failing or hiding it.
+        log.warning("%s; thresholds use the SVM's in-sample validation scores (optimistic)", err)
+        scores, source = svm.decision_function(X), "in-sample (validation too small for folds)"
+    th = choose_thresholds(scores, y, g, e.sensitivity_target, cfg.evaluate.bootstrap, cfg.seed, cfg.evaluate.ci)
+    return svm, dataclasses.replace(th, scores=source)
+
+
+LOGITS_NAME = "logits.parquet"
+
+
+def save_logits(table, out_dir: str | os.PathLike) -> Path:
+    from scxnn.utils import atomic_open
+
+    path = Path(out_dir) / LOGITS_NAME
+    with atomic_open(path, "wb") as fh:
+        table.to_parquet(fh, index=False)
+    return path

@@ -87,3 +87,34 @@ def test_skops_roundtrip_and_untrusted_types_refused(tmp_path):
 def test_logit_columns():
     cols = logit_columns(["nodule", "cardiomegaly"])
     assert cols == ["nodule__normal", "nodule__target", "nodule__others", "cardiomegaly__normal", "cardiomegaly__target", "cardiomegaly__others"]
+
+
+def _table(n_val=120, n_test=60, seed=0):
+    import pandas as pd
+
+    from scxnn.config import load_config
+    from scxnn.ensemble import logit_columns
+
+    cfg = load_config("smoke")
+    cols = logit_columns(list(cfg.findings))
+    X, y, patients = _data(n_val + n_test, seed)
+    t = pd.DataFrame(X, columns=cols)
+    t["abnormal"] = y
+    t["patient_id"] = [f"p{p}" for p in patients]
+    t["split"] = ["val"] * n_val + ["test"] * n_test
+    t["site"] = "internal"
+    return cfg, t
+
+
+def test_fit_ensemble_uses_validation_only_with_out_of_fold_thresholds():
+    from scxnn.ensemble import fit_ensemble, logit_columns
+
+    cfg, t = _table()
+    svm, th = fit_ensemble(cfg, t)
+    assert th.scores == "out-of-fold" and th.n_val == 120
+    poisoned = t.copy()
+    test = poisoned["split"] == "test"
+    poisoned.loc[test, "abnormal"] = 1 - poisoned.loc[test, "abnormal"]  # test labels must not matter
+    svm2, th2 = fit_ensemble(cfg, poisoned)
+    X = t[logit_columns(list(cfg.findings))].to_numpy()
+    assert np.array_equal(svm.decision_function(X), svm2.decision_function(X)) and th == th2
