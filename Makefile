@@ -39,7 +39,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 
 # Profile facts the Makefile needs (findings, the params files it is made of) come from
 # scxnn.config itself, so the Makefile never re-implements the params logic.
-.make/%.mk: params/*.yaml scxnn/config.py | $(STAMP)
+.make/%.mk: params/*.yaml scxnn/config.py scxnn/variants.py | $(STAMP)
 	@mkdir -p .make
 	@$(PY) -m scxnn config --profile $* --make > $@.tmp && mv $@.tmp $@
 
@@ -53,10 +53,11 @@ endif
 CORE_SRC := $(wildcard scxnn/__init__.py scxnn/config.py scxnn/utils.py scxnn/pipeline.py scxnn/thesis.py)
 SRC_01 := $(CORE_SRC) $(wildcard scxnn/dicom.py scxnn/preprocess.py scxnn/data.py scxnn/reports.py scxnn/synth/*.py scxnn/adapters/*.py)
 SRC_02 := $(CORE_SRC) $(wildcard scxnn/data.py scxnn/dataset.py scxnn/preprocess.py scxnn/models.py scxnn/train.py scxnn/reports.py)
-SRC_03 := $(CORE_SRC) $(wildcard scxnn/dataset.py scxnn/models.py scxnn/train.py scxnn/ensemble.py scxnn/metrics.py)
-SRC_04 := $(CORE_SRC) $(wildcard scxnn/ensemble.py scxnn/metrics.py scxnn/reports.py)
-SRC_06 := $(CORE_SRC) $(wildcard scxnn/models.py scxnn/cam.py)
-SRC_07 := $(CORE_SRC) $(wildcard scxnn/data.py scxnn/models.py scxnn/train.py scxnn/ensemble.py scxnn/metrics.py scxnn/ablations.py)
+SRC_03 := $(CORE_SRC) $(wildcard scxnn/dataset.py scxnn/models.py scxnn/train.py scxnn/ensemble.py scxnn/metrics.py scxnn/bench.py)
+SRC_04 := $(CORE_SRC) $(wildcard scxnn/ensemble.py scxnn/metrics.py scxnn/evaluation.py scxnn/reports.py scxnn/variants.py)
+SRC_06 := $(CORE_SRC) $(wildcard scxnn/dicom.py scxnn/preprocess.py scxnn/dataset.py scxnn/models.py scxnn/train.py scxnn/cam.py scxnn/reports.py)
+SRC_07 := $(CORE_SRC) $(wildcard scxnn/variants.py scxnn/reports.py)
+SRC_V := $(CORE_SRC) $(wildcard scxnn/data.py scxnn/dataset.py scxnn/preprocess.py scxnn/models.py scxnn/train.py scxnn/ensemble.py scxnn/metrics.py scxnn/evaluation.py scxnn/variants.py)
 
 NB01 := $(EXEC)/01_preprocessing.ipynb
 NB02 := $(FINDINGS:%=$(EXEC)/02_train_disease_model/%.ipynb)
@@ -66,6 +67,7 @@ NB05 := $(EXEC)/05_novel_diseases.ipynb
 NB06 := $(EXEC)/06_gradcam.ipynb
 NB07 := $(EXEC)/07_ablations.ipynb
 ALL_NBS := $(NB01) $(NB02) $(NB03) $(NB04) $(NB05) $(NB06) $(NB07)
+INDEX := reports/README.md
 
 $(NB01): notebooks/01_preprocessing.ipynb $(PROFILE_PARAMS) $(SRC_01) | $(STAMP)
 	$(RUN_NB) $< $@ -p profile $(PROFILE)
@@ -76,7 +78,13 @@ $(EXEC)/02_train_disease_model/%.ipynb: notebooks/02_train_disease_model.ipynb $
 $(NB03): notebooks/03_svm_ensemble.ipynb $(NB02) $(PROFILE_PARAMS) $(SRC_03) | $(STAMP)
 	$(RUN_NB) $< $@ -p profile $(PROFILE)
 
-$(NB04): notebooks/04_evaluation.ipynb $(NB03) $(PROFILE_PARAMS) $(SRC_04) | $(STAMP)
+# Whole-pipeline variants (params: variants.runs), one target per distinct settings hash; the 2-class
+# vs 3-class pair feeds Tables 7-8 in 04. A variant equal to the profile reuses its trained models.
+$(VARIANTS_DIR)/%/result.json: $(NB01) $(PROFILE_PARAMS) $(SRC_V) | $(STAMP)
+	OMP_NUM_THREADS=$(THREADS) $(PY) -m scxnn variant --profile $(PROFILE) --hash $* --no-progress
+$(VARIANT_REUSES_MODELS): $(NB02)
+
+$(NB04): notebooks/04_evaluation.ipynb $(NB03) $(VARIANT_two_class) $(VARIANT_three_class) $(PROFILE_PARAMS) $(SRC_04) | $(STAMP)
 	$(RUN_NB) $< $@ -p profile $(PROFILE)
 
 $(NB05): notebooks/05_novel_diseases.ipynb $(NB03) $(PROFILE_PARAMS) $(SRC_04) | $(STAMP)
@@ -85,11 +93,11 @@ $(NB05): notebooks/05_novel_diseases.ipynb $(NB03) $(PROFILE_PARAMS) $(SRC_04) |
 $(NB06): notebooks/06_gradcam.ipynb $(NB02) $(PROFILE_PARAMS) $(SRC_06) | $(STAMP)
 	$(RUN_NB) $< $@ -p profile $(PROFILE)
 
-$(NB07): notebooks/07_ablations.ipynb $(NB01) $(PROFILE_PARAMS) $(SRC_07) | $(STAMP)
+$(NB07): notebooks/07_ablations.ipynb $(NB01) $(VARIANT_ABLATIONS) $(PROFILE_PARAMS) $(SRC_07) | $(STAMP)
 	$(RUN_NB) $< $@ -p profile $(PROFILE)
 
 # ---------------------------------------------------------------- entry points
-.PHONY: help setup venv reports preprocess train ensemble evaluate novel gradcam ablations test lab lock clean clean-profile
+.PHONY: help setup venv reports preprocess train variants ensemble evaluate novel gradcam ablations test lab lock clean clean-profile
 
 help: ## list the targets
 	@echo "SCXNN study - make TARGET [PROFILE=demo|smoke|thesis|...]  (default PROFILE=demo)"
@@ -101,16 +109,20 @@ setup: $(STAMP) ## create .venv, install the pinned packages, the notebook kerne
 
 venv: $(STAMP) ## create or update .venv only
 
-reports: $(ALL_NBS) ## run the whole study for PROFILE: every notebook to reports/executed/PROFILE/
+reports: $(ALL_NBS) $(INDEX) ## run the whole study for PROFILE: every notebook, then the index reports/README.md
+
+$(INDEX): $(ALL_NBS) scxnn/reports.py | $(STAMP)
+	$(PY) -m scxnn index --profile $(PROFILE)
 
 preprocess: $(NB01) ## 01: synthetic data / adapters, preprocessing, Table 1
 train: $(NB02) ## 02: train the per-finding models (all findings; make -j trains them in parallel)
 train-%: $(EXEC)/02_train_disease_model/%.ipynb ;
 ensemble: $(NB03) ## 03: logits table, SVM, definite-normal operating point
+variants: $(VARIANT_RESULTS) ## whole-pipeline variants (params variants.runs), e.g. the 2-class models of Tables 7-8
 evaluate: $(NB04) ## 04: Tables 2, 3, 7, 8 with 95% CIs, ROC figures
 novel: $(NB05) ## 05: unseen findings (Table 9)
 gradcam: $(NB06) ## 06: Grad-CAM (Figure 5) and localization
-ablations: $(NB07) ## 07: Tables 4, 5, 6
+ablations: $(NB07) ## 07: Tables 4, 5, 6 (whole-pipeline variants; make -j2 trains two at a time)
 
 test: $(STAMP) ## unit tests, then every notebook with PROFILE=smoke through papermill
 	$(PY) -m pytest
@@ -128,4 +140,4 @@ clean-profile: ## delete PROFILE's executed notebooks, generated data and runs (
 	rm -rf reports/executed/$(PROFILE) reports/tables/$(PROFILE) reports/figures/$(PROFILE) data/$(PROFILE) runs/$(PROFILE) .make/$(PROFILE).mk
 
 clean: ## delete every generated file except .venv
-	rm -rf reports/executed/*/ reports/tables/*/ reports/figures/*/ data runs .make .pytest_cache
+	rm -rf reports/executed/*/ reports/tables/*/ reports/figures/*/ reports/README.md data runs .make .pytest_cache

@@ -154,3 +154,117 @@ def format_bench_train(result: dict) -> str:
             lines.append(f"{name:<22}{v:>10}{'':>14}")
     lines.append(f"ratio: {r['ratio']:.1f}x vs plain fp32 NCHW (best: {r['best']})")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- bench predict
+
+PREDICT_BASELINE = "naive"
+
+
+def _predict_models(backbone: str, n_models: int, device: str, channels_last: bool) -> list[SCXNN]:
+    # Distinct weights per model, as in the real ensemble: 13 sets of weights stream through the
+    # caches, which one model reused 13 times would hide.
+    models = []
+    for i in range(n_models):
+        torch.manual_seed(i)
+        m = SCXNN(backbone=backbone, num_classes=3, decoder="reconstruction").to(device).eval()
+        models.append(m.to(memory_format=torch.channels_last) if channels_last else m)
+    return models
+
+
+def _measure_predict(variant: str, backbone: str, n_models: int, x: torch.Tensor, images: int, batch: int, warmup: int, device: str) -> float:
+    fast = variant != PREDICT_BASELINE
+    models = _predict_models(backbone, n_models, device, channels_last=fast)
+    bf16 = variant in ("fast_bf16", "compile") and bf16_supported(device)
+    dev_type = "cuda" if device.startswith("cuda") else "cpu"
+    if variant == "compile":
+        # One compiled callable shared by the models: parameters are graph inputs (dynamo inlines
+        # nn.Modules), so the 13 models reuse one graph instead of compiling 13 times.
+        fwd = torch.compile(lambda m, t: m(t, decode=False))
+    elif fast:
+        fwd = lambda m, t: m(t, decode=False)  # noqa: E731
+    else:
+        fwd = lambda m, t: m(t)  # noqa: E731  (the naive path: the decoder runs too)
+    xb = x[:batch].contiguous(memory_format=torch.channels_last) if fast else x[:batch]
+    grad_ctx = torch.inference_mode if fast else torch.no_grad
+
+    def run(n_batches: int) -> None:
+        with grad_ctx():
+            for _ in range(n_batches):
+                ctx = torch.autocast(dev_type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+                with ctx:
+                    for m in models:
+                        out = fwd(m, xb)
+                        out[0].float().softmax(1)
+
+    run(warmup)
+    _sync(device)
+    n_batches = max(1, images // batch)
+    t0 = time.perf_counter()
+    run(n_batches)
+    _sync(device)
+    del models
+    return n_batches * batch / (time.perf_counter() - t0)
+
+
+def bench_predict(
+    backbone: str = "densenet121",
+    size: int = 1024,
+    n_models: int = 13,
+    images: int = 2,
+    batch: int = 1,
+    warmup: int = 1,
+    device: str = "cpu",
+    compile: bool = False,
+) -> dict:
+    """Images/s of the whole ensemble (``n_models`` finding models per image) at inference.
+
+    Variants, measured in one process on the same input:
+
+    * ``naive``: the baseline, fp32 NCHW with the decoder on (``model(x)`` as trained);
+    * ``fast_fp32``: channels_last, decoder skipped, ``inference_mode``;
+    * ``fast_bf16``: plus bf16 autocast, where the hardware has native bf16;
+    * ``compile``: plus ``torch.compile``, only when asked (compiling takes a while).
+
+    On a CPU use ``batch=1`` (what `scxnn predict` does there); on a GPU batch over images and loop
+    over the models.
+    """
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    batch = max(1, min(batch, images))
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(batch, 1, size, size, generator=gen).to(device)
+    results: dict[str, float | str] = {}
+    for variant in (PREDICT_BASELINE, "fast_fp32", "fast_bf16", "compile"):
+        if variant == "fast_bf16" and not bf16_supported(device):
+            results[variant] = "unsupported"
+        elif variant == "compile" and not compile:
+            results[variant] = "skipped"
+        else:
+            results[variant] = _measure_predict(variant, backbone, n_models, x, images, batch, warmup, device)
+    timed = {k: v for k, v in results.items() if isinstance(v, float)}
+    best = max(timed, key=timed.get)
+    return {
+        "backbone": backbone, "size": size, "models": n_models, "images": images, "batch": batch,
+        "warmup": warmup, "device": device, "machine": machine_description(device),
+        "threads": torch.get_num_threads(), "torch": torch.__version__, "img_per_s": results,
+        "baseline": PREDICT_BASELINE, "best": best, "ratio": timed[best] / timed[PREDICT_BASELINE],
+    }
+
+
+def format_bench_predict(result: dict) -> str:
+    r = result
+    lines = [
+        f"scxnn bench predict: {r['models']} x {r['backbone']} per image, {r['size']} px, batch {r['batch']}, "
+        f"{r['images']} timed images after {r['warmup']} warm-up batch(es), {r['device']}",
+        f"machine: {r['machine']}; torch {r['torch']}, {r['threads']} threads",
+        f"{'variant':<14}{'img/s':>10}{'s/img':>10}{'vs naive':>12}",
+    ]
+    base = r["img_per_s"][r["baseline"]]
+    for name, v in r["img_per_s"].items():
+        if isinstance(v, float):
+            lines.append(f"{name:<14}{v:>10.3f}{1 / v:>10.3f}{v / base:>11.2f}x")
+        else:
+            lines.append(f"{name:<14}{v:>10}")
+    lines.append(f"ratio: {r['ratio']:.1f}x vs the naive path (fp32 NCHW, decoder on); best: {r['best']}")
+    return "\n".join(lines)

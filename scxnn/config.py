@@ -30,6 +30,10 @@ DEFAULTS_FILE = "defaults.yaml"
 RESOLVED_NAME = "config.resolved.yaml"
 BACKBONES = ("densenet121", "densenet169", "resnet50", "vgg16", "googlenet", "efficientnet_b2")
 RISK_GROUPS = ("critical", "urgent", "non_urgent", "cardiomegaly")
+# Sections a variant may change (not data, paths or findings: variants compare methods on one dataset).
+VARIANT_SECTIONS = ("seed", "preprocess", "model", "train", "ensemble")
+# Sections that decide a trained pipeline's results; their hash names a variant's cache folder.
+RESULT_SECTIONS = ("seed", "findings", "unseen_findings", "data", "preprocess", "model", "train", "ensemble")
 
 
 class ConfigError(ValueError):
@@ -126,6 +130,7 @@ class Train:
     bf16: Literal["auto", "on", "off"]
     compile: bool
     max_images_per_epoch: int  # training images drawn per epoch (stage 1 and 2); 0: all of them
+    max_val_images: int  # validation films scored per epoch for model selection (all target films kept); 0: all
     # Augmentation (training only; image and lesion mask together). Each transform fires with augment_p.
     augment_p: float  # probability of each augmentation below
     augment_shift: float  # max translation, fraction of the image side
@@ -147,6 +152,7 @@ class Train:
         _check(self.stage2_epochs >= 0, "stage2_epochs", "must be >= 0")
         _check(self.num_workers >= 0, "num_workers", "must be >= 0")
         _check(self.max_images_per_epoch >= 0, "max_images_per_epoch", "must be >= 0 (0: all)")
+        _check(self.max_val_images >= 0, "max_val_images", "must be >= 0 (0: all)")
         _check(0 <= self.augment_p <= 1, "augment_p", "must be in [0, 1]")
         _check(0 <= self.augment_shift < 0.5, "augment_shift", "must be in [0, 0.5)")
         _check(0 <= self.augment_rotate <= 180, "augment_rotate", "must be in [0, 180]")
@@ -173,10 +179,31 @@ class Ensemble:
 class Evaluate:
     bootstrap: int  # resamples (of patients) for the 95% intervals
     ci: float
+    batch_size: int  # images per forward pass when the models score a set (logits table)
+    bf16: Literal["auto", "on", "off"]  # inference in bf16: auto = where the hardware has native bf16 (CPU too)
 
     def __post_init__(self) -> None:
         _check(self.bootstrap >= 100, "bootstrap", "must be >= 100")
         _check(0 < self.ci < 1, "ci", "must be in (0, 1)")
+        _check(self.batch_size >= 1, "batch_size", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class Variants:
+    """Whole-pipeline variants (13 models + SVM each) for the comparisons of Tables 4-8."""
+
+    protocol: dict[str, Any]  # dotted overrides every variant shares (a reduced protocol in small profiles)
+    runs: dict[str, dict[str, Any]]  # variant name -> dotted overrides of the method settings
+    tables: dict[str, dict[str, str]]  # thesis table -> its row -> the variant that gives that row
+
+    def __post_init__(self) -> None:
+        for table, rows in self.tables.items():
+            unknown = sorted({v for v in rows.values() if v not in self.runs})
+            _check(not unknown, "tables", f"{table}: rows name variants not in variants.runs: {unknown}")
+        for name, over in {"protocol": self.protocol, **self.runs}.items():
+            bad = [k for k in over if str(k).split(".")[0] not in VARIANT_SECTIONS]
+            _check(not bad, "runs" if name != "protocol" else "protocol",
+                   f"{name}: {bad} cannot vary; variants compare methods on the same data, so only {', '.join(VARIANT_SECTIONS)} settings may change")
 
 
 @dataclass(frozen=True)
@@ -194,6 +221,7 @@ class Config:
     train: Train
     ensemble: Ensemble
     evaluate: Evaluate
+    variants: Variants
 
     def __post_init__(self) -> None:
         _check(len(self.findings) >= 1, "findings", "must list at least one finding")
@@ -317,10 +345,25 @@ def load_config(
     if overrides:
         _merge(tree, _overrides_to_tree(overrides), "override", "", schema, sources)
     cfg = _build(Config, tree, sources, "")
+    for name in cfg.variants.runs:  # a typo in a variant fails here, not an hour into the study
+        variant_config(cfg, name)
     # Relative paths in params resolve against the folder that holds params/, whatever the cwd
     # (papermill runs notebooks from notebooks/, the CLI from anywhere).
     object.__setattr__(cfg, "_root", pdir.resolve().parent)
     return cfg
+
+
+def variant_config(cfg: Config, name: str) -> Config:
+    """The config of whole-pipeline variant ``name``: the profile, then ``variants.protocol``, then the
+    variant's own overrides. Its ``variants`` section is empty (a variant has no variants)."""
+    v = cfg.variants
+    if name not in v.runs:
+        raise ConfigError(f"no variant {name!r} in profile {cfg.profile!r}; variants: {', '.join(v.runs) or 'none'}")
+    over = {**v.protocol, **v.runs[name], "variants.protocol": {}, "variants.runs": {}, "variants.tables": {}}
+    try:
+        return cfg.replace(over)
+    except ConfigError as e:
+        raise ConfigError(f"variants.runs.{name} (with variants.protocol): {e}") from None
 
 
 def save_resolved(cfg: Config, directory: str | os.PathLike, extra: Mapping[str, Any] | None = None) -> Path:
@@ -353,10 +396,46 @@ def load_resolved(path: str | os.PathLike) -> Config:
 
 
 def config_from_dict(data: Mapping[str, Any], source: str = "dict") -> Config:
+    """Rebuild a Config from its plain dict (a checkpoint's embedded config, a resolved file).
+
+    A key that an older file lacks takes today's default: settings are only ever added with a
+    default that reproduces the earlier behaviour (e.g. ``train.max_val_images: 0``, all films), so
+    older checkpoints stay loadable. The filled keys are logged."""
     tree: dict[str, Any] = {}
     sources = _Sources()
-    _merge(tree, dict(data), source, "", _schema_tree(Config), sources)
+    schema = _schema_tree(Config)
+    try:
+        defaults = _read_yaml(params_dir() / DEFAULTS_FILE)
+    except ConfigError:
+        defaults = {}
+    defaults = {k: v for k, v in defaults.items() if k in schema}
+    _merge(tree, defaults, "defaults", "", schema, sources)
+    _merge(tree, dict(data), source, "", schema, sources)
+    filled = [k for k in _leaf_keys(defaults) if not _has_key(data, k)]
+    if filled:
+        import logging
+
+        logging.getLogger("scxnn").debug("%s: keys missing, today's defaults used: %s", source, ", ".join(filled))
     return _build(Config, tree, sources, "")
+
+
+def _leaf_keys(tree: Mapping, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in tree.items():
+        if isinstance(v, Mapping) and k not in ("findings",) and not prefix.startswith("variants"):
+            out += _leaf_keys(v, f"{prefix}{k}.") if v else [f"{prefix}{k}"]
+        else:
+            out.append(f"{prefix}{k}")
+    return out
+
+
+def _has_key(tree: Mapping, dotted: str) -> bool:
+    node: Any = tree
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 # --------------------------------------------------------------------------- internals
@@ -491,6 +570,8 @@ def _coerce(tp: Any, value: Any, key: str, sources: _Sources) -> Any:
         if any(value == a and type(value) is type(a) for a in args):
             return value
         fail("one of " + ", ".join(repr(a) for a in args))
+    if tp is Any:
+        return value
     if tp is bool:
         if isinstance(value, bool):
             return value

@@ -156,17 +156,23 @@ def logits_table(cfg, model_dirs: dict, progress: bool = True):
     from scxnn.preprocess import cache_dir
     from scxnn.train import load_model, predict
 
+    from scxnn.bench import bf16_supported
+    from scxnn.train import _resolve_device
+
     findings, unseen = list(cfg.findings), list(cfg.unseen_findings)
     df = read_manifest(cache_dir(cfg) / MANIFEST_NAME, findings, unseen)
-    keep = ["image_id", "patient_id", "site", "split", "label_type", *findings, *unseen]
+    keep = ["image_id", "patient_id", "site", "split", "label_type", "path", *findings, *unseen]
     out = df[keep].copy()
     out["abnormal"] = abnormal_labels(df, findings, unseen)
     zeros = np.zeros(len(df), dtype=int)
+    device = _resolve_device(cfg)
+    # The fast path of `scxnn bench predict`: channels_last, no decoder, bf16 where it is native.
+    bf16 = cfg.evaluate.bf16 == "on" or (cfg.evaluate.bf16 == "auto" and bf16_supported(device.type))
     with torch.inference_mode():
         for finding in tqdm(findings, desc="logits", unit="model", disable=not progress):
-            model, mcfg = load_model(Path(model_dirs[finding]) / "best.pt")
+            model, mcfg = load_model(Path(model_dirs[finding]) / "best.pt", map_location=device)
             ds = RadiographDataset(df, cache_dir(cfg), finding, zeros, mcfg)
-            logits, _ = predict(model, ds)
+            logits, _ = predict(model, ds, device=device, batch_size=cfg.evaluate.batch_size, channels_last=True, bf16=bf16)
             names = logit_columns([finding], logits.shape[1])
             for j, c in enumerate(names):
                 out[c] = logits[:, j].astype(np.float32)
@@ -189,13 +195,33 @@ def oof_scores(X, y, groups, make_model, n_splits: int = 5, seed: int = 0) -> np
     return scores
 
 
+def validation_rows(table):
+    """The only rows the SVM and its thresholds may see. Everything downstream of this call is given
+    this frame alone, so test, temporal and external films cannot reach the fit, by construction."""
+    val = table[table["split"] == "val"].copy()
+    if val.empty:
+        raise ValueError("the logits table has no validation films (split == 'val'); the SVM and its thresholds are chosen on them only")
+    return val.reset_index(drop=True)
+
+
 def fit_ensemble(cfg, table) -> tuple[DefiniteNormalSVM, Thresholds]:
     """Fit the SVM on the validation films (never test, temporal or external) and freeze both
     thresholds from out-of-fold validation scores."""
+    svm, th, _ = fit_ensemble_with_scores(cfg, validation_rows(table))
+    return svm, th
+
+
+def fit_ensemble_with_scores(cfg, val) -> tuple[DefiniteNormalSVM, Thresholds, "pd.DataFrame"]:
+    """:func:`fit_ensemble` on the validation rows alone, also returning the validation scores the
+    thresholds were chosen on (image_id, patient_id, abnormal, score): the yield curve and the
+    calibration of notebook 04 are fitted on them, never on test films."""
+    import pandas as pd
+
     e = cfg.ensemble
     if e.fit_on != "validation":
         raise NotImplementedError(f"ensemble.fit_on={e.fit_on!r} is not implemented yet; use 'validation'")
-    val = table[table["split"] == "val"]
+    if not (val["split"] == "val").all():
+        raise ValueError("fit_ensemble_with_scores was given non-validation rows; pass validation_rows(table)")
     cols = logit_columns(list(cfg.findings), cfg.model.num_classes)
     X, y, g = val[cols].to_numpy(float), val["abnormal"].to_numpy(int), val["patient_id"].to_numpy()
 
@@ -211,7 +237,9 @@ def fit_ensemble(cfg, table) -> tuple[DefiniteNormalSVM, Thresholds]:
         log.warning("%s; thresholds use the SVM's in-sample validation scores (optimistic)", err)
         scores, source = svm.decision_function(X), "in-sample (validation too small for folds)"
     th = choose_thresholds(scores, y, g, e.sensitivity_target, cfg.evaluate.bootstrap, cfg.seed, cfg.evaluate.ci)
-    return svm, dataclasses.replace(th, scores=source)
+    val_scores = pd.DataFrame({"image_id": val["image_id"].to_numpy() if "image_id" in val else np.arange(len(val)),
+                               "patient_id": g, "abnormal": y, "score": scores})
+    return svm, dataclasses.replace(th, scores=source), val_scores
 
 
 LOGITS_NAME = "logits.parquet"
@@ -224,3 +252,32 @@ def save_logits(table, out_dir: str | os.PathLike) -> Path:
     with atomic_open(path, "wb") as fh:
         table.to_parquet(fh, index=False)
     return path
+
+
+VAL_SCORES_NAME = "val_scores.csv"
+
+
+def build(cfg, model_dirs: dict, out_dir: str | os.PathLike, progress: bool = True):
+    """Step 03 for a set of trained models: the logits table, the SVM fitted on validation films and
+    its frozen thresholds, all saved in ``out_dir``. Returns (table, svm, thresholds)."""
+    out = Path(out_dir)
+    table = logits_table(cfg, model_dirs, progress=progress)
+    save_logits(table, out)
+    svm, th, val_scores = fit_ensemble_with_scores(cfg, validation_rows(table))
+    save(svm, th, out)
+    atomic_write_text(out / VAL_SCORES_NAME, val_scores.to_csv(index=False))
+    return table, svm, th
+
+
+def load_run(out_dir: str | os.PathLike, cfg):
+    """What step 03 saved, ready to evaluate: (table with a ``score`` column, svm, thresholds,
+    validation scores)."""
+    import pandas as pd
+
+    out = Path(out_dir)
+    svm, th = load(out)
+    table = pd.read_parquet(out / LOGITS_NAME)
+    num_classes = 3 if f"{next(iter(cfg.findings))}__others" in table else 2
+    table["score"] = svm.decision_function(table[logit_columns(list(cfg.findings), num_classes)].to_numpy(float))
+    val_scores = pd.read_csv(out / VAL_SCORES_NAME, dtype={"image_id": str, "patient_id": str})
+    return table, svm, th, val_scores

@@ -70,6 +70,7 @@ RESUMABLE_CHANGES = {
     "paths",
     "ensemble",
     "evaluate",
+    "variants",
     "train.max_epochs",
     "train.stage2_epochs",
     "train.num_workers",
@@ -340,7 +341,22 @@ def training_sets(df: pd.DataFrame, cfg: Config, finding: str) -> dict[str, tupl
         "stage2": ok & (df["split"] == "train"),
         "val": ok & (df["split"] == "val") & (df["label_type"] == "hard"),
     }
-    return {k: (df[m].reset_index(drop=True), labels[m].astype(int).to_numpy()) for k, m in sel.items()}
+    out = {k: (df[m].reset_index(drop=True), labels[m].astype(int).to_numpy()) for k, m in sel.items()}
+    cap = cfg.train.max_val_images
+    if cap and len(out["val"][0]) > cap:
+        out["val"] = _val_subset(*out["val"], cap, finding_seed(cfg.seed, finding))
+    return out
+
+
+def _val_subset(rows: pd.DataFrame, labels: np.ndarray, cap: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
+    """A fixed subset of ``cap`` validation films for per-epoch model selection: every target film
+    (the rare class decides the AUC), then a seeded draw of the rest. The SVM and the thresholds
+    still use the whole validation split (step 03)."""
+    rng = np.random.default_rng(seed)
+    pos = np.flatnonzero(labels == 1)
+    rest = rng.permutation(np.flatnonzero(labels != 1))
+    keep = np.sort(np.r_[pos[:cap], rest[: max(0, cap - len(pos))]])
+    return rows.iloc[keep].reset_index(drop=True), labels[keep]
 
 
 def epoch_indices(labels: np.ndarray, seed: int, key: int, imbalance: str, cap: int, num_classes: int) -> list[int]:
@@ -534,19 +550,27 @@ def target_auc(labels: np.ndarray, score: np.ndarray) -> float:
 
 
 @torch.inference_mode()
-def predict(model, loader_or_dataset, device="cpu", batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """(logits (N, C), labels (N,)) over a DataLoader or a dataset of dict items; the decoder is skipped."""
+def predict(model, loader_or_dataset, device="cpu", batch_size: int = 32, channels_last: bool = False, bf16: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(logits (N, C), labels (N,)) over a DataLoader or a dataset of dict items; the decoder is skipped.
+
+    ``channels_last`` and ``bf16`` are the inference fast path (see ``scxnn bench predict``); bf16
+    logits differ from fp32 in the third decimal, so a step uses one setting throughout."""
     device = torch.device(device)
     loader = loader_or_dataset
     if isinstance(loader_or_dataset, torch.utils.data.Dataset):
         loader = torch.utils.data.DataLoader(loader_or_dataset, batch_size=batch_size, shuffle=False)
     model.eval()
     model.to(device)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    if channels_last:
+        model.to(memory_format=fmt)
+    amp = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     out, labels = [], []
     for batch in loader:
         x = batch["image"] if isinstance(batch, dict) else batch[0]
         y = batch["label"] if isinstance(batch, dict) else batch[1]
-        logits, _ = model(x.to(device), decode=False)
+        with amp:
+            logits, _ = model(x.to(device).contiguous(memory_format=fmt), decode=False)
         out.append(logits.float().cpu())
         labels.append(torch.as_tensor(y).cpu())
     if not out:

@@ -12,7 +12,7 @@ from scxnn.cli import EXIT_NOT_YET, build_parser, main
 
 from conftest import ROOT
 
-SUBCOMMANDS = ["config", "notebook", "manifest", "synth", "preprocess", "train", "ensemble", "evaluate", "predict", "gradcam", "bench"]
+SUBCOMMANDS = ["config", "notebook", "manifest", "synth", "preprocess", "train", "ensemble", "variant", "index", "evaluate", "predict", "gradcam", "bench"]
 
 
 def test_parser_has_every_subcommand():
@@ -62,8 +62,31 @@ def test_check_all_profiles(capsys):
 
 
 def test_unimplemented_steps_fail_loudly(capsys):
-    assert main(["ensemble", "--profile", "smoke"]) == EXIT_NOT_YET
-    assert "issue #5" in capsys.readouterr().err
+    assert main(["evaluate", "--profile", "smoke"]) == EXIT_NOT_YET
+    assert "issue #8" in capsys.readouterr().err
+
+
+def test_gradcam_without_models_says_where_they_should_be(tmp_path, capsys):
+    assert main(["gradcam", "--models", str(tmp_path), str(tmp_path / "x.png")]) == 2
+    assert "best.pt" in capsys.readouterr().err
+
+
+def test_make_vars_name_one_target_per_distinct_variant(capsys):
+    assert main(["config", "--profile", "smoke", "--make"]) == 0
+    lines = dict(ln.split(" := ", 1) for ln in capsys.readouterr().out.splitlines() if " := " in ln)
+    two, three = lines["VARIANT_two_class"], lines["VARIANT_three_class"]
+    assert two != three and two.endswith("/result.json") and two.startswith("runs/smoke/variants/")
+    results = lines["VARIANT_RESULTS"].split()
+    assert results[:2] == [three, two] and len(results) == len(set(results))
+    assert three in lines["VARIANT_ABLATIONS"].split() and two not in lines["VARIANT_ABLATIONS"].split()
+    # smoke's variants.protocol is empty, so three_class is the profile itself and reuses its models
+    assert lines["VARIANT_REUSES_MODELS"].split() in ([], [three])
+
+
+def test_variant_needs_a_name_or_a_known_hash(capsys):
+    assert main(["variant", "--profile", "smoke"]) == 2
+    assert main(["variant", "--profile", "smoke", "--hash", "000000000000"]) == 2
+    assert "no variant" in capsys.readouterr().err
 
 
 def test_bench_preprocess_prints_the_ratio_against_the_reference(capsys):
@@ -71,6 +94,14 @@ def test_bench_preprocess_prints_the_ratio_against_the_reference(capsys):
     assert main(["bench", "preprocess", "--profile", "smoke", "--height", "300", "--width", "250", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
     assert "reference (NumPy+skimage)" in out and "ratio:" in out and "percentiles" in out
+
+
+def test_bench_predict_compares_the_fast_path_with_the_naive_one(capsys):
+    # Tiny: this checks the variants run and the ratio is printed, not the speed.
+    assert main(["bench", "predict", "--profile", "smoke", "--size", "64", "--models", "2", "--images", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "2 x densenet121 per image, 64 px" in out and "naive" in out and "fast_fp32" in out and "ratio:" in out
+    assert "1024 px" not in out  # --size replaces the default pair (profile size, 1024)
 
 
 def test_synth_cli_writes_the_study(tmp_path, capsys):

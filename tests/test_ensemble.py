@@ -118,3 +118,48 @@ def test_fit_ensemble_uses_validation_only_with_out_of_fold_thresholds():
     svm2, th2 = fit_ensemble(cfg, poisoned)
     X = t[logit_columns(list(cfg.findings))].to_numpy()
     assert np.array_equal(svm.decision_function(X), svm2.decision_function(X)) and th == th2
+
+
+def test_threshold_lies_between_separated_groups():
+    # Normals score in [-3, -2], abnormals in [1, 2]: any threshold in (-2, 1] calls every normal
+    # normal and keeps every abnormal; the chosen one must sit there and keep validation sensitivity.
+    rng = np.random.default_rng(0)
+    s = np.r_[rng.uniform(-3, -2, 60), rng.uniform(1, 2, 40)]
+    y = np.r_[np.zeros(60, int), np.ones(40, int)]
+    th = choose_thresholds(s, y, np.arange(100), target=0.99, n_boot=200, seed=0)
+    assert s[y == 0].max() < th.point <= s[y == 1].min()
+    assert th.val_sensitivity >= 0.99 and th.val_auto_normal == pytest.approx(0.6)
+    assert th.strict <= th.point
+
+
+def test_threshold_selection_cannot_see_test_rows():
+    """Structural: the fit receives validation_rows(table) only. Test rows full of NaN logits would
+    crash StandardScaler/SVC if any of them reached the fit, and cannot change the thresholds."""
+    from scxnn.ensemble import fit_ensemble, fit_ensemble_with_scores, validation_rows
+
+    cfg, t = _table()
+    svm, th = fit_ensemble(cfg, t)
+    poisoned = t.copy()
+    test = poisoned["split"] == "test"
+    cols = logit_columns(list(cfg.findings))
+    poisoned.loc[test, cols] = np.nan
+    poisoned.loc[test, "abnormal"] = 1 - poisoned.loc[test, "abnormal"]
+    svm2, th2 = fit_ensemble(cfg, poisoned)
+    assert th2 == th
+    assert set(validation_rows(poisoned)["split"]) == {"val"}
+    with pytest.raises(ValueError, match="non-validation"):
+        fit_ensemble_with_scores(cfg, t)
+    with pytest.raises(ValueError, match="no validation films"):
+        fit_ensemble(cfg, t[t["split"] == "test"])
+
+
+def test_validation_scores_are_out_of_fold_and_saved(tmp_path):
+    from scxnn.ensemble import fit_ensemble_with_scores, validation_rows
+
+    cfg, t = _table()
+    svm, th, vs = fit_ensemble_with_scores(cfg, validation_rows(t))
+    assert len(vs) == th.n_val == 120 and list(vs.columns) == ["image_id", "patient_id", "abnormal", "score"]
+    X = validation_rows(t)[logit_columns(list(cfg.findings))].to_numpy()
+    # out-of-fold scores differ from the final SVM's own (in-sample) scores
+    assert not np.allclose(vs["score"].to_numpy(), svm.decision_function(X))
+    assert screening_metrics(vs["abnormal"], vs["score"] >= th.point)["sensitivity"] >= cfg.ensemble.sensitivity_target

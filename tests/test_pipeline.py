@@ -46,6 +46,19 @@ def test_every_notebook_is_executed(smoke_reports):
     assert not any(".partial." in g or ".failed." in g for g in got)
 
 
+def test_reports_hold_the_thesis_tables_figures_and_the_index(smoke_reports):
+    tables = ROOT / "reports" / "tables" / PROFILE
+    figures = ROOT / "reports" / "figures" / PROFILE
+    for name in ("table1_dataset", "table2_normal_vs_abnormal", "table3_risk_levels", "table7_two_vs_three_class",
+                 "table8_two_vs_three_class_risk", "table9_unseen_findings", "auc_per_finding", "missed_by_risk"):
+        for ext in (".csv", ".md", ".json"):
+            assert (tables / f"{name}{ext}").is_file(), f"{name}{ext}"
+    for name in ("roc", "screening_yield", "calibration", "auc_per_finding", "missed_critical"):
+        assert (figures / f"{name}.png").stat().st_size > 1000, name
+    index = (ROOT / "reports" / "README.md").read_text()
+    assert "table2_normal_vs_abnormal" in index and "thesis:" in index and "roc.png" in index
+
+
 def test_each_step_saved_its_resolved_config(smoke_reports):
     cfg = load_config(PROFILE)
     for step in STEPS:
@@ -72,6 +85,9 @@ def test_a_change_reruns_only_what_depends_on_it(smoke_reports):
     assert {p.rsplit("/", 1)[-1] for p in downstream_of_03} == {"03_svm_ensemble.ipynb", "04_evaluation.ipynb", "05_novel_diseases.ipynb"}
     everything = would_run(f"params/{PROFILE}.yaml")
     assert len(everything) == len(STEPS) - 1 + len(load_config(PROFILE).findings)
+    # the 2-class variant reruns with the params (it finds its cached result when they did not change it)
+    out = _make("-n", "-W", f"params/{PROFILE}.yaml", "reports").stdout
+    assert "scxnn variant" in out and "scxnn index" in out
 
 
 def test_mismatched_upstream_settings_fail_loudly(smoke_reports):

@@ -360,3 +360,17 @@ def test_changed_settings_supersede_the_old_run_in_auto_mode(smoke_cache, tmp_pa
     r = T.train_finding(changed, FINDING, out_dir=out, resume="auto", progress=False)
     assert (out / T.SUPERSEDED / "last.pt").is_file() and r.best_checkpoint.is_file()
     assert T.load_checkpoint(out / "last.pt")["config"]["train"]["lr"] == 0.0005
+
+
+def test_validation_cap_keeps_every_target_film_and_is_fixed():
+    import numpy as np
+    import pandas as pd
+
+    from scxnn.train import _val_subset
+
+    rows = pd.DataFrame({"image_id": [f"i{k}" for k in range(50)]})
+    labels = np.r_[np.ones(6, int), np.zeros(30, int), np.full(14, 2)]
+    sub, y = _val_subset(rows, labels, 20, seed=3)
+    assert len(sub) == 20 and (y == 1).sum() == 6  # all the rare target films stay
+    sub2, y2 = _val_subset(rows, labels, 20, seed=3)
+    assert sub["image_id"].tolist() == sub2["image_id"].tolist() and np.array_equal(y, y2)

@@ -1,0 +1,652 @@
+"""Grad-CAM for the finding models (thesis Figure 5) and how well it localises lesions.
+
+* :func:`gradcam`: class-activation maps of an :class:`scxnn.models.SCXNN` with pytorch-grad-cam, on
+  the layer the model names (:meth:`~scxnn.models.SCXNN.gradcam_target_layer`). The model is left as
+  it was found: train/eval flags, ``requires_grad`` flags and ``.grad`` are restored, and the hooks
+  are removed (the CAM object lives in a ``with`` block).
+* :func:`pointing_game`, :func:`top_region_iou` and :func:`localization_table`: localisation scores
+  against the hard labels' lesion masks, next to what a random map scores on the same masks (beyond
+  the thesis, which shows Grad-CAM only qualitatively).
+* :func:`figure5`: one positive film per finding, its target-class CAM with the lesion outline, and
+  the decoder's reconstruction beside it.
+* :func:`cam_for_files`: overlays for arbitrary PNG / JPEG / DICOM files, preprocessed as the models'
+  training images were.
+
+Models are given as ``{finding: run folder or best.pt}`` (:func:`find_model_dirs` builds that from a
+``02_train_disease_model`` folder) or as already loaded :class:`LoadedModel` values
+(:func:`load_models`), so one notebook loads the 13 models once for the figure and the table.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import math
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from scxnn.config import Config
+
+log = logging.getLogger("scxnn")
+
+METHODS = ("gradcam", "gradcam++")
+
+
+# --------------------------------------------------------------------------- Grad-CAM
+
+
+class LogitsOnly(nn.Module):
+    """An SCXNN seen as ``x -> logits``: pytorch-grad-cam expects a model returning one tensor, and
+    skipping the decoder (``decode=False``) also halves the cost of each CAM."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x, decode=False)[0]
+
+
+def _cam_class(method: str):
+    from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
+
+    key = method.lower().replace("_", "").replace("-", "")
+    classes = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "gradcampp": GradCAMPlusPlus, "gradcamplusplus": GradCAMPlusPlus}
+    if key not in classes:
+        raise ValueError(f"unknown CAM method {method!r}; choose one of {', '.join(METHODS)}")
+    return classes[key]
+
+
+def _has_inference_tensors(model: nn.Module) -> bool:
+    return any(t.is_inference() for t in (*model.parameters(), *model.buffers()))
+
+
+def _is_channels_last(model: nn.Module) -> bool:
+    """Whether the conv weights are stored channels_last (``model.to(memory_format=...)``), judged on
+    a weight with several input channels and a spatial kernel: for the others both layouts coincide."""
+    w = next((p for p in model.parameters() if p.ndim == 4 and p.shape[1] > 1 and p.shape[2] * p.shape[3] > 1), None)
+    return w is not None and not w.is_contiguous() and w.is_contiguous(memory_format=torch.channels_last)
+
+
+@contextmanager
+def _grad_ready(model: nn.Module) -> Iterator[None]:
+    """Eval mode with autograd on, for the duration of the block only.
+
+    Parameters are frozen inside: Grad-CAM needs gradients with respect to the target layer's
+    activations, which flow from an input that requires grad; weight gradients would only cost time
+    and overwrite whatever ``.grad`` a caller keeps. pytorch-grad-cam calls ``model.eval()`` and
+    ``model.zero_grad()`` itself, so every module's mode and every ``.grad`` are put back afterwards.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    params = [(p, p.requires_grad, p.grad) for p in model.parameters()]
+    try:
+        for p, _, _ in params:
+            p.requires_grad_(False)
+        model.eval()
+        # inference_mode(False) / enable_grad: callers often hold the model under inference_mode or
+        # no_grad (notebooks, predict()); Grad-CAM cannot work without a graph.
+        with torch.inference_mode(False), torch.enable_grad():
+            yield
+    finally:
+        for m, training in modes:
+            m.training = training
+        for p, requires_grad, grad in params:
+            p.requires_grad_(requires_grad)
+            p.grad = grad
+
+
+def _gradcam(model: nn.Module, images: torch.Tensor, target_class: int = 1, method: str = "gradcam", batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """(CAMs (N, H, W) in [0, 1], softmax probabilities (N, C)) from one forward/backward per batch."""
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    cam_cls = _cam_class(method)
+    if images.ndim == 3:
+        images = images[None]
+    if images.ndim != 4 or images.shape[1] != 1:
+        raise ValueError(f"expected images of shape (N, 1, H, W) or (1, H, W), got {tuple(images.shape)}")
+    num_classes = int(getattr(model, "num_classes", 3))
+    if not 0 <= target_class < num_classes:
+        raise ValueError(f"target_class {target_class} out of range for a {num_classes}-class model")
+    n, _, h, w = images.shape
+    if n == 0:
+        return np.zeros((0, h, w), np.float32), np.zeros((0, num_classes), np.float32)
+    # Parameters created under inference_mode cannot take part in autograd at all, and converting
+    # them in place would change the caller's model: work on a private copy instead.
+    net = copy.deepcopy(model) if _has_inference_tensors(model) else model
+    first = next(net.parameters())
+    fmt = torch.channels_last if _is_channels_last(net) else torch.contiguous_format
+    cams, probs = [], []
+    with _grad_ready(net):
+        for i in range(0, n, batch_size):
+            # clone(): a fresh, normal tensor even if the caller's was made under inference_mode.
+            x = images[i : i + batch_size].detach().clone().to(first.device, first.dtype)
+            x = x.contiguous(memory_format=fmt).requires_grad_(True)
+            targets = [ClassifierOutputTarget(target_class)] * len(x)
+            maps = None
+            # The with block removes the hooks even on error. Its __exit__ swallows an IndexError
+            # (printing it), hence the check below instead of a NameError further on.
+            with cam_cls(model=LogitsOnly(net), target_layers=[net.gradcam_target_layer()]) as cam:
+                maps = cam(input_tensor=x, targets=targets)
+                logits = cam.outputs.detach().float()
+            if maps is None:
+                raise RuntimeError("Grad-CAM failed inside pytorch-grad-cam (an IndexError it printed and swallowed)")
+            cams.append(np.asarray(maps, np.float32).reshape(len(x), h, w))
+            probs.append(torch.softmax(logits, 1).cpu().numpy())
+    # pytorch-grad-cam min-max scales each map (to [0, 1 - 1e-7]); clip guards float rounding.
+    return np.clip(np.concatenate(cams), 0.0, 1.0), np.concatenate(probs)
+
+
+def gradcam(model: nn.Module, images: torch.Tensor, target_class: int = 1, method: str = "gradcam", batch_size: int = 16) -> np.ndarray:
+    """Grad-CAM maps of ``target_class`` (0 normal, 1 target, 2 others) for ``images`` (N, 1, H, W).
+
+    Returns float32 (N, H, W) in [0, 1], each map min-max scaled and resized to the input's H x W
+    (an all-zero map where the class gets no positive evidence). ``method``: ``gradcam`` or
+    ``gradcam++``. Runs on the model's device; the model's state is left as it was.
+    """
+    return _gradcam(model, images, target_class, method, batch_size)[0]
+
+
+# --------------------------------------------------------------------------- localisation metrics
+
+
+def _check_pair(cam: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    cam, mask = np.asarray(cam, dtype=np.float64), np.asarray(mask) > 0
+    if cam.shape != mask.shape or cam.ndim != 2:
+        raise ValueError(f"cam {cam.shape} and mask {mask.shape} must be 2-D arrays of one shape")
+    if not mask.any():
+        raise ValueError("the lesion mask is empty: localisation is undefined")
+    return cam, mask
+
+
+def _grow(mask: np.ndarray, tolerance: float) -> np.ndarray:
+    """The mask plus every pixel within ``tolerance`` pixels (Euclidean) of it."""
+    return mask if tolerance <= 0 else _distance_to(mask) <= tolerance
+
+
+def peak(cam: np.ndarray) -> tuple[int, int]:
+    """The (row, col) the CAM points at: its maximum.
+
+    When several pixels share the maximum, the one nearest their centroid is taken (then the first
+    in raster order). A coarse map upsampled bilinearly has a flat top that reaches the image border
+    (a 2 x 2 map at 64 px: a whole 16 x 16 corner), and ``np.argmax`` would always name the plateau's
+    top-left pixel, i.e. the image corner, rather than the place the map marks.
+    """
+    cam = np.asarray(cam)
+    ys, xs = np.nonzero(cam == cam.max())
+    if len(ys) == 1:
+        return int(ys[0]), int(xs[0])
+    i = int(np.argmin((ys - ys.mean()) ** 2 + (xs - xs.mean()) ** 2))
+    return int(ys[i]), int(xs[i])
+
+
+def pointing_game(cam: np.ndarray, mask: np.ndarray, tolerance: float = 0) -> bool:
+    """Whether the CAM's maximum (:func:`peak`) lies in the lesion mask, or within ``tolerance``
+    pixels of it. A constant map points nowhere and counts as a miss: it carries no location."""
+    cam, mask = _check_pair(cam, mask)
+    if cam.max() == cam.min():
+        return False
+    y, x = peak(cam)
+    return bool(_grow(mask, tolerance)[y, x])
+
+
+def top_region(cam: np.ndarray, area: int) -> np.ndarray:
+    """Pixels at or above the ``area``-th largest CAM value: the "hot" region of about that area
+    (ties at the threshold are all kept, so a flat map gives the whole image, not an arbitrary part)."""
+    cam = np.asarray(cam, dtype=np.float64)
+    area = int(min(max(area, 1), cam.size))
+    threshold = np.partition(cam.ravel(), cam.size - area)[cam.size - area]
+    return cam >= threshold
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else float("nan")
+
+
+def top_region_iou(cam: np.ndarray, mask: np.ndarray, top_fraction: float | None = None) -> float:
+    """IoU of the CAM's top region and the lesion mask.
+
+    The top region has the mask's area (the CAM is asked "where is a lesion of this size?"), or
+    ``top_fraction`` of the image when given.
+    """
+    cam, mask = _check_pair(cam, mask)
+    if top_fraction is None:
+        area = int(mask.sum())
+    else:
+        if not 0 < top_fraction <= 1:
+            raise ValueError(f"top_fraction must be in (0, 1], got {top_fraction!r}")
+        area = max(1, round(top_fraction * cam.size))
+    return _iou(top_region(cam, area), mask)
+
+
+def random_baseline(mask: np.ndarray, tolerance: float = 0, top_fraction: float | None = None, draws: int = 16, rng: np.random.Generator | None = None) -> tuple[float, float]:
+    """(pointing hit rate, mean IoU) a map with no knowledge of the image would score on ``mask``.
+
+    Pointing: a uniformly random point hits with probability = the (tolerance-grown) mask's area
+    fraction, exactly. IoU: the mask itself moved to ``draws`` uniformly random positions (wrapping
+    around the borders keeps its area), i.e. a blob of the right size and shape in the wrong place,
+    which is a fairer reference for a blob-shaped CAM than scattered random pixels.
+    """
+    mask = np.asarray(mask) > 0
+    if not mask.any():
+        raise ValueError("the lesion mask is empty: localisation is undefined")
+    rng = rng if rng is not None else np.random.default_rng(0)
+    pointing = float(_grow(mask, tolerance).mean())
+    h, w = mask.shape
+    ious = []
+    for _ in range(draws):
+        moved = np.roll(mask, (int(rng.integers(h)), int(rng.integers(w))), axis=(0, 1))
+        if top_fraction is None:
+            region = moved
+        else:  # a random blob of the requested area: the moved mask's top region of a distance map
+            region = top_region(-_distance_to(moved), max(1, round(top_fraction * mask.size)))
+        ious.append(_iou(region, mask))
+    return pointing, float(np.mean(ious))
+
+
+def _distance_to(mask: np.ndarray) -> np.ndarray:
+    """Euclidean distance of every pixel to the nearest pixel of ``mask`` (0 inside)."""
+    import cv2
+
+    return cv2.distanceTransform((~mask).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+
+
+# --------------------------------------------------------------------------- models
+
+
+@dataclass
+class LoadedModel:
+    """A finding model with what is needed to feed it: its config and preprocessing fingerprint."""
+
+    finding: str
+    model: nn.Module
+    cfg: Config
+    preprocess_fingerprint: str | None
+    path: Path
+
+
+def find_model_dirs(root: str | os.PathLike) -> dict[str, Path]:
+    """``{finding: folder}`` for every ``<root>/<finding>/best.pt`` (a ``02_train_disease_model`` folder)."""
+    from scxnn.train import BEST_NAME
+
+    root = Path(root)
+    return {d.name: d for d in sorted(root.iterdir()) if (d / BEST_NAME).is_file()} if root.is_dir() else {}
+
+
+def _checkpoint_path(p: str | os.PathLike) -> Path:
+    from scxnn.train import BEST_NAME
+
+    p = Path(p)
+    return p / BEST_NAME if p.is_dir() else p
+
+
+def load_finding_model(finding: str, path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load one finding model (eval mode) from its run folder or checkpoint file.
+
+    Reads the checkpoint once for the weights, the embedded config and the preprocessing
+    fingerprint; the rebuild mirrors :func:`scxnn.train.load_model`.
+    """
+    import dataclasses
+
+    from scxnn.config import config_from_dict
+    from scxnn.models import build_model
+    from scxnn.train import CheckpointError, load_checkpoint
+
+    ckpt_path = _checkpoint_path(path)
+    ckpt = load_checkpoint(ckpt_path, map_location="cpu")
+    if "config" not in ckpt:
+        raise CheckpointError(f"{ckpt_path}: has no embedded config")
+    cfg = config_from_dict(ckpt["config"], source=f"{ckpt_path} (embedded config)")
+    model = build_model(dataclasses.replace(cfg.model, pretrained="none"))  # weights come from the checkpoint
+    model.load_state_dict(ckpt["model"])
+    model.to(device).eval()
+    return LoadedModel(finding, model, cfg, ckpt.get("preprocess_fingerprint"), ckpt_path)
+
+
+def load_models(model_dirs: Mapping[str, str | os.PathLike | LoadedModel] | str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, LoadedModel]:
+    """``{finding: LoadedModel}`` from ``{finding: folder | best.pt | LoadedModel}`` or a folder of run folders."""
+    if not isinstance(model_dirs, Mapping):
+        found = find_model_dirs(model_dirs)
+        if not found:
+            raise FileNotFoundError(f"no <finding>/best.pt under {model_dirs}")
+        model_dirs = found
+    return {f: v if isinstance(v, LoadedModel) else load_finding_model(f, v, device) for f, v in model_dirs.items()}
+
+
+class PreprocessMismatch(ValueError):
+    """A model was trained on images preprocessed differently from the ones it would be given."""
+
+
+def check_fingerprint(lm: LoadedModel, expected: str | None = None) -> None:
+    """Raise :class:`PreprocessMismatch` unless the checkpoint's preprocessing fingerprint equals
+    ``expected`` (default: what today's code computes from the checkpoint's own settings).
+
+    A difference means the pixels this code would produce are not those the model learnt from (the
+    preprocessing code changed, or the images come from another cache), so its CAMs and
+    probabilities would silently be off.
+    """
+    from scxnn.preprocess import fingerprint
+
+    expected = expected or fingerprint(lm.cfg.preprocess)
+    if lm.preprocess_fingerprint is None:
+        raise PreprocessMismatch(f"{lm.path}: the checkpoint records no preprocessing fingerprint; retrain it with this version of scxnn")
+    if lm.preprocess_fingerprint != expected:
+        raise PreprocessMismatch(
+            f"{lm.path} ({lm.finding}): trained on preprocessing {lm.preprocess_fingerprint}, but the images here are "
+            f"preprocessed as {expected} (preprocess settings or code version differ); retrain the model or use "
+            f"the matching profile / scxnn version"
+        )
+
+
+def _ordered(cfg: Config | None, findings: Sequence[str]) -> list[str]:
+    """The study's finding order (Table 1) first, then any others as given."""
+    known = [f for f in (cfg.findings if cfg is not None else ()) if f in findings]
+    return known + [f for f in findings if f not in known]
+
+
+# --------------------------------------------------------------------------- positive films
+
+
+def _cache(cfg: Config) -> tuple[pd.DataFrame, Path]:
+    from scxnn.data import MANIFEST_NAME, read_manifest
+    from scxnn.preprocess import cache_dir
+
+    base = cache_dir(cfg)
+    path = base / MANIFEST_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no preprocessed cache for profile {cfg.profile!r} at {path}; run the preprocessing step first")
+    return read_manifest(path, list(cfg.findings), list(cfg.unseen_findings)), base
+
+
+def _split_order(split: str) -> list[str]:
+    return [split] + [s for s in ("val", "train", "test") if s != split]
+
+
+@dataclass
+class _Films:
+    images: torch.Tensor  # (N, 1, H, W) in [0, 1]
+    masks: np.ndarray  # (N, H, W) bool, the undilated lesion masks
+    image_ids: list[str]
+    split: str | None  # the split they come from
+    note: str  # "" or why another split was used
+
+
+def _positive_films(df: pd.DataFrame, base: Path, finding: str, cfg: Config, split: str, limit: int) -> _Films:
+    """Up to ``limit`` hard-labelled films positive for ``finding`` with a non-empty lesion mask, from
+    ``split`` or, when it has none, from the next split that does (the note says so).
+
+    Masks are the cache's undilated ones: the lesion itself, not the training target's margin.
+    """
+    from scxnn.data import parse_masks
+    from scxnn.dataset import RadiographDataset
+    from scxnn.preprocess import read_png
+
+    if finding not in df:
+        return _Films(torch.zeros(0, 1, 1, 1), np.zeros((0, 1, 1), bool), [], None, f"{finding} is not a manifest column")
+    positive = (df[finding].fillna(0).astype(int) == 1) & (df["label_type"] == "hard")
+    positive &= df["masks"].map(lambda v: bool(parse_masks(v).get(finding)))
+    for s in _split_order(split):
+        rows = df[positive & (df["split"] == s)].sort_values("image_id").reset_index(drop=True)
+        if rows.empty:
+            continue
+        # The dataset reads images exactly as training did (bit depth, channels).
+        ds = RadiographDataset(rows, base, finding, np.ones(len(rows), np.int64), cfg)
+        images, masks, ids = [], [], []
+        for i in range(len(rows)):
+            mp = ds.mask_paths[i]
+            if mp is None or not mp.is_file():
+                continue
+            m = read_png(mp)
+            m = (m[..., 0] if m.ndim == 3 else m) > 0
+            if not m.any():  # the lesion vanished when the mask was downsized: nothing to localise
+                continue
+            images.append(ds[i]["image"])
+            masks.append(m)
+            ids.append(rows.at[i, "image_id"])
+            if len(ids) >= limit:
+                break
+        if ids:
+            note = "" if s == split else f"no positive {split} film with a lesion mask; {s} films used"
+            return _Films(torch.stack(images), np.stack(masks), ids, s, note)
+    return _Films(torch.zeros(0, 1, 1, 1), np.zeros((0, 1, 1), bool), [], None, "no positive film with a lesion mask in any split")
+
+
+# --------------------------------------------------------------------------- localisation table
+
+
+def localization_table(
+    cfg: Config,
+    model_dirs: Mapping[str, str | os.PathLike | LoadedModel] | str | os.PathLike,
+    split: str = "test",
+    max_per_finding: int = 50,
+    target_class: int = 1,
+    method: str = "gradcam",
+    tolerance: float = 0,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> pd.DataFrame:
+    """Per finding, how well the target-class CAM points at the lesion, with a random-map reference.
+
+    Films: hard-labelled positives of ``split`` with a non-empty lesion mask (at most
+    ``max_per_finding``, by image id), from another split when ``split`` has none (``note`` column).
+    Columns: ``finding, split, n, pointing_hit_rate, mean_iou, random_pointing_rate, random_mean_iou,
+    mean_p_target, note``; rates are NaN where n is 0. ``random_*``: what a map that knows nothing of
+    the image scores on the same masks (:func:`random_baseline`).
+    """
+    from scxnn.preprocess import fingerprint
+
+    models = load_models(model_dirs, device)
+    df, base = _cache(cfg)
+    expected = fingerprint(cfg.preprocess)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for finding in _ordered(cfg, list(models)):
+        lm = models[finding]
+        check_fingerprint(lm, expected)
+        films = _positive_films(df, base, finding, cfg, split, max_per_finding)
+        row = {"finding": finding, "split": films.split, "n": len(films.image_ids)}
+        if films.image_ids:
+            cams, probs = _gradcam(lm.model, films.images, target_class, method)
+            hits = [pointing_game(c, m, tolerance) for c, m in zip(cams, films.masks)]
+            ious = [top_region_iou(c, m) for c, m in zip(cams, films.masks)]
+            base_rates = [random_baseline(m, tolerance, rng=rng) for m in films.masks]
+            row.update(
+                pointing_hit_rate=float(np.mean(hits)),
+                mean_iou=float(np.mean(ious)),
+                random_pointing_rate=float(np.mean([b[0] for b in base_rates])),
+                random_mean_iou=float(np.mean([b[1] for b in base_rates])),
+                mean_p_target=float(probs[:, 1].mean()),
+            )
+        else:
+            row.update(pointing_hit_rate=math.nan, mean_iou=math.nan, random_pointing_rate=math.nan, random_mean_iou=math.nan, mean_p_target=math.nan)
+        row["note"] = films.note
+        rows.append(row)
+    cols = ["finding", "split", "n", "pointing_hit_rate", "mean_iou", "random_pointing_rate", "random_mean_iou", "mean_p_target", "note"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+# --------------------------------------------------------------------------- figure 5
+
+
+def overlay(image: np.ndarray, cam: np.ndarray, image_weight: float = 0.5) -> np.ndarray:
+    """The CAM as a jet heat map over a greyscale image; RGB uint8 (H, W, 3).
+
+    ``image``: (H, W) uint8, or float in [0, 1]. ``cam``: (H, W) in [0, 1], resized to the image if
+    its size differs.
+    """
+    import cv2
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+
+    img = np.asarray(image)
+    if img.ndim == 3 and img.shape[0] == 1:
+        img = img[0]
+    if img.ndim != 2:
+        raise ValueError(f"expected a 2-D greyscale image, got shape {img.shape}")
+    img = img.astype(np.float32) / 255.0 if img.dtype == np.uint8 else np.clip(img.astype(np.float32), 0.0, 1.0)
+    cam = np.clip(np.nan_to_num(np.asarray(cam, dtype=np.float32)), 0.0, 1.0)
+    if cam.shape != img.shape:
+        cam = cv2.resize(cam, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_LINEAR)
+    rgb = np.repeat(img[..., None], 3, axis=2)
+    return show_cam_on_image(rgb, cam, use_rgb=True, image_weight=image_weight)
+
+
+def figure5(
+    cfg: Config,
+    model_dirs: Mapping[str, str | os.PathLike | LoadedModel] | str | os.PathLike,
+    split: str = "test",
+    method: str = "gradcam",
+    pairs_per_row: int = 3,
+    device: str | torch.device = "cpu",
+):
+    """Thesis Figure 5: per finding, a positive film with its target-class CAM and lesion outline,
+    and the decoder's reconstruction beside it. Returns a :class:`matplotlib.figure.Figure`
+    (not registered with pyplot, so nothing leaks between calls) with two axes per finding.
+
+    The film is the first (by image id) hard-labelled positive of ``split`` with a lesion mask; the
+    title says when another split had to be used, and a finding without any shows an empty panel.
+    """
+    from matplotlib.figure import Figure
+
+    from scxnn.preprocess import fingerprint
+
+    models = load_models(model_dirs, device)
+    df, base = _cache(cfg)
+    expected = fingerprint(cfg.preprocess)
+    findings = _ordered(cfg, list(models))
+    nrows = max(1, math.ceil(len(findings) / pairs_per_row))
+    ncols = 2 * pairs_per_row
+    fig = Figure(figsize=(2.0 * ncols, 2.3 * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    for k, finding in enumerate(findings):
+        ax_cam, ax_rec = axes[k // pairs_per_row, 2 * (k % pairs_per_row)], axes[k // pairs_per_row, 2 * (k % pairs_per_row) + 1]
+        lm = models[finding]
+        check_fingerprint(lm, expected)
+        films = _positive_films(df, base, finding, cfg, split, 1)
+        if not films.image_ids:
+            ax_cam.set_title(f"{finding}\nno positive film", fontsize=7)
+            ax_rec.set_title("-", fontsize=7)
+            continue
+        x = films.images[:1]
+        cams, probs = _gradcam(lm.model, x, 1, method)
+        ax_cam.imshow(overlay(x[0, 0].numpy(), cams[0]))
+        # The lesion outline, at the pixel boundary of the (undilated) mask.
+        ax_cam.contour(films.masks[0].astype(float), levels=[0.5], colors="lime", linewidths=0.8)
+        where = "" if films.split == split else f" ({films.split} film)"
+        ax_cam.set_title(f"{finding}{where}\nP(target)={probs[0, 1]:.2f}", fontsize=7)
+        recon = _reconstruction(lm.model, x)
+        if recon is None:
+            ax_rec.text(0.5, 0.5, "no decoder", ha="center", va="center", fontsize=8, transform=ax_rec.transAxes)
+            ax_rec.set_title("reconstruction", fontsize=7)
+        else:
+            ax_rec.imshow(recon, cmap="gray", vmin=0, vmax=1)
+            ax_rec.set_title("segmentation" if getattr(lm.model, "decoder_kind", "") == "segmentation" else "reconstruction", fontsize=7)
+    # Two axes per finding, no empty trailing cells.
+    for ax in axes.ravel()[2 * len(findings) :]:
+        fig.delaxes(ax)
+    fig.suptitle(f"Grad-CAM ({method}) of the target class and the decoder output, {split} films", fontsize=9)
+    return fig
+
+
+def _reconstruction(model: nn.Module, x: torch.Tensor) -> np.ndarray | None:
+    if getattr(model, "decoder", None) is None:
+        return None
+    with torch.inference_mode():
+        recon = model(x.to(next(model.parameters()).device), decode=True)[1]
+    return None if recon is None else recon[0, 0].float().cpu().numpy()
+
+
+# --------------------------------------------------------------------------- arbitrary files
+
+
+def _overlay_name(path: Path, finding: str, used: set[tuple[str, str]]) -> str:
+    """``<stem>__<finding>.png``; a stem met before in this batch (same name, other folder) gets a
+    short hash of its path so one overlay never overwrites another."""
+    stem = path.stem
+    if (stem, finding) in used:
+        stem = f"{stem}-{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]}"
+    used.add((stem, finding))
+    return f"{stem}__{finding}.png"
+
+
+def cam_for_files(
+    model_dirs: Mapping[str, str | os.PathLike | LoadedModel] | str | os.PathLike,
+    image_paths: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    finding: str | None = None,
+    method: str = "gradcam",
+    device: str | torch.device = "cpu",
+) -> pd.DataFrame:
+    """Grad-CAM overlays of every model (or just ``finding``'s) for arbitrary image files.
+
+    Each file (PNG / JPEG / DICOM) goes through the preprocessing each model was trained with (its
+    checkpoint's ``preprocess`` settings, which also set the size), then the model; the target-class
+    overlay (on the preprocessed, padded square film) is written to ``out_dir/<stem>__<finding>.png``.
+    Returns one row per (file, finding): ``file, finding, p_normal, p_target, p_others, overlay,
+    scope_flags, error`` (``p_others`` NaN for 2-class models; ``scope_flags`` as in the preprocessing
+    step, e.g. ``lateral``: such films are outside what the models were trained on, but still scored).
+    A file that cannot be read or processed becomes a single row with ``error`` set, and the batch
+    goes on.
+
+    Raises :class:`PreprocessMismatch` (before touching any file) when a checkpoint's preprocessing
+    fingerprint differs from what this code produces for its settings.
+    """
+    import cv2
+
+    from scxnn.dicom import ImageReadError, read_image
+    from scxnn.preprocess import fingerprint, preprocess_pixels
+    from scxnn.utils import atomic_write_bytes
+
+    models = load_models(model_dirs, device)
+    if finding is not None:
+        if finding not in models:
+            raise KeyError(f"no model for {finding!r}; models: {', '.join(models)}")
+        models = {finding: models[finding]}
+    for lm in models.values():
+        check_fingerprint(lm)
+    out = Path(out_dir)
+    used: set[tuple[str, str]] = set()
+    rows = []
+    for path in map(Path, image_paths):
+        try:
+            pixels: dict[str, np.ndarray] = {}  # preprocessed image per fingerprint: read and preprocess once each
+            flags: tuple[str, ...] = ()
+            file_rows = []
+            for f, lm in models.items():
+                p = lm.cfg.preprocess
+                fp = fingerprint(p)
+                if fp not in pixels:
+                    rad = read_image(path, voi_lut=p.voi_lut)
+                    flags = rad.scope_flags
+                    pixels[fp] = preprocess_pixels(rad.pixels, p)[0]
+                img = pixels[fp]
+                x = torch.from_numpy(img.astype(np.float32) / 255.0)[None, None]
+                cams, probs = _gradcam(lm.model, x, 1, method)
+                rgb = overlay(img, cams[0])
+                ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+                if not ok:
+                    raise ValueError("PNG encoding of the overlay failed")
+                dst = out / _overlay_name(path, f, used)
+                atomic_write_bytes(dst, buf.tobytes())
+                pr = probs[0]
+                file_rows.append({"file": str(path), "finding": f, "p_normal": float(pr[0]), "p_target": float(pr[1]),
+                                  "p_others": float(pr[2]) if len(pr) > 2 else math.nan, "overlay": str(dst), "scope_flags": ";".join(flags), "error": ""})
+            rows += file_rows
+        except ImageReadError as e:
+            log.warning("cam: %s skipped: %s", path, e.reason)
+            rows.append({"file": str(path), "error": e.reason})
+        except Exception as e:  # one bad file must not stop the batch
+            log.warning("cam: %s skipped: %s: %s", path, type(e).__name__, e)
+            rows.append({"file": str(path), "error": f"{type(e).__name__}: {e}"})
+    cols = ["file", "finding", "p_normal", "p_target", "p_others", "overlay", "scope_flags", "error"]
+    return pd.DataFrame(rows, columns=cols)

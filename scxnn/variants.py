@@ -1,0 +1,199 @@
+"""Whole-pipeline variants: the 13 finding models and the SVM, retrained under changed settings, for the
+thesis' comparisons (Tables 7-8: 2-class vs 3-class models; Tables 4-6: backbones, lambda,
+preprocessing).
+
+A variant is a name in ``params: variants.runs`` with dotted overrides, applied over the profile and
+``variants.protocol`` (the protocol all variants share; small profiles reduce it, and the tables say
+so). Its results are cached under the hash of the settings that decide them
+(``runs/<profile>/variants/<hash>/``): two variants with equal settings share one folder, a rerun
+recomputes only what changed, and a variant equal to the profile itself reuses the profile's trained
+models instead of training them twice. Each variant is one Make target and is resumable: its models
+resume from their checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from scxnn.config import RESULT_SECTIONS, Config, save_resolved, variant_config
+from scxnn.utils import atomic_write_text, file_lock, log, seed_everything
+
+RESULT_NAME = "result.json"
+
+
+def variant_hash(cfg: Config, name: str) -> str:
+    return variant_config(cfg, name).fingerprint(*RESULT_SECTIONS)
+
+
+def is_profile_itself(cfg: Config, name: str) -> bool:
+    """True when the variant's settings are the profile's: its models are the profile's own."""
+    return variant_hash(cfg, name) == cfg.fingerprint(*RESULT_SECTIONS)
+
+
+def variant_dir(cfg: Config, name: str) -> Path:
+    return cfg.path("runs") / "variants" / variant_hash(cfg, name)
+
+
+def result_path(cfg: Config, name: str) -> Path:
+    return variant_dir(cfg, name) / RESULT_NAME
+
+
+def model_dirs(cfg: Config, name: str) -> dict[str, Path]:
+    from scxnn.pipeline import step_dir
+
+    if is_profile_itself(cfg, name):
+        return {f: step_dir(cfg, "02_train_disease_model", f) for f in cfg.findings}
+    return {f: variant_dir(cfg, name) / f for f in cfg.findings}
+
+
+def names_for_hash(cfg: Config, h: str) -> list[str]:
+    names = [n for n in cfg.variants.runs if variant_hash(cfg, n) == h]
+    if not names:
+        known = ", ".join(f"{n}={variant_hash(cfg, n)}" for n in cfg.variants.runs) or "none"
+        raise KeyError(f"no variant of profile {cfg.profile!r} has hash {h!r} (variants: {known}); regenerate .make/{cfg.profile}.mk")
+    return names
+
+
+def make_vars(cfg: Config, root: Path) -> list[str]:
+    """Makefile lines: one result file per distinct variant, and which of them reuse the profile's models."""
+
+    def rel(p: Path) -> str:
+        try:
+            return p.resolve().relative_to(root.resolve()).as_posix()
+        except ValueError:
+            return p.as_posix()
+
+    lines, seen, main = [], {}, []
+    for name in cfg.variants.runs:
+        path = rel(result_path(cfg, name))
+        lines.append(f"VARIANT_{name} := {path}")
+        seen.setdefault(path, name)
+        if is_profile_itself(cfg, name) and path not in main:
+            main.append(path)
+    lines.append(f"VARIANT_RESULTS := {' '.join(seen)}")
+    ablations = dict.fromkeys(rel(result_path(cfg, n)) for rows in cfg.variants.tables.values() for n in rows.values())
+    lines.append(f"VARIANT_ABLATIONS := {' '.join(ablations)}")
+    lines.append(f"VARIANT_REUSES_MODELS := {' '.join(main)}")
+    lines.append(f"VARIANTS_DIR := {rel(cfg.path('runs') / 'variants')}")
+    return lines
+
+
+SUMMARY_RATES = ("sensitivity", "sensitivity_lo", "sensitivity_hi", "specificity", "specificity_lo", "specificity_hi", "auto_normal")
+
+
+def summarize(scored, threshold: float, n_boot: int, seed: int, ci: float) -> dict:
+    """The thesis' ablation columns on the internal test set (Tables 4-6): accuracy, AUC,
+    specificity and sensitivity with patient-bootstrap CIs.
+
+    Two operating points: the SVM's own decision boundary (score >= 0 is abnormal), which is where
+    the thesis' ablation tables sit (their sensitivity and specificity are balanced, unlike its
+    99%-sensitivity Table 2), and ``point_*``, the validation-chosen definite-normal threshold."""
+    from scxnn import evaluation
+    from scxnn.metrics import screening_with_ci
+
+    test = scored[evaluation.evaluation_sets(scored).get("internal", np.zeros(len(scored), bool))]
+    if test.empty:
+        raise ValueError("no internal test films to summarise the variant on")
+    y, s, patients = test["abnormal"].to_numpy(int), test["score"].to_numpy(float), test["patient_id"].to_numpy()
+    auc = evaluation.svm_auc(test, n_boot, seed, ci)
+    row = auc.iloc[0] if len(auc) else {}
+    out: dict = {"images": int(len(test)), "auc": float(row.get("auc", np.nan)),
+                 "auc_lo": float(row.get("auc_lo", np.nan)), "auc_hi": float(row.get("auc_hi", np.nan))}
+    for prefix, t in (("", 0.0), ("point_", threshold)):
+        pred = (s >= t).astype(int)
+        m = screening_with_ci(y, pred, patients, n_boot, seed, ci)
+        out[f"{prefix}accuracy"] = float((y == pred).mean())
+        out.update({f"{prefix}{k}": float(m[k]) for k in SUMMARY_RATES})
+        out.update({f"{prefix}{k}": int(m[k]) for k in ("tp", "fn", "fp", "tn")})
+    return out
+
+
+def ablation_table(cfg: Config, table: str, thesis: dict | None = None) -> "pd.DataFrame":
+    """One thesis ablation table (``variants.tables[table]``, e.g. ``table4_backbones``) from the
+    finished variants' ``result.json``: per row, accuracy, AUC, specificity and sensitivity on the
+    internal test set with 95% CIs, the thesis' values beside ours."""
+    import pandas as pd
+
+    rows = cfg.variants.tables[table]
+    ref = (thesis or {}).get(table) or {}
+    out = []
+    for row, name in rows.items():
+        path = result_path(cfg, name)
+        if not path.is_file():
+            raise FileNotFoundError(f"{table}: variant {name!r} has not run (no {path}); run `make variants PROFILE={cfg.profile}`")
+        r = json.loads(path.read_text())
+        rec = {"row": row, "variant": name, "images": r["images"], "accuracy": r["accuracy"],
+               **{k: r[k] for k in ("auc", "auc_lo", "auc_hi", "specificity", "specificity_lo", "specificity_hi",
+                                    "sensitivity", "sensitivity_lo", "sensitivity_hi")}}
+        t = ref.get(row) if isinstance(ref, dict) else None
+        if ref:
+            rec.update({f"thesis_{k}": (t or {}).get(k, np.nan) for k in ("accuracy", "auc", "specificity", "sensitivity")})
+        out.append(rec)
+    return pd.DataFrame(out)
+
+
+def run_variant(cfg: Config, name: str, progress: bool = True) -> dict:
+    """Train (or resume) the variant's 13 models, build its logits table and SVM, and summarise it on
+    the internal test set. Returns the summary, also written to ``<variant dir>/result.json``."""
+    from scxnn import ensemble
+    from scxnn.data import MANIFEST_NAME
+    from scxnn.preprocess import build_study_cache, cache_dir
+    from scxnn.train import train_finding
+
+    vcfg = variant_config(cfg, name)
+    out = variant_dir(cfg, name)
+    h = variant_hash(cfg, name)
+    result = out / RESULT_NAME
+    if result.is_file():
+        done = json.loads(result.read_text())
+        if done.get("hash") == h:
+            return done
+    t0 = time.perf_counter()
+    names = names_for_hash(cfg, h)
+    save_resolved(vcfg, out, extra={"step": "variant", "variants": names, "hash": h})
+    seed_everything(vcfg.seed)
+    cache = cache_dir(vcfg)
+    # Another resolution or contrast (the protocol, the histeq ablation): its own PNG cache, made from
+    # the profile's raw images (variants never change the data). Variants running in parallel under
+    # `make -j` may share it: one builds, the others wait.
+    with file_lock(cache.parent / f".{cache.name}.lock"):
+        if not (cache / MANIFEST_NAME).is_file():
+            build_study_cache(vcfg, progress=progress)
+    dirs = model_dirs(cfg, name)
+    if is_profile_itself(cfg, name):
+        missing = [f for f, d in dirs.items() if not (d / "best.pt").is_file()]
+        if missing:
+            raise FileNotFoundError(f"variant {name!r} reuses the profile's models, but {', '.join(missing)} are not trained; run `make train PROFILE={cfg.profile}` first")
+    else:
+        for i, f in enumerate(vcfg.findings, 1):
+            log.info("variant %s: model %d/%d (%s)", name, i, len(vcfg.findings), f)
+            train_finding(vcfg, f, out_dir=dirs[f], resume="auto", progress=progress)
+    table, svm, th = ensemble.build(vcfg, dirs, out, progress=progress)
+    table["score"] = svm.decision_function(table[ensemble.logit_columns(list(vcfg.findings), vcfg.model.num_classes)].to_numpy(float))
+    summary = {
+        "hash": h,
+        "variants": names,
+        "overrides": {**cfg.variants.protocol, **cfg.variants.runs[name]},
+        "threshold": th.point,
+        "thresholds_from": th.scores,
+        **summarize(table, th.point, vcfg.evaluate.bootstrap, vcfg.seed, vcfg.evaluate.ci),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    atomic_write_text(result, json.dumps(summary, indent=1))
+    return summary
+
+
+def load_variant(cfg: Config, name: str):
+    """(config, scored logits table, svm, thresholds, validation scores) of a finished variant."""
+    from scxnn import ensemble
+
+    path = result_path(cfg, name)
+    if not path.is_file():
+        raise FileNotFoundError(f"variant {name!r} has not run for profile {cfg.profile!r} (no {path}); run `make {path.relative_to(cfg.root) if path.is_relative_to(cfg.root) else path} PROFILE={cfg.profile}`")
+    vcfg = variant_config(cfg, name)
+    return (vcfg, *ensemble.load_run(path.parent, vcfg))

@@ -1,0 +1,302 @@
+"""scxnn.reports: sidecars, the reports index and the screening figures. Cheap: no models, no data."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from urllib.parse import unquote
+
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+
+from scxnn import reports
+from scxnn.config import load_config
+from scxnn.preprocess import encode_png
+
+matplotlib.use("Agg")
+
+
+@pytest.fixture
+def cfg(tmp_path: Path):
+    return load_config("smoke", {"paths.reports": str(tmp_path / "reports")})
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+def _visible_lines(ax) -> list:
+    return [ln for ln in ax.get_lines() if not ln.get_label().startswith("_")]
+
+
+def _links(text: str) -> list[str]:
+    return re.findall(r"\]\(([^)]+)\)", text)
+
+
+# --------------------------------------------------------------------------- sidecars and index
+
+
+def _populate(cfg) -> Path:
+    df = pd.DataFrame({"set": ["internal test", "temporal"], "sensitivity": [0.97, np.nan]})
+    reports.write_table(cfg, df, "screening", "Screening at the frozen threshold.",
+                        headline="internal test: sensitivity 0.97 [0.93, 1.00], auto-normal 8%",
+                        thesis="sensitivity 0.997, auto-normal 7.6%")
+    reports.write_table(cfg, df, "plain", "A table without\nnumbers to compare.")
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [0, 1])
+    reports.save_figure(cfg, fig, "roc", caption="ROC per set.", headline="AUC 0.91", thesis="AUC 0.95")
+    reports.save_figure(cfg, fig, "training/nodule_curves")  # existing callers: no caption
+    return cfg.path("reports")
+
+
+def test_sidecars_beside_table_and_figure(cfg):
+    _populate(cfg)
+    tdir, fdir = reports.tables_dir(cfg), reports.figures_dir(cfg)
+    assert {p.name for p in tdir.iterdir()} == {f"{n}.{s}" for n in ("screening", "plain") for s in ("csv", "md", "json")}
+    meta = json.loads((tdir / "screening.json").read_text())
+    assert meta["kind"] == "table" and meta["caption"] == "Screening at the frozen threshold."
+    assert meta["headline"].startswith("internal test: sensitivity 0.97")
+    assert meta["thesis"] == "sensitivity 0.997, auto-normal 7.6%"
+    assert meta["columns"] == ["set", "sensitivity"] and meta["rows"] == 2
+    assert json.loads((tdir / "plain.json").read_text())["headline"] is None
+    assert "ours: internal test" in (tdir / "screening.md").read_text()
+    assert "ours:" not in (tdir / "plain.md").read_text()
+    assert (fdir / "roc.png").is_file() and json.loads((fdir / "roc.json").read_text())["thesis"] == "AUC 0.95"
+    assert (fdir / "training" / "nodule_curves.json").is_file()
+    assert not [p for p in tdir.parent.parent.rglob(".*")], "atomic-write temporaries left behind"
+
+
+def test_write_table_keeps_old_call_signature(cfg):
+    path = reports.write_table(cfg, pd.DataFrame({"a": [1]}), "t", "caption")
+    assert path == reports.tables_dir(cfg) / "t.csv"
+    assert (path.parent / "t.md").read_text().startswith("**t.** caption\n\n| a |")
+
+
+def test_index_lists_everything_with_captions_and_links(cfg):
+    root = _populate(cfg)
+    # an item with no sidecar (written by hand or by an older version) and a second profile
+    (root / "tables" / "smoke" / "legacy.csv").write_text("x\n1\n")
+    other = load_config("demo", {"paths.reports": str(root)})
+    reports.write_table(other, pd.DataFrame({"a": [1]}), "t1", "Demo table.")
+    (root / "tables" / "smoke" / ".gitkeep").write_text("")
+    (root / "executed" / "smoke" / "02_train").mkdir(parents=True)
+    (root / "executed" / "smoke" / "02_train" / "nodule.ipynb").write_text("{}")
+
+    index = reports.write_index(root)
+    assert index == root / "README.md"
+    text = index.read_text()
+    assert "## Profile `demo`" in text and "## Profile `smoke`" in text
+    assert text.index("## Profile `demo`") < text.index("## Profile `smoke`")
+    smoke = text[text.index("## Profile `smoke`"):]
+    for name in ("screening", "plain", "legacy", "roc", "training/nodule_curves"):
+        assert f"[{name}](" in smoke
+    assert "Screening at the frozen threshold." in smoke
+    assert "A table without numbers to compare." in smoke  # caption on one line
+    assert "ours: internal test: sensitivity 0.97 [0.93, 1.00], auto-normal 8% · thesis: sensitivity 0.997, auto-normal 7.6%" in smoke
+    assert "ours: AUC 0.91 · thesis: AUC 0.95" in smoke
+    assert ".gitkeep" not in text and ".json" not in text
+    assert smoke.index("[legacy]") < smoke.index("[plain]") < smoke.index("[screening]")
+    links = _links(text)
+    assert "tables/smoke/screening.csv" in links and "figures/smoke/roc.png" in links
+    assert "executed/smoke/02_train/nodule.ipynb" in links
+    for link in links:
+        assert (root / unquote(link)).is_file(), link
+
+
+def test_index_is_deterministic_and_not_rewritten(cfg):
+    root = _populate(cfg)
+    first = reports.write_index(root)
+    text, mtime = first.read_text(), first.stat().st_mtime_ns
+    _populate(cfg)  # same content rewritten
+    assert reports.write_index(root).read_text() == text
+    assert first.stat().st_mtime_ns == mtime
+    assert reports.index_markdown(root, ["smoke", "nope"]) == reports.index_markdown(root, ["smoke"])
+    assert "Profile `smoke`" not in reports.index_markdown(root, ["nope"])
+
+
+def test_index_of_empty_reports(tmp_path):
+    text = reports.write_index(tmp_path).read_text()
+    assert text.startswith("# Reports") and "No tables or figures yet." in text
+
+
+def test_fmt_ci():
+    assert reports.fmt_ci(0.9712, 0.93, 1.0) == "0.97 [0.93, 1.00]"
+    assert reports.fmt_ci(0.081, 0.05, 0.1, percent=True) == "8% [5%, 10%]"
+    assert reports.fmt_ci(float("nan")) == "n/a"
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def test_roc_one_line_per_set_with_both_classes():
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(20), np.ones(20)]
+    curves = {
+        "internal test": (y, y + rng.normal(0, 1, 40)),
+        "temporal": (pd.array([0, 1, None, 1], dtype="Int8"), [0.1, 0.9, 0.5, np.nan]),  # NA dropped
+        "external1": (np.ones(5), rng.normal(size=5)),  # one class: skipped
+        "empty": ([], []),
+    }
+    fig = reports.roc_figure(curves, operating={"internal test": (0.3, 0.95), "external1": (np.nan, np.nan)},
+                             thesis_points={"internal test": (0.7, 0.997)})
+    assert isinstance(fig, Figure) and len(fig.axes) == 1
+    ax = fig.axes[0]
+    lines = _visible_lines(ax)
+    assert len(lines) == 2
+    assert lines[0].get_label().startswith("internal test: AUC")
+    assert len(ax.collections) == 2  # our point and the thesis' (NaN point left out)
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any(t.startswith("external1: one class") for t in legend)
+    assert any(t.startswith("empty: one class") for t in legend)
+
+
+def test_roc_empty():
+    fig = reports.roc_figure({})
+    assert isinstance(fig, Figure) and not _visible_lines(fig.axes[0])
+
+
+def _yield_df() -> pd.DataFrame:
+    rows = []
+    for s in ("internal test", "temporal"):
+        for t in (0.9, 0.95, 0.99):
+            rows.append({"target": t, "threshold": -t, "set": s, "sensitivity": t + 0.005, "specificity": 0.3,
+                         "auto_normal": 1 - t})
+    df = pd.DataFrame(rows)
+    df.loc[1, "sensitivity"] = np.nan
+    return df
+
+
+def test_yield_figure():
+    fig = reports.yield_figure(_yield_df())
+    assert len(fig.axes) == 2
+    assert len(_visible_lines(fig.axes[0])) == 2
+    assert len(_visible_lines(fig.axes[1])) == 2
+    assert len(fig.axes[1].get_lines()) == 3  # + identity
+    df = _yield_df().assign(sensitivity_lo=0.8, sensitivity_hi=1.0)
+    assert len(reports.yield_figure(df).axes[1].collections) == 2  # bands
+
+
+def test_yield_figure_empty():
+    fig = reports.yield_figure(pd.DataFrame(columns=["target", "threshold", "set", "sensitivity", "specificity", "auto_normal"]))
+    assert len(fig.axes) == 2 and not _visible_lines(fig.axes[0])
+
+
+@pytest.mark.parametrize("bin_kind", ["interval", "string", "index", "edges"])
+def test_calibration_figure(bin_kind):
+    edges = np.linspace(0, 1, 6)
+    intervals = pd.IntervalIndex.from_breaks(edges)
+    rows = []
+    for s in ("internal test", "temporal", "external1"):
+        for i, iv in enumerate(intervals):
+            b = {"interval": iv, "string": str(iv), "index": i, "edges": i}[bin_kind]
+            rows.append({"set": s, "bin": b, "mean_predicted": iv.mid, "observed": iv.mid * 0.9, "count": 10 - i})
+            if bin_kind == "edges":  # scxnn.evaluation.calibration: integer bin plus its edges
+                rows[-1].update(bin=i, bin_lo=iv.left, bin_hi=iv.right)
+    df = pd.DataFrame(rows)
+    df.loc[0, ["observed", "mean_predicted"]] = np.nan
+    fig = reports.calibration_figure(df)
+    assert len(fig.axes) == 2
+    top, bottom = fig.axes
+    assert len(_visible_lines(top)) == 3 and len(top.get_lines()) == 4
+    # integer bins are placed at mean_predicted, so the bin whose mean is missing has no bar
+    assert len(bottom.patches) == (14 if bin_kind == "index" else 15)
+
+
+def test_calibration_figure_empty():
+    fig = reports.calibration_figure(pd.DataFrame(columns=["set", "bin", "mean_predicted", "observed", "count"]))
+    assert len(fig.axes) == 2 and not _visible_lines(fig.axes[0])
+
+
+def test_auc_figure_nan_safe(cfg):
+    df = pd.DataFrame({"finding": list(cfg.findings)[:4], "auc": [0.9, np.nan, 0.7, 0.6],
+                       "auc_lo": [0.8, np.nan, np.nan, 0.5], "auc_hi": [0.95, np.nan, np.nan, 0.7],
+                       "n_pos": [10, 0, 3, pd.NA], "n_neg": [50, 60, 57, 50]})
+    fig = reports.auc_figure(df, risk=cfg.findings, thesis={df.finding[0]: 0.95, "unknown": 0.5})
+    assert len(fig.axes) == 1
+    ax = fig.axes[0]
+    assert len(ax.patches) == 4
+    assert [t.get_text() for t in ax.get_yticklabels()] == list(df["finding"])
+    assert "n/a" in [t.get_text() for t in ax.texts]
+    grouped = pd.concat([df.assign(set="internal test"), df.assign(set="temporal")])
+    assert len(reports.auc_figure(grouped).axes[0].patches) == 8
+    per_set = pd.DataFrame({"set": ["internal", "temporal"], "n_pos": [2, 6], "n_neg": [3, 4],
+                            "auc": [0.0, 0.5], "auc_lo": [0.0, 0.2], "auc_hi": [0.1, 0.8]})
+    ax = reports.auc_figure(per_set, label="set").axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["internal", "temporal"] and len(ax.patches) == 2
+
+
+def test_auc_figure_empty():
+    fig = reports.auc_figure(pd.DataFrame(columns=["finding", "auc", "auc_lo", "auc_hi", "n_pos", "n_neg"]))
+    assert len(fig.axes) == 1 and not fig.axes[0].patches
+
+
+def test_thumbnails(tmp_path):
+    paths = []
+    for i in range(3):
+        p = tmp_path / f"img{i}.png"
+        p.write_bytes(encode_png(np.full((32, 32), 40 * i, np.uint8)))
+        paths.append(str(p))
+    paths.append(str(tmp_path / "missing.png"))
+    fig = reports.thumbnails_figure(paths, ["a", "b", "c", "d"], ncols=3)
+    assert len(fig.axes) == 4
+    assert sum(len(ax.images) for ax in fig.axes) == 3
+    assert "unreadable" in [t.get_text() for t in fig.axes[3].texts]
+    empty = reports.thumbnails_figure([], [])
+    assert len(empty.axes) == 1 and "none" in [t.get_text() for t in empty.axes[0].texts]
+
+
+def test_thumbnail_inputs(cfg):
+    from scxnn.preprocess import cache_dir
+
+    table = pd.DataFrame({"image_id": ["a", "b"], "path": ["images/a.png", "images/b.png"]})
+    missed = pd.DataFrame({"image_id": ["b"], "patient_id": ["p"], "set": ["temporal"], "score": [-1.25],
+                           "findings": ["pneumothorax"], "worst_risk": ["critical"]})
+    paths, titles = reports.thumbnail_inputs(cfg, missed, table)
+    assert paths == [str(cache_dir(cfg) / "images/b.png")]
+    assert titles == ["b · temporal · score -1.25 · critical\npneumothorax"]
+    with pytest.raises(KeyError, match="path"):
+        reports.thumbnail_inputs(cfg, missed, table.drop(columns="path"))
+
+
+def _risk_table(thesis: bool = False) -> pd.DataFrame:
+    """scxnn.evaluation.risk_table's layout: rows (set, decision), counts per risk group."""
+    rows = []
+    for s in ("internal", "temporal"):
+        for i, d in enumerate(("normal", "target", "others")):
+            row = {"set": s, "decision": d, "critical": i, "urgent": 2 * i + 1, "non_urgent": 0, "cardiomegaly": 3 - i}
+            row["total"] = sum(row[g] for g in ("critical", "urgent", "non_urgent", "cardiomegaly"))
+            if thesis:
+                row.update(thesis_critical=5.0, thesis_urgent=np.nan, thesis_non_urgent=1.0, thesis_cardiomegaly=2.0)
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def test_risk_figure():
+    fig = reports.risk_figure(_risk_table())
+    assert len(fig.axes) == 2  # one panel per set
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["critical", "urgent", "non-urgent", "cardiomegaly"]
+    # 3 decisions x 3 groups with pairs (non_urgent has none: no bar, "–" above it)
+    assert len(ax.patches) == 9
+    tops = {}
+    for bar in ax.patches:
+        x = round(bar.get_x() + bar.get_width() / 2, 3)
+        tops[x] = max(tops.get(x, 0), bar.get_y() + bar.get_height())
+    assert all(abs(v - 1) < 1e-9 for v in tops.values())  # shares stack to 1
+    assert "–" in [t.get_text() for t in ax.texts]
+
+
+def test_risk_figure_with_thesis_and_empty():
+    ax = reports.risk_figure(_risk_table(thesis=True)).axes[0]
+    # ours: 9 bars; thesis: urgent unknown (NaN) -> 3 groups x 3 decisions
+    assert len(ax.patches) == 18
+    assert sum(bar.get_hatch() == "//" for bar in ax.patches) == 9
+    empty = reports.risk_figure(_risk_table().iloc[:0])
+    assert len(empty.axes) == 1 and "no data" in [t.get_text() for t in empty.axes[0].texts]
