@@ -181,6 +181,22 @@ def _cmd_gradcam(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from scxnn.predict import DECISIONS, REPORT_NAME, RunIncomplete, predict
+
+    try:
+        table = predict(args.models, args.inputs, args.out, threshold=args.threshold, device=args.device, bf16=args.bf16,
+                        overlays=not args.no_overlays, progress=not args.no_progress)
+    except (RunIncomplete, FileNotFoundError) as e:
+        print(f"scxnn: {e}", file=sys.stderr)
+        return 2
+    counts = ", ".join(f"{d} {int((table['decision'] == d).sum())}" for d in DECISIONS)
+    print(f"{len(table)} film(s): {counts}\n-> {_rel(Path(args.out) / 'predictions.csv')}, {_rel(Path(args.out) / REPORT_NAME)}")
+    return 0
+
+
 def _cmd_index(args: argparse.Namespace) -> int:
     from scxnn.reports import write_index
 
@@ -311,10 +327,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", help="run folder with the trained models and SVM")
     p.add_argument("--manifest", help="manifest of the images to score")
 
-    p = add("predict", "screen a folder of radiographs: definite_normal / needs_review / rejected", _not_yet(7, "prediction"))
-    p.add_argument("--models", required=True, help="run folder with the trained models and SVM")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="DICOM/PNG/JPEG files or folders")
-    p.add_argument("--out", required=True, help="output folder")
+    p = add("predict", "screen a folder of radiographs: definite_normal / needs_review / rejected, with a CSV, Grad-CAM overlays and an HTML report", _cmd_predict)
+    p.add_argument("--models", required=True, help="the trained run: runs/<profile> (holds 02_train_disease_model/ and 03_svm_ensemble/)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="DICOM/PNG/JPEG files or folders (recursive)")
+    p.add_argument("--out", required=True, help="output folder: predictions.csv, overlays/, report.html (a rerun resumes)")
+    p.add_argument("--threshold", choices=["point", "strict"], default="point", help="which frozen definite-normal threshold (default point)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    p.add_argument("--bf16", choices=["auto", "on", "off"], default="auto", help="bf16 autocast: auto = where the hardware has native bf16")
+    p.add_argument("--no-overlays", action="store_true", help="skip the Grad-CAM overlays of films that need review")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = add("gradcam", "Grad-CAM overlays of the finding models for any image (DICOM/PNG/JPEG files or folders)", _cmd_gradcam)
     p.add_argument("--models", required=True, help="folder with <finding>/best.pt, e.g. runs/demo/02_train_disease_model")

@@ -181,8 +181,12 @@ class Evaluate:
     ci: float
     batch_size: int  # images per forward pass when the models score a set (logits table)
     bf16: Literal["auto", "on", "off"]  # inference in bf16: auto = where the hardware has native bf16 (CPU too)
+    ood_components: int  # PCA components of the out-of-distribution model (scxnn.ood)
+    ood_quantile: float  # share of validation films under the OOD threshold (the rest are flagged)
 
     def __post_init__(self) -> None:
+        _check(self.ood_components >= 1, "ood_components", "must be >= 1")
+        _check(0 < self.ood_quantile < 1, "ood_quantile", "must be in (0, 1)")
         _check(self.bootstrap >= 100, "bootstrap", "must be >= 100")
         _check(0 < self.ci < 1, "ci", "must be in (0, 1)")
         _check(self.batch_size >= 1, "batch_size", "must be >= 1")
@@ -195,6 +199,7 @@ class Variants:
     protocol: dict[str, Any]  # dotted overrides every variant shares (a reduced protocol in small profiles)
     runs: dict[str, dict[str, Any]]  # variant name -> dotted overrides of the method settings
     tables: dict[str, dict[str, str]]  # thesis table -> its row -> the variant that gives that row
+    keep_models: bool  # keep a finished variant's checkpoints (about 110 MB per model, 13 per variant)
 
     def __post_init__(self) -> None:
         for table, rows in self.tables.items():

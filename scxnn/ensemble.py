@@ -10,6 +10,7 @@ outside a small allow-list (:func:`load`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -143,10 +144,11 @@ def abnormal_labels(df, findings: Sequence[str], unseen: Sequence[str]) -> np.nd
     return (df[cols].fillna(0).astype(int).to_numpy().sum(axis=1) > 0).astype(int)
 
 
-def logits_table(cfg, model_dirs: dict, progress: bool = True):
+def logits_table(cfg, model_dirs: dict, progress: bool = True, features: bool = False):
     """Every film of the PNG cache through each finding's model (decoder off): one row per image with
     the 13 x 3 logits, its labels, site, split and patient. The networks run once here; later steps
-    read the table."""
+    read the table. With ``features``, also returns each film's pooled encoder features of every
+    model, concatenated in findings order (N, 13 x C), for the out-of-distribution model."""
     import pandas as pd
     import torch
     from tqdm.auto import tqdm
@@ -154,7 +156,7 @@ def logits_table(cfg, model_dirs: dict, progress: bool = True):
     from scxnn.data import MANIFEST_NAME, read_manifest
     from scxnn.dataset import RadiographDataset
     from scxnn.preprocess import cache_dir
-    from scxnn.train import load_model, predict
+    from scxnn.train import load_model
 
     from scxnn.bench import bf16_supported
     from scxnn.train import _resolve_device
@@ -168,16 +170,30 @@ def logits_table(cfg, model_dirs: dict, progress: bool = True):
     device = _resolve_device(cfg)
     # The fast path of `scxnn bench predict`: channels_last, no decoder, bf16 where it is native.
     bf16 = cfg.evaluate.bf16 == "on" or (cfg.evaluate.bf16 == "auto" and bf16_supported(device.type))
+    amp = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    pooled_all = []
     with torch.inference_mode():
         for finding in tqdm(findings, desc="logits", unit="model", disable=not progress):
             model, mcfg = load_model(Path(model_dirs[finding]) / "best.pt", map_location=device)
+            model.to(memory_format=torch.channels_last)
             ds = RadiographDataset(df, cache_dir(cfg), finding, zeros, mcfg)
-            logits, _ = predict(model, ds, device=device, batch_size=cfg.evaluate.batch_size, channels_last=True, bf16=bf16)
+            chunks, pooled = [], []
+            for batch in torch.utils.data.DataLoader(ds, batch_size=cfg.evaluate.batch_size, shuffle=False):
+                x = batch["image"].to(device).contiguous(memory_format=torch.channels_last)
+                with amp:
+                    feats = model.forward_features(x)  # one encoder pass gives the logits and the features
+                    chunks.append(model.forward_head(feats).float().cpu())
+                if features:
+                    pooled.append(feats[-1].float().mean(dim=(2, 3)).cpu())
+            logits = torch.cat(chunks).numpy()
             names = logit_columns([finding], logits.shape[1])
             for j, c in enumerate(names):
                 out[c] = logits[:, j].astype(np.float32)
             out[f"{finding}__pred"] = logits.argmax(axis=1)
-    return out.reset_index(drop=True)
+            if features:
+                pooled_all.append(torch.cat(pooled).numpy())
+    out = out.reset_index(drop=True)
+    return (out, np.concatenate(pooled_all, axis=1)) if features else out
 
 
 def oof_scores(X, y, groups, make_model, n_splits: int = 5, seed: int = 0) -> np.ndarray:
@@ -257,15 +273,29 @@ def save_logits(table, out_dir: str | os.PathLike) -> Path:
 VAL_SCORES_NAME = "val_scores.csv"
 
 
+OOD_NAME = "ood.npz"
+
+
 def build(cfg, model_dirs: dict, out_dir: str | os.PathLike, progress: bool = True):
     """Step 03 for a set of trained models: the logits table, the SVM fitted on validation films and
-    its frozen thresholds, all saved in ``out_dir``. Returns (table, svm, thresholds)."""
+    its frozen thresholds, and the out-of-distribution model (fitted on training films' features,
+    its threshold on validation films'), all saved in ``out_dir``. Returns (table, svm, thresholds)."""
+    from scxnn import ood
+
     out = Path(out_dir)
-    table = logits_table(cfg, model_dirs, progress=progress)
+    table, feats = logits_table(cfg, model_dirs, progress=progress, features=True)
     save_logits(table, out)
     svm, th, val_scores = fit_ensemble_with_scores(cfg, validation_rows(table))
     save(svm, th, out)
     atomic_write_text(out / VAL_SCORES_NAME, val_scores.to_csv(index=False))
+    split = table["split"].to_numpy()
+    try:
+        gate = ood.fit(feats[split == "train"], feats[split == "val"], n_components=cfg.evaluate.ood_components,
+                       quantile=cfg.evaluate.ood_quantile, seed=cfg.seed)
+        ood.save(gate, out / OOD_NAME)
+    except ValueError as e:  # too few films (a toy manifest): `scxnn predict` then refuses this run
+        log.warning("no out-of-distribution model: %s", e)
+        (out / OOD_NAME).unlink(missing_ok=True)
     return table, svm, th
 
 

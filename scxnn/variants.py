@@ -185,6 +185,14 @@ def run_variant(cfg: Config, name: str, progress: bool = True) -> dict:
         "seconds": round(time.perf_counter() - t0, 1),
     }
     atomic_write_text(result, json.dumps(summary, indent=1))
+    if not cfg.variants.keep_models and not is_profile_itself(cfg, name):
+        # result.json marks the variant done; its tables need only the logits, SVM and histories.
+        freed = 0
+        for d in dirs.values():
+            for ckpt in d.glob("*.pt"):
+                freed += ckpt.stat().st_size
+                ckpt.unlink()
+        log.info("variant %s: deleted its checkpoints (%.1f GB; variants.keep_models: false)", name, freed / 1e9)
     return summary
 
 

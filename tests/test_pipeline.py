@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import subprocess
 
+import numpy as np
+
 import pytest
 
 from scxnn.config import load_config
@@ -102,3 +104,51 @@ def test_missing_upstream_step_names_the_make_target(tmp_path):
         require_step(cfg, "03_svm_ensemble")
     start_step(cfg, "03_svm_ensemble")
     assert require_step(cfg, "03_svm_ensemble") == tmp_path / "runs" / "03_svm_ensemble"
+
+
+def test_predict_screens_real_dicoms_and_synthetic_films(smoke_reports, tmp_path):
+    """`scxnn predict` on the real DICOM samples and a few synthetic films with the trained smoke run:
+    hip and tibia files are rejected as out of scope, the 12-bit JPEG files as unreadable, and every
+    film gets a row, a reason, and (when it needs review) a Grad-CAM overlay."""
+    from conftest import require_shared
+
+    from scxnn.cli import main
+
+    real = require_shared("realdata", "dicom_cr_samples")
+    cfg = load_config(PROFILE)
+    synth = sorted((cfg.path("data") / "raw" / "images" / "internal").glob("*.dcm"))[:3]
+    out = tmp_path / "screen"
+    assert main(["predict", "--models", str(cfg.path("runs")), str(real), *map(str, synth), "--out", str(out), "--no-progress"]) == 0
+    import pandas as pd
+
+    t = pd.read_csv(out / "predictions.csv")
+    assert len(t) == 20 + len(synth) and t["reason"].notna().all()
+    name = t["file"].map(lambda f: f.rsplit("/", 1)[-1])
+    twelve = name.str.contains("jpeg_extended_12bit")
+    assert (t.loc[twelve, "decision"] == "rejected").all() and t.loc[twelve, "reason"].str.contains("unreadable").all()
+    other = name.str.contains("RG2|RG3") & ~twelve
+    assert (t.loc[other, "decision"] == "rejected").all() and t.loc[other, "reason"].str.contains("out of scope").all()
+    review = t[t["decision"] == "needs_review"]
+    assert review["overlay"].map(lambda o: (out / o).is_file()).all()
+    assert (out / "report.html").stat().st_size > 1000
+    # resumable: a second run keeps every row and scores nothing again
+    assert main(["predict", "--models", str(cfg.path("runs")), str(real), *map(str, synth), "--out", str(out), "--no-progress"]) == 0
+    assert pd.read_csv(out / "predictions.csv")["decision"].tolist() == t["decision"].tolist()
+
+
+def test_bf16_and_fp32_decisions_agree(smoke_reports):
+    from scxnn.bench import bf16_supported
+    from scxnn.predict import Screener, screen_file
+
+    if not bf16_supported("cpu"):
+        pytest.skip("this CPU has no native bf16; the fast path runs in fp32 here")
+    cfg = load_config(PROFILE)
+    films = sorted((cfg.path("data") / "raw" / "images").rglob("*.dcm"))[:24]
+    a = Screener.from_run(cfg.path("runs"), bf16="on")
+    b = Screener.from_run(cfg.path("runs"), bf16="off")
+    ra = [screen_file(f, a)[0] for f in films]
+    rb = [screen_file(f, b)[0] for f in films]
+    agree = np.mean([x["decision"] == y["decision"] for x, y in zip(ra, rb)])
+    assert agree >= 0.95, f"bf16 and fp32 decisions agree on only {agree:.0%} of {len(films)} films"
+    diff = np.nanmax(np.abs(np.array([x["score"] for x in ra], float) - np.array([y["score"] for y in rb], float)))
+    assert diff < 0.25, f"bf16 moves the SVM score by up to {diff:.3f}"

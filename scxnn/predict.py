@@ -1,0 +1,313 @@
+"""``scxnn predict``: screen a folder of radiographs with a trained study run.
+
+Every input becomes one row of ``predictions.csv`` with a decision:
+
+* ``definite_normal``: in scope, plausible, in distribution, and the SVM score is below the frozen
+  definite-normal threshold of step 03 (chosen on validation films for the sensitivity target);
+* ``needs_review``: the SVM calls it abnormal, or the film is out of distribution for the models
+  (its encoder features lie beyond what the validation films showed; see :mod:`scxnn.ood`);
+* ``rejected``: the file could not be read as a trustworthy radiograph, fails the plausibility
+  checks, or is out of the study's scope (not a chest film, a lateral view, not CR/DX).
+
+So a film is never ``definite_normal`` when any safety check fails; the ``reason`` column says which.
+Films that need review get a Grad-CAM overlay of their most likely finding, and ``report.html``
+shows everything in one self-contained page.
+
+The fast path is the one ``scxnn bench predict`` measures: the decoder is skipped, the encoder runs
+once per model in channels_last under ``inference_mode``, with bf16 autocast where the hardware has
+native bf16 (auto-detected), one film at a time on a CPU. Runs are resumable: finished rows are kept
+(keyed by the file's path and content hash) and a rerun scores only what is new or changed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from scxnn.config import Config, load_resolved
+from scxnn.utils import atomic_write_bytes, atomic_write_text, log
+
+DECISIONS = ("definite_normal", "needs_review", "rejected")
+PREDICTIONS_NAME = "predictions.csv"
+REPORT_NAME = "report.html"
+# Folder scans pick these (and extension-less files, a common DICOM export); a file named on the
+# command line is always read, whatever its name: the reader goes by magic bytes, not extensions.
+IMAGE_SUFFIXES = {".dcm", ".dicom", ".png", ".jpg", ".jpeg", ""}
+MIN_SIDE = 256  # px: a "radiograph" smaller than this is a thumbnail or an icon, not a film
+MAX_ASPECT = 2.5  # chest films are near square (14x17 in, 17x17 in); a strip is something else
+WRITE_EVERY = 8  # rows between atomic rewrites of predictions.csv (resumability vs I/O)
+
+
+class RunIncomplete(FileNotFoundError):
+    """The run folder lacks a trained model, the SVM or the OOD model."""
+
+
+# --------------------------------------------------------------------------- the trained run
+
+
+@dataclass
+class Screener:
+    """A trained run, loaded once: 13 models, the SVM, its threshold and the OOD model."""
+
+    cfg: Config
+    models: dict  # finding -> scxnn.cam.LoadedModel, in cfg.findings order
+    svm: object
+    threshold: float
+    threshold_name: str
+    ood: object | None
+    device: torch.device
+    bf16: bool
+
+    @classmethod
+    def from_run(cls, run_dir: str | os.PathLike, threshold: str = "point", device: str = "auto", bf16: str = "auto") -> "Screener":
+        """Load ``runs/<profile>`` (the folder holding ``02_train_disease_model`` and ``03_svm_ensemble``)."""
+        from scxnn import ensemble, ood
+        from scxnn.bench import bf16_supported
+        from scxnn.cam import check_fingerprint, load_finding_model
+        from scxnn.config import RESOLVED_NAME
+        from scxnn.preprocess import fingerprint
+
+        run = Path(run_dir)
+        step3 = run / "03_svm_ensemble"
+        if not (step3 / RESOLVED_NAME).is_file():
+            raise RunIncomplete(f"{run} is not a trained study run: no {step3 / RESOLVED_NAME} (pass runs/<profile> after `make ensemble PROFILE=<profile>`)")
+        cfg = load_resolved(step3 / RESOLVED_NAME)
+        dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+        expected = fingerprint(cfg.preprocess)
+        models = {}
+        for f in cfg.findings:
+            path = run / "02_train_disease_model" / f / "best.pt"
+            if not path.is_file():
+                raise RunIncomplete(f"{run}: no trained model for {f} ({path})")
+            lm = load_finding_model(f, path, dev)
+            # The contract: the pixels we produce here are those the model learnt from.
+            check_fingerprint(lm, expected)
+            lm.model.to(memory_format=torch.channels_last)
+            models[f] = lm
+        svm, th = ensemble.load(step3)
+        if threshold not in ("point", "strict"):
+            raise ValueError(f"threshold must be 'point' or 'strict', got {threshold!r}")
+        ood_path = step3 / ensemble.OOD_NAME
+        if not ood_path.is_file():
+            raise RunIncomplete(f"{run}: no out-of-distribution model ({ood_path}); rerun `make ensemble` with this scxnn version")
+        use_bf16 = bf16 == "on" or (bf16 == "auto" and bf16_supported(dev.type))
+        return cls(cfg, models, svm, float(getattr(th, threshold)), threshold, ood.load(ood_path), dev, use_bf16)
+
+    @property
+    def findings(self) -> list[str]:
+        return list(self.models)
+
+    @torch.inference_mode()
+    def score(self, img8: np.ndarray) -> dict:
+        """One preprocessed film (uint8, S x S): per-finding probabilities, the SVM score and the OOD score."""
+        from scxnn.ensemble import logit_columns
+
+        x = torch.from_numpy(np.ascontiguousarray(img8, dtype=np.float32) / 255.0)[None, None].to(self.device)
+        x = x.contiguous(memory_format=torch.channels_last)
+        amp = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+        logits, pooled = [], []
+        with amp:
+            for lm in self.models.values():
+                feats = lm.model.forward_features(x)
+                logits.append(lm.model.forward_head(feats).float())
+                pooled.append(feats[-1].float().mean(dim=(2, 3)))
+        lg = torch.cat(logits).cpu().numpy()  # (13, C)
+        probs = torch.softmax(torch.from_numpy(lg), dim=1).numpy()
+        cols = logit_columns(self.findings, lg.shape[1])
+        svm_score = float(self.svm.decision_function(lg.reshape(1, -1).astype(float))[0])
+        feats = torch.cat(pooled, dim=1).cpu().numpy().astype(np.float64)
+        ood_score = float(self.ood.score(feats)[0])
+        return {"logits": dict(zip(cols, lg.reshape(-1).tolist())), "p_target": dict(zip(self.findings, probs[:, 1].tolist())),
+                "score": svm_score, "ood_score": ood_score, "ood_flag": bool(not ood_score <= self.ood.threshold)}
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def collect_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
+    """Files named, plus image-like files under folders named (recursive, sorted, hidden skipped)."""
+    out: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            out += sorted(p for p in item.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(item).parts)
+                          and p.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            out.append(item)  # missing files become rejected rows, with the reason
+    return list(dict.fromkeys(out))
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def plausibility(pixels: np.ndarray, min_side: int = MIN_SIDE) -> str | None:
+    """Why a decoded image cannot be a chest film (None when it can). The reader already refuses
+    constant, non-finite and non-2-D images."""
+    h, w = pixels.shape
+    if min(h, w) < min_side:
+        return f"image {w}x{h} px is smaller than a radiograph ({min_side} px minimum side)"
+    if max(h, w) / min(h, w) > MAX_ASPECT:
+        return f"aspect ratio {max(h, w) / min(h, w):.1f}:1 is not a chest film's"
+    lo, hi = np.percentile(pixels, [1, 99])
+    if hi <= lo:
+        return "almost no contrast (1st and 99th percentiles equal)"
+    return None
+
+
+# --------------------------------------------------------------------------- screening
+
+
+def _row(path: Path, digest: str, screener: Screener) -> dict:
+    row = {"file": str(path), "sha256": digest, "decision": "", "reason": "", "score": np.nan,
+           "threshold": screener.threshold, "top_finding": "", "top_probability": np.nan,
+           "scope_flags": "", "ood_score": np.nan, "ood_flag": False}
+    row.update({f"p_{f}": np.nan for f in screener.findings})
+    return row
+
+
+def screen_file(path: Path, screener: Screener, digest: str = "") -> tuple[dict, np.ndarray | None]:
+    """(row, preprocessed film or None) for one file; never raises for a bad file."""
+    from scxnn.dicom import ImageReadError, read_image
+    from scxnn.preprocess import preprocess_pixels
+
+    row = _row(path, digest, screener)
+    try:
+        rad = read_image(path, voi_lut=screener.cfg.preprocess.voi_lut)
+    except ImageReadError as e:
+        row.update(decision="rejected", reason=f"unreadable: {e.reason}")
+        return row, None
+    except OSError as e:
+        row.update(decision="rejected", reason=f"unreadable: {e.strerror or e}")
+        return row, None
+    if rad.scope_flags:
+        row.update(decision="rejected", scope_flags=";".join(rad.scope_flags),
+                   reason="out of scope (the models screen chest PA/AP CR/DX films): " + ", ".join(rad.scope_flags))
+        return row, None
+    # Small profiles train on small films; a film below the models' own input side would be upsampled.
+    why = plausibility(rad.pixels, min(MIN_SIDE, screener.cfg.preprocess.size))
+    if why:
+        row.update(decision="rejected", reason=f"implausible: {why}")
+        return row, None
+    img8, _ = preprocess_pixels(rad.pixels, screener.cfg.preprocess)
+    s = screener.score(img8)
+    top = max(s["p_target"], key=s["p_target"].get)
+    row.update({f"p_{f}": p for f, p in s["p_target"].items()})
+    row.update(score=s["score"], top_finding=top, top_probability=s["p_target"][top], ood_score=s["ood_score"], ood_flag=s["ood_flag"])
+    reasons = []
+    if s["score"] >= screener.threshold:
+        reasons.append(f"abnormal: SVM score {s['score']:.3f} >= threshold {screener.threshold:.3f} (most likely {top}, p={s['p_target'][top]:.2f})")
+    if s["ood_flag"]:
+        reasons.append(f"out of distribution: OOD score {s['ood_score']:.2f} > {screener.ood.threshold:.2f} (set on validation films)")
+    if reasons:
+        row.update(decision="needs_review", reason="; ".join(reasons))
+    else:
+        row.update(decision="definite_normal", reason=f"SVM score {s['score']:.3f} < threshold {screener.threshold:.3f}; in scope, in distribution")
+    return row, img8
+
+
+def _overlay(screener: Screener, img8: np.ndarray, finding: str) -> bytes:
+    import cv2
+
+    from scxnn.cam import gradcam, overlay
+
+    x = torch.from_numpy(img8.astype(np.float32) / 255.0)[None, None].to(screener.device)
+    cam = gradcam(screener.models[finding].model, x, target_class=1)[0]
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(overlay(img8, cam), cv2.COLOR_RGB2BGR))
+    return buf.tobytes()
+
+
+def _key(path: Path, digest: str) -> str:
+    return hashlib.sha256(f"{path}\0{digest}".encode()).hexdigest()[:16]
+
+
+def predict(run_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
+            threshold: str = "point", device: str = "auto", bf16: str = "auto", overlays: bool = True,
+            progress: bool = True, screener: Screener | None = None) -> pd.DataFrame:
+    """Screen ``inputs`` with the run in ``run_dir``; writes predictions.csv, overlays/, thumbnails/
+    and report.html into ``out_dir``. Returns the predictions (one row per input, input order)."""
+    from tqdm.auto import tqdm
+
+    from scxnn import html_report
+
+    screener = screener or Screener.from_run(run_dir, threshold, device, bf16)
+    out = Path(out_dir)
+    (out / "thumbnails").mkdir(parents=True, exist_ok=True)
+    files = collect_inputs(inputs)
+    if not files:
+        raise FileNotFoundError(f"no input files found in {', '.join(map(str, inputs))}")
+    done: dict[tuple[str, str], dict] = {}
+    if (out / PREDICTIONS_NAME).is_file():
+        old = pd.read_csv(out / PREDICTIONS_NAME, dtype={"sha256": str, "file": str}, keep_default_na=False, na_values=[""])
+        if "threshold" in old and len(old) and not np.allclose(old["threshold"].astype(float), screener.threshold):
+            log.info("%s was made with another threshold; rescoring everything", out / PREDICTIONS_NAME)
+        else:
+            done = {(r["file"], r["sha256"]): r for r in old.to_dict("records")}
+    rows: list[dict] = []
+
+    def flush() -> None:
+        atomic_write_text(out / PREDICTIONS_NAME, pd.DataFrame(rows).to_csv(index=False))
+
+    new = 0
+    for path in tqdm(files, desc="screening", unit="film", disable=not progress):
+        try:
+            digest = _sha256(path)
+        except OSError:
+            digest = ""
+        if (str(path), digest) in done and digest:
+            rows.append(done[(str(path), digest)])
+            continue
+        row, img8 = screen_file(path, screener, digest)
+        key = _key(path, digest)
+        if img8 is not None:
+            atomic_write_bytes(out / "thumbnails" / f"{key}.png", html_report.thumbnail_png(img8))
+            if overlays and row["decision"] == "needs_review" and row["top_finding"]:
+                name = f"overlays/{path.stem}__{key[:8]}__{row['top_finding']}.png"
+                atomic_write_bytes(out / name, _overlay(screener, img8, row["top_finding"]))
+                row["overlay"] = name
+        rows.append(row)
+        new += 1
+        if new % WRITE_EVERY == 0:
+            flush()
+    flush()
+    table = pd.DataFrame(rows)
+    _write_report(table, out, screener)
+    log.info("%d film(s): %s (%d scored now, %d kept from an earlier run)", len(table),
+             ", ".join(f"{d} {int((table['decision'] == d).sum())}" for d in DECISIONS), new, len(table) - new)
+    return table
+
+
+def _write_report(table: pd.DataFrame, out: Path, screener: Screener) -> Path:
+    from scxnn import __version__, html_report
+
+    thumbs, overlays = {}, {}
+    for r in table.to_dict("records"):
+        t = out / "thumbnails" / f"{_key(Path(r['file']), r['sha256'] if isinstance(r['sha256'], str) else '')}.png"
+        if t.is_file():
+            thumbs[r["file"]] = t.read_bytes()
+        if isinstance(r.get("overlay"), str) and (out / r["overlay"]).is_file():
+            overlays[r["file"]] = (out / r["overlay"]).read_bytes()
+    meta = {
+        "models": f"profile {screener.cfg.profile}, {len(screener.models)} finding models + SVM",
+        "threshold": f"{screener.threshold_name} = {screener.threshold:.4f} (validation sensitivity target {screener.cfg.ensemble.sensitivity_target:.0%})",
+        "inference": f"{screener.device.type}, {'bf16' if screener.bf16 else 'fp32'}, channels_last, decoder off",
+        "scxnn": __version__,
+    }
+    return html_report.write_report(table, out / REPORT_NAME, thumbnails=thumbs, overlays=overlays, meta=meta)
+
+
+def decisions_agree(a: Iterable[str], b: Iterable[str]) -> float:
+    a, b = list(a), list(b)
+    return float(np.mean([x == y for x, y in zip(a, b)])) if a else float("nan")
+
