@@ -144,11 +144,14 @@ def abnormal_labels(df, findings: Sequence[str], unseen: Sequence[str]) -> np.nd
     return (df[cols].fillna(0).astype(int).to_numpy().sum(axis=1) > 0).astype(int)
 
 
-def logits_table(cfg, model_dirs: dict, progress: bool = True, features: bool = False):
+def logits_table(cfg, model_dirs: dict, progress: bool = True, features: bool = False,
+                 only: tuple[tuple[str, str], ...] | None = None):
     """Every film of the PNG cache through each finding's model (decoder off): one row per image with
     the 13 x 3 logits, its labels, site, split and patient. The networks run once here; later steps
     read the table. With ``features``, also returns each film's pooled encoder features of every
-    model, concatenated in findings order (N, 13 x C), for the out-of-distribution model."""
+    model, concatenated in findings order (N, 13 x C), for the out-of-distribution model.
+    ``only``: (site, split) pairs to score, e.g. the validation and internal test films a variant
+    needs; None scores every film."""
     import pandas as pd
     import torch
     from tqdm.auto import tqdm
@@ -163,6 +166,11 @@ def logits_table(cfg, model_dirs: dict, progress: bool = True, features: bool = 
 
     findings, unseen = list(cfg.findings), list(cfg.unseen_findings)
     df = read_manifest(cache_dir(cfg) / MANIFEST_NAME, findings, unseen)
+    if only is not None:
+        pairs = set(map(tuple, only))
+        df = df[[(a, b) in pairs for a, b in zip(df["site"].astype(str), df["split"].astype(str))]].reset_index(drop=True)
+        if df.empty:
+            raise ValueError(f"no film of the manifest is in {sorted(pairs)}")
     keep = ["image_id", "patient_id", "site", "split", "label_type", "path", *findings, *unseen]
     out = df[keep].copy()
     out["abnormal"] = abnormal_labels(df, findings, unseen)
@@ -276,19 +284,25 @@ VAL_SCORES_NAME = "val_scores.csv"
 OOD_NAME = "ood.npz"
 
 
-def build(cfg, model_dirs: dict, out_dir: str | os.PathLike, progress: bool = True):
+def build(cfg, model_dirs: dict, out_dir: str | os.PathLike, progress: bool = True,
+          only: tuple[tuple[str, str], ...] | None = None):
     """Step 03 for a set of trained models: the logits table, the SVM fitted on validation films and
     its frozen thresholds, and the out-of-distribution model (fitted on training films' features,
-    its threshold on validation films'), all saved in ``out_dir``. Returns (table, svm, thresholds)."""
+    its threshold on validation films'), all saved in ``out_dir``. Returns (table, svm, thresholds).
+    ``only`` restricts the table to (site, split) pairs (see :func:`logits_table`); without training
+    films there is no out-of-distribution model, so such a run cannot serve ``scxnn predict``."""
     from scxnn import ood
 
     out = Path(out_dir)
-    table, feats = logits_table(cfg, model_dirs, progress=progress, features=True)
+    table, feats = logits_table(cfg, model_dirs, progress=progress, features=True, only=only)
     save_logits(table, out)
     svm, th, val_scores = fit_ensemble_with_scores(cfg, validation_rows(table))
     save(svm, th, out)
     atomic_write_text(out / VAL_SCORES_NAME, val_scores.to_csv(index=False))
     split = table["split"].to_numpy()
+    if not (split == "train").any():
+        (out / OOD_NAME).unlink(missing_ok=True)
+        return table, svm, th
     try:
         gate = ood.fit(feats[split == "train"], feats[split == "val"], n_components=cfg.evaluate.ood_components,
                        quantile=cfg.evaluate.ood_quantile, seed=cfg.seed)
