@@ -380,9 +380,12 @@ class _Films:
     note: str  # "" or why another split was used
 
 
-def _positive_films(df: pd.DataFrame, base: Path, finding: str, cfg: Config, split: str, limit: int) -> _Films:
+def _positive_films(df: pd.DataFrame, base: Path, finding: str, cfg: Config, split: str, limit: int,
+                    weak_ok: bool = False) -> _Films:
     """Up to ``limit`` hard-labelled films positive for ``finding`` with a non-empty lesion mask, from
-    ``split`` or, when it has none, from the next split that does (the note says so).
+    ``split`` or, when it has none, from the next split that does (the note says so). With
+    ``weak_ok``, a dataset without any lesion mask (e.g. Kermany) gives image-level positives
+    instead, with empty masks: a CAM to look at, nothing to measure it against.
 
     Masks are the cache's undilated ones: the lesion itself, not the training target's margin.
     """
@@ -417,6 +420,16 @@ def _positive_films(df: pd.DataFrame, base: Path, finding: str, cfg: Config, spl
         if ids:
             note = "" if s == split else f"no positive {split} film with a lesion mask; {s} films used"
             return _Films(torch.stack(images), np.stack(masks), ids, s, note)
+    if weak_ok:
+        weak = df[finding].fillna(0).astype(int) == 1
+        for s in _split_order(split):
+            rows = df[weak & (df["split"] == s)].sort_values("image_id").reset_index(drop=True).head(limit)
+            if rows.empty:
+                continue
+            ds = RadiographDataset(rows, base, finding, np.ones(len(rows), np.int64), cfg)
+            images = torch.stack([ds[i]["image"] for i in range(len(rows))])
+            return _Films(images, np.zeros((len(rows), *images.shape[-2:]), bool), list(rows["image_id"]), s,
+                          "no lesion masks: image-level positive, CAM only")
     return _Films(torch.zeros(0, 1, 1, 1), np.zeros((0, 1, 1), bool), [], None, "no positive film with a lesion mask in any split")
 
 
@@ -532,7 +545,7 @@ def figure5(
         ax_cam, ax_rec = axes[k // pairs_per_row, 2 * (k % pairs_per_row)], axes[k // pairs_per_row, 2 * (k % pairs_per_row) + 1]
         lm = models[finding]
         check_fingerprint(lm, expected)
-        films = _positive_films(df, base, finding, cfg, split, 1)
+        films = _positive_films(df, base, finding, cfg, split, 1, weak_ok=True)
         if not films.image_ids:
             ax_cam.set_title(f"{finding}\nno positive film", fontsize=7)
             ax_rec.set_title("-", fontsize=7)
@@ -541,7 +554,8 @@ def figure5(
         cams, probs = _gradcam(lm.model, x, 1, method)
         ax_cam.imshow(overlay(x[0, 0].numpy(), cams[0]))
         # The lesion outline, at the pixel boundary of the (undilated) mask.
-        ax_cam.contour(films.masks[0].astype(float), levels=[0.5], colors="lime", linewidths=0.8)
+        if films.masks[0].any():
+            ax_cam.contour(films.masks[0].astype(float), levels=[0.5], colors="lime", linewidths=0.8)
         where = "" if films.split == split else f" ({films.split} film)"
         ax_cam.set_title(f"{finding}{where}\nP(target)={probs[0, 1]:.2f}", fontsize=7)
         recon = _reconstruction(lm.model, x)

@@ -1,9 +1,8 @@
 """The ``scxnn`` command (also ``python -m scxnn``).
 
 Every subcommand takes ``--profile`` and repeatable ``--set key=value`` overrides, resolved by
-:mod:`scxnn.config` exactly as the notebooks resolve their papermill parameters. Subcommands whose
-step has not landed yet say which issue brings them and exit with status 3, so scripts cannot mistake
-them for a successful run.
+:mod:`scxnn.config` exactly as the notebooks resolve their papermill parameters. Exit status 0 on
+success, 2 for bad input (a config error, a missing run or file), with the reason on stderr.
 """
 
 from __future__ import annotations
@@ -16,13 +15,6 @@ from typing import Callable, Sequence
 from scxnn import __version__
 from scxnn.config import ConfigError, available_profiles, load_config, profile_chain
 from scxnn.utils import setup_logging
-
-EXIT_NOT_YET = 3
-
-
-class NotYetAvailable(RuntimeError):
-    """A subcommand whose implementation arrives with a later issue."""
-
 
 # --------------------------------------------------------------------------- handlers
 
@@ -197,6 +189,23 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from scxnn.cam import PreprocessMismatch
+    from scxnn.external import PatientOverlap, evaluate_manifest, format_summary
+    from scxnn.predict import RunIncomplete
+
+    try:
+        summary = evaluate_manifest(args.models, args.manifest, args.out, drop_seen=args.drop_seen, progress=not args.no_progress)
+    except (RunIncomplete, FileNotFoundError, PatientOverlap, PreprocessMismatch) as e:
+        print(f"scxnn: {e}", file=sys.stderr)
+        return 2
+    print(format_summary(summary))
+    print(f"-> {_rel(Path(args.out) / 'tables' / summary['profile'])}, {_rel(Path(args.out) / 'summary.json')}")
+    return 0
+
+
 def _cmd_index(args: argparse.Namespace) -> int:
     from scxnn.reports import write_index
 
@@ -231,13 +240,6 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     print(f"  reference (NumPy+skimage)   {r['reference_s'] * 1000:8.1f} ms/img  {1 / r['reference_s']:6.2f} img/s/core")
     print(f"  ratio: {r['ratio']:.1f}x faster than the scikit-image reference")
     return 0
-
-
-def _not_yet(issue: int, what: str) -> Callable[[argparse.Namespace], int]:
-    def handler(args: argparse.Namespace) -> int:
-        raise NotYetAvailable(f"`scxnn {args.command}` ({what}) is not implemented yet; it arrives with issue #{issue}.")
-
-    return handler
 
 
 def _rel(p) -> str:
@@ -323,9 +325,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("index", "write reports/README.md: every table and figure with its caption, ours beside the thesis", _cmd_index)
 
-    p = add("evaluate", "score trained models on a manifest and write the evaluation tables", _not_yet(8, "evaluation of another manifest"))
-    p.add_argument("--models", help="run folder with the trained models and SVM")
-    p.add_argument("--manifest", help="manifest of the images to score")
+    p = add("evaluate", "score a trained run on another labelled manifest, without retraining, and write the evaluation tables", _cmd_evaluate)
+    p.add_argument("--models", required=True, help="the trained run: runs/<profile> (holds 02_train_disease_model/ and 03_svm_ensemble/)")
+    p.add_argument("--manifest", required=True, help="manifest.csv of the films to score (e.g. from `scxnn manifest DATASET ROOT --out DIR --profile P`)")
+    p.add_argument("--out", required=True, help="output folder: png/, logits.parquet, tables/, figures/, summary.json")
+    p.add_argument("--drop-seen", action="store_true", help="leave out patients the run trained or validated on (default: such an overlap is an error)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     p = add("predict", "screen a folder of radiographs: definite_normal / needs_review / rejected, with a CSV, Grad-CAM overlays and an HTML report", _cmd_predict)
     p.add_argument("--models", required=True, help="the trained run: runs/<profile> (holds 02_train_disease_model/ and 03_svm_ensemble/)")
@@ -368,9 +373,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"scxnn: config error: {e}", file=sys.stderr)
         return 2
-    except NotYetAvailable as e:
-        print(f"scxnn: {e}", file=sys.stderr)
-        return EXIT_NOT_YET
     except KeyboardInterrupt:
         print("scxnn: interrupted", file=sys.stderr)
         return 130

@@ -55,8 +55,10 @@ class Paths:
 
 @dataclass(frozen=True)
 class Data:
-    source: Literal["synth", "manifest"]
+    source: Literal["synth", "manifest", "adapter"]
     manifest: str | None  # used when source == "manifest"
+    adapter: str | None  # used when source == "adapter": a name in scxnn.adapters (kermany, nih, ...)
+    root: str | None  # the adapter's local copy of the dataset (relative paths: to the project root)
     scale: float  # fraction of the thesis' Table 1 counts to generate
     min_per_finding: int  # floor per finding after scaling, so rare findings still get images
     synth_size: int  # side of the generated radiographs in pixels
@@ -74,6 +76,7 @@ class Data:
         _check(self.workers >= 0, "workers", "must be >= 0")
         _check(abs(sum(self.split) - 1) < 1e-6 and min(self.split) > 0, "split", "must be 3 positive fractions summing to 1")
         _check(self.source != "manifest" or bool(self.manifest), "manifest", "is required when source is 'manifest'")
+        _check(self.source != "adapter" or bool(self.adapter and self.root), "adapter", "and data.root are required when source is 'adapter'")
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,9 @@ class Train:
     lr_floor: float  # stop once lr < lr_floor and plateau_patience epochs pass without improvement
     stage2_epochs: int  # weak-label epochs (decoder frozen); 0 skips stage 2
     stage2_unfreeze_encoder: bool
+    # Films of stage 1 and of validation: hard-label ones (with lesion masks; the thesis), or any
+    # (weak-label-only data such as Kermany's, trained as the thesis' "classification only" variant).
+    stage1_labels: Literal["hard", "any"]
     imbalance: Literal["sampler", "class_weights", "none"]
     augment: bool
     num_workers: int
@@ -167,7 +173,7 @@ class Ensemble:
     kernel: Literal["rbf", "linear", "poly", "sigmoid"]
     C: float
     class_weight: Literal["balanced", "none"]
-    fit_on: Literal["validation", "oof"]  # never test, temporal or external data
+    fit_on: Literal["validation"]  # the only choice: never test, temporal or external data
     sensitivity_target: float  # abnormal sensitivity the definite-normal threshold must keep
 
     def __post_init__(self) -> None:
@@ -183,6 +189,9 @@ class Evaluate:
     bf16: Literal["auto", "on", "off"]  # inference in bf16: auto = where the hardware has native bf16 (CPU too)
     ood_components: int  # PCA components of the out-of-distribution model (scxnn.ood)
     ood_quantile: float  # share of validation films under the OOD threshold (the rest are flagged)
+    # Published results on the profile's data to print beside ours (notebook 04), e.g.
+    # {"Kermany et al. 2018": {accuracy: 0.928, sensitivity: 0.932, specificity: 0.901, auc: 0.968}}
+    published: dict[str, dict[str, Any]]
 
     def __post_init__(self) -> None:
         _check(self.ood_components >= 1, "ood_components", "must be >= 1")
@@ -190,6 +199,8 @@ class Evaluate:
         _check(self.bootstrap >= 100, "bootstrap", "must be >= 100")
         _check(0 < self.ci < 1, "ci", "must be in (0, 1)")
         _check(self.batch_size >= 1, "batch_size", "must be >= 1")
+        for name, metrics in self.published.items():
+            _check(isinstance(metrics, Mapping), "published", f"{name!r} must map metric names to numbers")
 
 
 @dataclass(frozen=True)

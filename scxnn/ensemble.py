@@ -145,13 +145,14 @@ def abnormal_labels(df, findings: Sequence[str], unseen: Sequence[str]) -> np.nd
 
 
 def logits_table(cfg, model_dirs: dict, progress: bool = True, features: bool = False,
-                 only: tuple[tuple[str, str], ...] | None = None):
+                 only: tuple[tuple[str, str], ...] | None = None, cache: str | os.PathLike | None = None):
     """Every film of the PNG cache through each finding's model (decoder off): one row per image with
     the 13 x 3 logits, its labels, site, split and patient. The networks run once here; later steps
     read the table. With ``features``, also returns each film's pooled encoder features of every
     model, concatenated in findings order (N, 13 x C), for the out-of-distribution model.
     ``only``: (site, split) pairs to score, e.g. the validation and internal test films a variant
-    needs; None scores every film."""
+    needs; None scores every film. ``cache``: another PNG cache (its ``manifest.csv``) than the
+    profile's, e.g. a dataset scored by ``scxnn evaluate``."""
     import pandas as pd
     import torch
     from tqdm.auto import tqdm
@@ -165,7 +166,8 @@ def logits_table(cfg, model_dirs: dict, progress: bool = True, features: bool = 
     from scxnn.train import _resolve_device
 
     findings, unseen = list(cfg.findings), list(cfg.unseen_findings)
-    df = read_manifest(cache_dir(cfg) / MANIFEST_NAME, findings, unseen)
+    cache = Path(cache) if cache is not None else cache_dir(cfg)
+    df = read_manifest(cache / MANIFEST_NAME, findings, unseen)
     if only is not None:
         pairs = set(map(tuple, only))
         df = df[[(a, b) in pairs for a, b in zip(df["site"].astype(str), df["split"].astype(str))]].reset_index(drop=True)
@@ -184,7 +186,7 @@ def logits_table(cfg, model_dirs: dict, progress: bool = True, features: bool = 
         for finding in tqdm(findings, desc="logits", unit="model", disable=not progress):
             model, mcfg = load_model(Path(model_dirs[finding]) / "best.pt", map_location=device)
             model.to(memory_format=torch.channels_last)
-            ds = RadiographDataset(df, cache_dir(cfg), finding, zeros, mcfg)
+            ds = RadiographDataset(df, cache, finding, zeros, mcfg)
             chunks, pooled = [], []
             for batch in torch.utils.data.DataLoader(ds, batch_size=cfg.evaluate.batch_size, shuffle=False):
                 x = batch["image"].to(device).contiguous(memory_format=torch.channels_last)
@@ -242,8 +244,6 @@ def fit_ensemble_with_scores(cfg, val) -> tuple[DefiniteNormalSVM, Thresholds, "
     import pandas as pd
 
     e = cfg.ensemble
-    if e.fit_on != "validation":
-        raise NotImplementedError(f"ensemble.fit_on={e.fit_on!r} is not implemented yet; use 'validation'")
     if not (val["split"] == "val").all():
         raise ValueError("fit_ensemble_with_scores was given non-validation rows; pass validation_rows(table)")
     cols = logit_columns(list(cfg.findings), cfg.model.num_classes)

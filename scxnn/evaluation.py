@@ -501,6 +501,42 @@ def format_ci(df: pd.DataFrame, rates: Sequence[str] = RATES, digits: int = 3) -
     return out
 
 
+# --------------------------------------------------------------------------- published results
+
+
+PUBLISHED_METRICS = ("accuracy", "sensitivity", "specificity", "auc")
+
+
+def published_comparison(table: pd.DataFrame, threshold: float, published: Mapping[str, Mapping[str, float]],
+                         n_boot: int, seed: int, ci: float = 0.95) -> pd.DataFrame:
+    """Our normal-vs-abnormal results per test set beside published ones on the same data (e.g.
+    Kermany et al. 2018): ROC AUC, and accuracy, sensitivity, specificity and the share auto-reported
+    normal at two operating points, each with a 95% patient-bootstrap CI. ``definite_normal`` is
+    the validation-chosen threshold of the method (sensitivity target, e.g. 0.99); ``svm_boundary``
+    is the SVM's own boundary (score 0), a balanced point like most published ones. Published
+    papers used their own splits, so compare with care. One row per (set, operating point), then
+    one row per publication with its reported numbers."""
+    rows = []
+    for name, mask in evaluation_sets(table).items():
+        sub = table[mask]
+        y, s, pid = sub["abnormal"].to_numpy(int), _score(sub), sub["patient_id"].to_numpy()
+        auc = _auc_row(y, s, pid, n_boot, seed, ci)
+        for point, t in (("definite_normal", threshold), ("svm_boundary", 0.0)):
+            pred = (s >= t).astype(int)
+            m = screening_with_ci(y, pred, pid, n_boot, seed, ci)
+            acc_lo, acc_hi = patient_bootstrap(pid, lambda idx: {"accuracy": float((y[idx] == pred[idx]).mean())},
+                                               n_boot, seed, ci)["accuracy"]
+            row = {"source": "ours", "set": name, "operating_point": point, "threshold": float(t), "images": len(sub),
+                   "patients": int(pd.Series(pid).nunique()), "auc": auc["auc"], "auc_lo": auc["auc_lo"], "auc_hi": auc["auc_hi"],
+                   "accuracy": float((y == pred).mean()), "accuracy_lo": acc_lo, "accuracy_hi": acc_hi}
+            for r in ("sensitivity", "specificity", "auto_normal"):
+                row.update({r: m[r], f"{r}_lo": m[f"{r}_lo"], f"{r}_hi": m[f"{r}_hi"]})
+            rows.append(row)
+    for source, metrics in published.items():
+        rows.append({"source": source, **{k: float(metrics[k]) for k in PUBLISHED_METRICS if k in metrics}})
+    return pd.DataFrame(rows)
+
+
 # --------------------------------------------------------------------------- unseen findings, headlines
 
 

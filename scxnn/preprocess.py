@@ -466,10 +466,10 @@ def cache_dir(cfg: Config) -> Path:
 
 
 def source_manifest_path(cfg: Config) -> Path:
-    """The manifest of the profile's source images: the generator's, or ``data.manifest``."""
+    """The manifest of the profile's source images: the generator's, the adapter's, or ``data.manifest``."""
     from scxnn.data import MANIFEST_NAME
 
-    if cfg.data.source == "synth":
+    if cfg.data.source in ("synth", "adapter"):
         return cfg.path("data") / "raw" / MANIFEST_NAME
     p = Path(cfg.data.manifest).expanduser()
     return p if p.is_absolute() else cfg.root / p
@@ -485,6 +485,15 @@ def build_study_cache(cfg: Config, progress: bool = True) -> tuple[pd.DataFrame,
         from scxnn import synth
 
         raw = synth.generate(cfg, mpath.parent, progress=progress)
+    elif cfg.data.source == "adapter":
+        from scxnn.adapters import build_manifest
+
+        root = Path(cfg.data.root).expanduser()
+        root = root if root.is_absolute() else cfg.root / root
+        raw = build_manifest(cfg.data.adapter, root, mpath.parent, list(cfg.findings), list(cfg.unseen_findings),
+                             seed=cfg.seed, split=cfg.data.split)
+        n_skip = len(raw.attrs.get("skipped", []))
+        log.info("%s: %d images from %s%s", cfg.data.adapter, len(raw), root, f", {n_skip} skipped (see {mpath.parent / 'skipped.csv'})" if n_skip else "")
     else:
         raw = read_manifest(mpath, list(cfg.findings), list(cfg.unseen_findings))
     out = cache_dir(cfg)

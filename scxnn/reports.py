@@ -69,22 +69,24 @@ def read_sidecar(path: Path) -> dict:
 
 
 def write_table(cfg: Config, df: pd.DataFrame, name: str, caption: str, headline: str | None = None,
-                thesis: str | None = None, display: pd.DataFrame | None = None) -> Path:
+                thesis: str | None = None, display: pd.DataFrame | None = None, reference: str = "thesis") -> Path:
     """``reports/tables/<profile>/<name>.csv`` and ``.md`` (the caption heads the Markdown), and the
     sidecar ``<name>.json`` with the caption, ``headline`` (our key number in one short line, e.g.
     ``"internal test: sensitivity 0.97 [0.93, 1.00], auto-normal 8%"``) and ``thesis`` (the thesis'
     value for the same, e.g. ``"sensitivity 0.997, auto-normal 7.6%"``). ``display``, when given, is
     what the Markdown shows (e.g. ``evaluation.format_ci(df)``: "0.97 [0.93, 1.00]" cells); the CSV
-    always holds the plain numbers."""
+    always holds the plain numbers. ``reference`` names the source of ``thesis`` where it is not
+    the thesis (e.g. "published" for Kermany et al.)."""
     d = tables_dir(cfg)
     buf = io.StringIO()
     df.to_csv(buf, index=False)
     atomic_write_text(d / f"{name}.csv", buf.getvalue())
-    summary = _summary_line(headline, thesis)
+    summary = _summary_line(headline, thesis, reference)
     head = f"**{name}.** {caption}\n\n" + (f"{summary}\n\n" if summary else "")
     atomic_write_text(d / f"{name}.md", head + to_markdown(df if display is None else display))
+    extra = {} if reference == "thesis" else {"reference": reference}
     _write_sidecar(d / f"{name}{SIDECAR_SUFFIX}", "table", name, caption, headline, thesis,
-                   columns=[str(c) for c in df.columns], rows=len(df))
+                   columns=[str(c) for c in df.columns], rows=len(df), **extra)
     return d / f"{name}.csv"
 
 
@@ -114,12 +116,12 @@ def fmt_ci(value: float, lo: float | None = None, hi: float | None = None, digit
     return f"{one(value)} [{one(lo)}, {one(hi)}]"
 
 
-def _summary_line(headline: str | None, thesis: str | None) -> str:
+def _summary_line(headline: str | None, thesis: str | None, reference: str = "thesis") -> str:
     parts = []
     if _one_line(headline):
         parts.append(f"ours: {_one_line(headline)}")
     if _one_line(thesis):
-        parts.append(f"thesis: {_one_line(thesis)}")
+        parts.append(f"{reference}: {_one_line(thesis)}")
     return " · ".join(parts)
 
 
@@ -155,7 +157,7 @@ def _item(root: Path, name: str, files: dict[str, Path], main: str, others: Sequ
     caption = _one_line(meta.get("caption"))
     if caption:
         line += f" — {caption}"
-    summary = _summary_line(meta.get("headline"), meta.get("thesis"))
+    summary = _summary_line(meta.get("headline"), meta.get("thesis"), meta.get("reference") or "thesis")
     if summary:
         line += f"\n  - {summary}"
     return line

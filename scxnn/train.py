@@ -335,11 +335,13 @@ def training_sets(df: pd.DataFrame, cfg: Config, finding: str) -> dict[str, tupl
     # Splits, not sites, decide: evaluation sites (temporal, external) are all `test`, and a real
     # dataset read by an adapter has a site name of its own.
     ok = labels.notna()
+    # train.stage1_labels "any": a weak-label-only dataset (no masks) trains and validates on all films.
+    hard = df["label_type"] == "hard" if cfg.train.stage1_labels == "hard" else pd.Series(True, index=df.index)
     sel = {
-        "stage1": ok & (df["split"] == "train") & (df["label_type"] == "hard"),
+        "stage1": ok & (df["split"] == "train") & hard,
         # Weak labels all go to training (see data.split); the hard training images stay in too.
         "stage2": ok & (df["split"] == "train"),
-        "val": ok & (df["split"] == "val") & (df["label_type"] == "hard"),
+        "val": ok & (df["split"] == "val") & hard,
     }
     out = {k: (df[m].reset_index(drop=True), labels[m].astype(int).to_numpy()) for k, m in sel.items()}
     cap = cfg.train.max_val_images
@@ -350,12 +352,14 @@ def training_sets(df: pd.DataFrame, cfg: Config, finding: str) -> dict[str, tupl
 
 def _val_subset(rows: pd.DataFrame, labels: np.ndarray, cap: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
     """A fixed subset of ``cap`` validation films for per-epoch model selection: every target film
-    (the rare class decides the AUC), then a seeded draw of the rest. The SVM and the thresholds
-    still use the whole validation split (step 03)."""
+    (the rare class decides the AUC) as long as they fill at most half the cap, then a seeded draw of
+    the rest; a common target (e.g. Kermany's pneumonia) gets half, so the AUC keeps both classes.
+    The SVM and the thresholds still use the whole validation split (step 03)."""
     rng = np.random.default_rng(seed)
-    pos = np.flatnonzero(labels == 1)
+    pos = rng.permutation(np.flatnonzero(labels == 1))
     rest = rng.permutation(np.flatnonzero(labels != 1))
-    keep = np.sort(np.r_[pos[:cap], rest[: max(0, cap - len(pos))]])
+    n_pos = min(len(pos), max(cap // 2, cap - len(rest)))
+    keep = np.sort(np.r_[pos[:n_pos], rest[: cap - n_pos]])
     return rows.iloc[keep].reset_index(drop=True), labels[keep]
 
 
@@ -632,7 +636,8 @@ def train_finding(cfg: Config, finding: str, out_dir=None, manifest=None, resume
         pre_fp = fingerprint(cfg.preprocess)
         nc = cfg.model.num_classes
         if len(sets["stage1"][0]) == 0:
-            raise ValueError(f"{finding}: no hard-label internal training images in the manifest")
+            raise ValueError(f"{finding}: no hard-label training images in the manifest (a weak-label-only dataset "
+                             "trains with train.stage1_labels: any and model.decoder: none)")
         if len(sets["val"][0]) == 0:
             log.warning("%s: no validation images; the training loss drives the schedule and checkpoint choice", finding)
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 import yaml
 
-from scxnn.cli import EXIT_NOT_YET, build_parser, main
+from scxnn.cli import build_parser, main
 
 from conftest import ROOT
 
@@ -61,9 +61,11 @@ def test_check_all_profiles(capsys):
     assert main(["config", "--check-all"]) == 0
 
 
-def test_unimplemented_steps_fail_loudly(capsys):
-    assert main(["evaluate", "--profile", "smoke"]) == EXIT_NOT_YET
-    assert "issue #8" in capsys.readouterr().err
+def test_evaluate_without_a_trained_run_says_what_is_missing(tmp_path, capsys):
+    m = tmp_path / "manifest.csv"
+    m.write_text("image_id\n")
+    assert main(["evaluate", "--models", str(tmp_path / "runs"), "--manifest", str(m), "--out", str(tmp_path / "o")]) == 2
+    assert "config.resolved.yaml" in capsys.readouterr().err
 
 
 def test_gradcam_without_models_says_where_they_should_be(tmp_path, capsys):

@@ -413,3 +413,24 @@ def test_smoke_run_tables():
 def test_module_is_pure():
     src = Path(E.__file__).read_text()
     assert "import torch" not in src and "matplotlib" not in src and "to_csv" not in src
+
+
+def test_published_comparison_two_points_with_cis_and_the_publication(table):
+    pub = {"Paper 2018": {"accuracy": 0.9, "sensitivity": 0.92, "specificity": 0.88, "auc": 0.95}}
+    out = E.published_comparison(table, -0.5, pub, N_BOOT, 0)
+    ours = out[out.source == "ours"]
+    sets = list(E.evaluation_sets(table))
+    assert list(ours.set.unique()) == sets and len(ours) == 2 * len(sets)
+    internal = ours[ours.set == "internal"].set_index("operating_point")
+    # The lower definite-normal threshold flags more films abnormal than the boundary at 0.
+    assert internal.loc["definite_normal", "sensitivity"] >= internal.loc["svm_boundary", "sensitivity"]
+    assert internal.loc["definite_normal", "auto_normal"] <= internal.loc["svm_boundary", "auto_normal"]
+    assert internal.loc["definite_normal", "auc"] == internal.loc["svm_boundary", "auc"]
+    sub = table[E.evaluation_sets(table)["internal"]]
+    pred = sub["score"].to_numpy() >= 0
+    assert internal.loc["svm_boundary", "accuracy"] == pytest.approx((pred == sub["abnormal"].to_numpy(bool)).mean())
+    for k in ("auc", "accuracy", "sensitivity", "specificity", "auto_normal"):
+        r = internal.loc["svm_boundary"]
+        assert r[f"{k}_lo"] <= r[k] <= r[f"{k}_hi"], k
+    paper = out[out.source == "Paper 2018"].iloc[0]
+    assert paper.auc == 0.95 and paper.accuracy == 0.9 and pd.isna(paper.set)

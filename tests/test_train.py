@@ -374,3 +374,18 @@ def test_validation_cap_keeps_every_target_film_and_is_fixed():
     assert len(sub) == 20 and (y == 1).sum() == 6  # all the rare target films stay
     sub2, y2 = _val_subset(rows, labels, 20, seed=3)
     assert sub["image_id"].tolist() == sub2["image_id"].tolist() and np.array_equal(y, y2)
+
+
+def test_validation_cap_keeps_both_classes_when_the_target_is_common():
+    import numpy as np
+    import pandas as pd
+
+    from scxnn.train import _val_subset
+
+    rows = pd.DataFrame({"image_id": [f"i{k}" for k in range(60)]})
+    labels = np.r_[np.ones(40, int), np.zeros(12, int), np.full(8, 2)]
+    sub, y = _val_subset(rows, labels, 24, seed=1)
+    assert len(sub) == 24 and (y == 1).sum() == 12 and (y != 1).sum() == 12
+    few_rest = np.r_[np.ones(40, int), np.zeros(4, int)]
+    _, y = _val_subset(rows.iloc[:44], few_rest, 24, seed=1)
+    assert (y != 1).sum() == 4 and (y == 1).sum() == 20  # the cap is filled with targets when the rest runs out

@@ -1,0 +1,156 @@
+"""``scxnn evaluate``: score a trained study run on another labelled dataset, without retraining.
+
+The other dataset comes as a manifest (:mod:`scxnn.data`; ``scxnn manifest`` builds one from a local
+copy of a public dataset with its adapter). Every film goes through the run's own preprocessing
+(the fingerprint stored in its checkpoints must match, as in ``scxnn predict``), the run's finding
+models and its SVM with the thresholds frozen on the run's validation films. Nothing is refitted.
+
+All films of the manifest are evaluation films: the split the adapter assigned is ignored. A
+patient the run trained or validated on would inflate the result, so such an overlap is an error
+(``drop_seen`` removes those patients instead, and the report says how many).
+
+Written under ``out_dir``: ``png/`` (the PNG cache, with ``skipped.csv``), ``logits.parquet``, and
+``tables/<profile>/``: Table 2 at both thresholds, ROC AUC, AUC per finding, the missed films and,
+when the profile names published results (``evaluate.published``), the comparison with them, each
+as CSV + Markdown with 95% patient-bootstrap CIs; ``figures/<profile>/roc.png``; ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from scxnn.config import RESOLVED_NAME, load_resolved
+from scxnn.utils import atomic_write_text, log
+
+SUMMARY_NAME = "summary.json"
+
+
+class PatientOverlap(ValueError):
+    """The manifest holds patients the run trained or validated on."""
+
+
+def load_run_config(run_dir: str | os.PathLike):
+    from scxnn.predict import RunIncomplete
+
+    step3 = Path(run_dir) / "03_svm_ensemble"
+    if not (step3 / RESOLVED_NAME).is_file():
+        raise RunIncomplete(f"{run_dir} is not a trained study run: no {step3 / RESOLVED_NAME} (pass runs/<profile> after `make ensemble PROFILE=<profile>`)")
+    return load_resolved(step3 / RESOLVED_NAME)
+
+
+def seen_patients(run_dir: str | os.PathLike) -> set[str]:
+    """Hashed patient ids of the run's training and validation films (from its logits table)."""
+    from scxnn.ensemble import LOGITS_NAME
+
+    t = pd.read_parquet(Path(run_dir) / "03_svm_ensemble" / LOGITS_NAME, columns=["patient_id", "split"])
+    return set(t.loc[t["split"].isin(["train", "val"]), "patient_id"].astype(str))
+
+
+def evaluate_manifest(run_dir: str | os.PathLike, manifest: str | os.PathLike, out_dir: str | os.PathLike,
+                      drop_seen: bool = False, progress: bool = True) -> dict:
+    """Score ``manifest`` with the trained run ``run_dir`` (``runs/<profile>``) and write the tables.
+    Returns the summary (also ``out_dir/summary.json``)."""
+    from scxnn import ensemble, evaluation, reports
+    from scxnn.data import read_manifest
+    from scxnn.predict import RunIncomplete
+    from scxnn.preprocess import fingerprint, preprocess_manifest
+
+    run, out, mpath = Path(run_dir), Path(out_dir), Path(manifest)
+    cfg = load_run_config(run)
+    findings, unseen = list(cfg.findings), list(cfg.unseen_findings)
+    if not mpath.is_file():
+        raise FileNotFoundError(f"no manifest at {mpath} (build one with `scxnn manifest DATASET ROOT --out DIR`)")
+    df = read_manifest(mpath, findings, unseen)
+    missing = [f for f in findings if df[f].isna().all()]
+    if missing:
+        log.warning("the manifest grades none of %s: those findings count only through the abnormal label", ", ".join(missing))
+    seen = seen_patients(run)
+    overlap = df["patient_id"].astype(str).isin(seen)
+    n_overlap = int(df.loc[overlap, "patient_id"].nunique())
+    if n_overlap and not drop_seen:
+        raise PatientOverlap(f"{n_overlap} patient(s) ({int(overlap.sum())} films) of {mpath} were in the run's training or validation "
+                             "split: scoring them would overstate the result. Pass --drop-seen to leave them out.")
+    df = df[~overlap].copy()
+    if df.empty:
+        raise ValueError(f"no film of {mpath} is left to evaluate (all {int(overlap.sum())} belong to patients the run has seen)")
+    # Every film is an evaluation film here, whatever split the adapter gave it.
+    df["split"] = "test"
+    # Tables and figures go under out_dir, not the study's reports/.
+    cfg = cfg.replace({"paths.reports": str(out.resolve())})
+    cache = out / "png"
+    pre, skipped = preprocess_manifest(cfg, df, mpath.parent, cache, progress=progress)
+    if pre.empty:
+        raise ValueError(f"none of the {len(df)} films could be read; see {cache / 'skipped.csv'}")
+    dirs = {f: run / "02_train_disease_model" / f for f in findings}
+    for f, d in dirs.items():
+        if not (d / "best.pt").is_file():
+            raise RunIncomplete(f"{run}: no trained model for {f} ({d / 'best.pt'})")
+    from scxnn.cam import check_fingerprint, load_finding_model
+
+    expected = fingerprint(cfg.preprocess)
+    for f, d in dirs.items():  # the preprocessing contract, before any film is scored
+        check_fingerprint(load_finding_model(f, d / "best.pt", "cpu"), expected)
+    table = ensemble.logits_table(cfg, dirs, progress=progress, cache=cache)
+    ensemble.save_logits(table, out)
+    svm, th = ensemble.load(run / "03_svm_ensemble")
+    table["score"] = svm.decision_function(table[ensemble.logit_columns(findings, cfg.model.num_classes)].to_numpy(float))
+
+    n_boot, seed, ci = cfg.evaluate.bootstrap, cfg.seed, cfg.evaluate.ci
+    where = f"{mpath} scored by the run {run} without retraining"
+    t2 = evaluation.table2(table, th.point, n_boot, seed, ci)
+    sets = ", ".join(t2["set"].astype(str))
+    reports.write_table(cfg, t2, "table2_normal_vs_abnormal", f"Normal vs abnormal at the run's frozen definite-normal threshold ({th.target:.0%} validation sensitivity target), per site; 95% patient-bootstrap CIs. {where}.",
+                        headline=evaluation.screening_headline(t2, t2["set"].iloc[0])[0], display=evaluation.format_ci(t2))
+    t2s = evaluation.table2(table, th.strict, n_boot, seed, ci)
+    reports.write_table(cfg, t2s, "table2_strict_threshold", f"As Table 2, at the strict threshold. {where}.", display=evaluation.format_ci(t2s))
+    auc = evaluation.svm_auc(table, n_boot, seed, ci)
+    reports.write_table(cfg, auc, "svm_auc", f"ROC AUC of the SVM score (abnormal vs normal) per site, 95% patient-bootstrap CI. {where}.",
+                        headline="; ".join(f"{r.set} {r.auc:.3f}" for r in auc.itertuples()), display=evaluation.format_ci(auc, evaluation.RATES + ("auc",)))
+    curves = {name: (table.loc[m, "abnormal"].to_numpy(), table.loc[m, "score"].to_numpy()) for name, m in evaluation.evaluation_sets(table).items()}
+    reports.save_figure(cfg, reports.roc_figure(curves, {r.set: (1 - r.specificity, r.sensitivity) for r in t2.itertuples()}, {}), "roc",
+                        caption=f"ROC of the SVM score per site; circles: the frozen definite-normal threshold. {where}.")
+    afd = evaluation.auc_per_finding(table, findings, n_boot, seed, ci)
+    reports.write_table(cfg, afd, "auc_per_finding", f"ROC AUC of each finding model (target vs rest), 95% patient-bootstrap CI. {where}.", display=evaluation.format_ci(afd, evaluation.RATES + ("auc",)))
+    missed = evaluation.missed_cases(table, th.point, cfg.findings, cfg.unseen_findings)
+    reports.write_table(cfg, missed.drop(columns=["patient_id"], errors="ignore"), "missed_cases", f"Abnormal films auto-reported normal at the definite-normal threshold (hashed ids). {where}.")
+    pub = None
+    if cfg.evaluate.published:
+        pub = evaluation.published_comparison(table, th.point, cfg.evaluate.published, n_boot, seed, ci)
+        reports.write_table(cfg, pub, "published_comparison", f"Ours at the frozen definite-normal threshold and at the SVM boundary, beside published results on the same source data (their own split). {where}.",
+                            display=evaluation.format_ci(pub, ("auc", "accuracy", "sensitivity", "specificity", "auto_normal")))
+
+    first = t2.iloc[0]
+    summary = {
+        "run": str(run), "manifest": str(mpath), "profile": cfg.profile, "sets": sets,
+        "films": int(len(table)), "patients": int(table["patient_id"].nunique()), "skipped": int(len(skipped)),
+        "dropped_seen_patients": n_overlap, "threshold": float(th.point), "threshold_strict": float(th.strict),
+        "auc": float(auc["auc"].iloc[0]), "auc_lo": float(auc["auc_lo"].iloc[0]), "auc_hi": float(auc["auc_hi"].iloc[0]),
+        **{k: float(first[k]) for k in ("sensitivity", "sensitivity_lo", "sensitivity_hi", "specificity", "specificity_lo",
+                                        "specificity_hi", "auto_normal", "auto_normal_lo", "auto_normal_hi")},
+        "missed_abnormal": int(len(missed)),
+    }
+    if pub is not None:
+        b = pub[(pub.source == "ours") & (pub.operating_point == "svm_boundary")].iloc[0]
+        summary.update({"boundary_accuracy": float(b.accuracy), "boundary_sensitivity": float(b.sensitivity), "boundary_specificity": float(b.specificity)})
+    atomic_write_text(out / SUMMARY_NAME, json.dumps(summary, indent=1))
+    return summary
+
+
+def format_summary(s: dict) -> str:
+    def ci(k: str) -> str:
+        return f"{s[k]:.3f} [{s[k + '_lo']:.3f}, {s[k + '_hi']:.3f}]"
+
+    lines = [f"{s['films']} films, {s['patients']} patients ({s['sets']}); {s['skipped']} skipped"
+             + (f"; {s['dropped_seen_patients']} seen patient(s) left out" if s["dropped_seen_patients"] else ""),
+             f"ROC AUC {ci('auc')}",
+             f"at the definite-normal threshold: sensitivity {ci('sensitivity')}, specificity {ci('specificity')}, "
+             f"auto-normal {100 * s['auto_normal']:.1f}% [{100 * s['auto_normal_lo']:.1f}, {100 * s['auto_normal_hi']:.1f}]; "
+             f"{s['missed_abnormal']} abnormal film(s) auto-reported normal"]
+    if "boundary_accuracy" in s:
+        lines.append(f"at the SVM boundary: accuracy {s['boundary_accuracy']:.3f}, sensitivity {s['boundary_sensitivity']:.3f}, "
+                     f"specificity {s['boundary_specificity']:.3f}")
+    return "\n".join(lines)

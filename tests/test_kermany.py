@@ -1,0 +1,149 @@
+"""The method on real films (issue 8): params/kermany.yaml end to end on ../shared/realdata/kermany_dev
+at a tiny protocol (64 px, one short epoch: the plumbing, not the accuracy), then `scxnn evaluate`
+on a folder of Kermany-format images in the upstream layout, and on the dev set itself, whose
+training patients must be refused."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import ROOT, require_shared
+
+from scxnn.cli import main
+from scxnn.config import load_config
+
+TINY = ["preprocess.size=64", "train.max_epochs=1", "train.max_images_per_epoch=16", "train.max_val_images=24",
+        "train.augment=false", "evaluate.bootstrap=200", "evaluate.batch_size=16"]
+
+
+def _sets(tmp: Path, root: Path) -> list[str]:
+    return [*TINY, f"paths.data={tmp / 'data'}", f"paths.runs={tmp / 'runs'}", f"paths.reports={tmp / 'reports'}", f"data.root={root}"]
+
+
+@pytest.fixture(scope="module")
+def kermany_run(tmp_path_factory):
+    root = require_shared("realdata", "kermany_dev")
+    tmp = tmp_path_factory.mktemp("kermany")
+    sets = _sets(tmp, root)
+    args = [a for s in sets for a in ("--set", s)]
+    cfg = load_config("kermany", sets)
+    from scxnn.pipeline import start_step
+    from scxnn.preprocess import build_study_cache
+
+    start_step(cfg, "01_preprocessing")
+    manifest, skipped = build_study_cache(cfg, progress=False)
+    for f in cfg.findings:
+        assert main(["train", "--profile", "kermany", *args, "--finding", f, "--no-progress"]) == 0
+    assert main(["ensemble", "--profile", "kermany", *args, "--no-progress"]) == 0
+    return cfg, tmp, manifest, skipped, args
+
+
+def test_adapter_source_splits_by_patient_into_weak_labelled_films(kermany_run):
+    cfg, _, manifest, skipped, _ = kermany_run
+    assert len(manifest) == 460 and len(skipped) == 0
+    assert set(manifest["label_type"]) == {"weak"} and set(manifest["site"]) == {"kermany"}
+    assert set(manifest["split"]) == {"train", "val", "test"}
+    assert manifest.groupby("patient_id")["split"].nunique().max() == 1
+    # Normal films are 0 for both subtypes; each pneumonia film is positive for exactly one.
+    sub = manifest[list(cfg.findings)].astype(float)
+    assert (sub.sum(axis=1) <= 1).all() and (sub.sum(axis=1) == 0).sum() == 154
+
+
+def test_classification_only_models_trained_on_weak_labels(kermany_run):
+    import torch
+
+    cfg, tmp, *_ = kermany_run
+    for f in cfg.findings:
+        ckpt = torch.load(tmp / "runs" / "02_train_disease_model" / f / "best.pt", map_location="cpu", weights_only=True)
+        assert ckpt["config"]["model"]["decoder"] == "none"
+        assert ckpt["config"]["train"]["stage1_labels"] == "any"
+        h = pd.read_csv(tmp / "runs" / "02_train_disease_model" / f / "history.csv")
+        assert set(h["stage"]) == {1} and h["val_auc"].notna().all()
+
+
+def _upstream_copy(manifest: pd.DataFrame, root: Path, dst: Path) -> int:
+    """The test-split films of the dev set, re-laid out as the upstream download
+    (test/{NORMAL,PNEUMONIA}/<original name>): another folder, another layout, same format."""
+    labels = pd.read_csv(root / "labels.csv", dtype=str)
+    by_name = dict(zip(labels["path"].map(lambda p: Path(p).name), labels["label"]))
+    n = 0
+    for p in manifest.loc[manifest["split"] == "test", "path"]:
+        src = Path(p) if Path(p).is_absolute() else None
+        name = Path(p).name
+        src = next(root.glob(f"images/*/{name}")) if src is None or not src.is_file() else src
+        cls = "NORMAL" if by_name[name] == "normal" else "PNEUMONIA"
+        (dst / "test" / cls).mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, dst / "test" / cls / name)
+        n += 1
+    return n
+
+
+def test_evaluate_scores_another_folder_without_retraining(kermany_run, tmp_path, capsys):
+    cfg, tmp, manifest, _, args = kermany_run
+    root = require_shared("realdata", "kermany_dev")
+    raw = pd.read_csv(tmp / "data" / "raw" / "manifest.csv", dtype=str)
+    n = _upstream_copy(raw, root, tmp_path / "upstream")
+    assert n > 20
+    assert main(["manifest", "kermany", str(tmp_path / "upstream"), "--out", str(tmp_path / "m"), "--profile", "kermany", *args]) == 0
+    out = tmp_path / "eval"
+    before = {p: p.stat().st_mtime_ns for p in (tmp / "runs").rglob("*") if p.is_file()}
+    assert main(["evaluate", "--models", str(tmp / "runs"), "--manifest", str(tmp_path / "m" / "manifest.csv"), "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "ROC AUC" in printed and "definite-normal threshold" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["films"] == n and summary["dropped_seen_patients"] == 0 and summary["sets"] == "kermany"
+    assert 0 <= summary["auc"] <= 1 and summary["auc_lo"] <= summary["auc"] <= summary["auc_hi"]
+    tables = out / "tables" / "kermany"
+    for name in ("table2_normal_vs_abnormal", "table2_strict_threshold", "svm_auc", "auc_per_finding", "published_comparison", "missed_cases"):
+        assert (tables / f"{name}.csv").is_file() and (tables / f"{name}.md").is_file(), name
+    pub = pd.read_csv(tables / "published_comparison.csv")
+    assert pub["source"].str.startswith("Kermany").any() and (pub["source"] == "ours").sum() == 2
+    assert (out / "figures" / "kermany" / "roc.png").is_file()
+    # Nothing was retrained or refitted; no raw patient name reached the outputs.
+    assert before == {p: p.stat().st_mtime_ns for p in (tmp / "runs").rglob("*") if p.is_file()}
+    for f in [*tables.glob("*.csv"), *tables.glob("*.md"), out / "summary.json"]:
+        assert "person" not in f.read_text(), f
+    assert "person" not in pd.read_parquet(out / "logits.parquet").drop(columns=["path"]).to_csv()
+
+
+def test_evaluate_refuses_patients_the_run_has_seen(kermany_run, tmp_path, capsys):
+    cfg, tmp, manifest, _, _ = kermany_run
+    dev = tmp / "data" / "raw" / "manifest.csv"
+    assert main(["evaluate", "--models", str(tmp / "runs"), "--manifest", str(dev), "--out", str(tmp_path / "e1"), "--no-progress"]) == 2
+    assert "--drop-seen" in capsys.readouterr().err
+    assert not (tmp_path / "e1" / "summary.json").exists()
+    assert main(["evaluate", "--models", str(tmp / "runs"), "--manifest", str(dev), "--out", str(tmp_path / "e2"), "--drop-seen", "--no-progress"]) == 0
+    s = json.loads((tmp_path / "e2" / "summary.json").read_text())
+    assert s["films"] == int((manifest["split"] == "test").sum()) and s["dropped_seen_patients"] > 0
+
+
+def test_evaluate_needs_a_manifest(kermany_run, tmp_path, capsys):
+    _, tmp, *_ = kermany_run
+    assert main(["evaluate", "--models", str(tmp / "runs"), "--manifest", str(tmp_path / "none.csv"), "--out", str(tmp_path / "o")]) == 2
+    assert "scxnn manifest" in capsys.readouterr().err
+
+
+def test_notebooks_04_to_07_run_on_a_weak_label_profile(kermany_run, tmp_path):
+    """The report notebooks on a profile without masks, unseen findings or variants: each skips what
+    does not apply (and says so) instead of failing, and 04 writes the published comparison."""
+    import yaml
+
+    from scxnn.pipeline import run_notebook
+
+    cfg, tmp, *_ , args = kermany_run
+    overrides = {k: yaml.safe_load(v) for k, v in (a.split("=", 1) for a in args[1::2])}
+    for nb in ("04_evaluation", "05_novel_diseases", "06_gradcam", "07_ablations"):
+        run_notebook(ROOT / "notebooks" / f"{nb}.ipynb", tmp_path / f"{nb}.ipynb", {"profile": "kermany", "overrides": overrides})
+    tables = tmp / "reports" / "tables" / "kermany"
+    assert (tables / "published_comparison.md").is_file() and (tables / "table2_normal_vs_abnormal.csv").is_file()
+    assert not (tables / "table7_two_vs_three_class.csv").exists() and not (tables / "table9_unseen_findings.csv").exists()
+    assert not (tables / "gradcam_localization.csv").exists()
+    assert (tmp / "reports" / "figures" / "kermany" / "figure5_gradcam.png").is_file()
+    text = (tmp_path / "05_novel_diseases.ipynb").read_text()
+    assert "Table 9 is skipped" in text
+    meta = json.loads((tables / "published_comparison.json").read_text())
+    assert meta["reference"] == "published" and "Kermany" in meta["thesis"]
