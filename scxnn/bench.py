@@ -224,7 +224,9 @@ def bench_predict(
     * ``naive``: the baseline, fp32 NCHW with the decoder on (``model(x)`` as trained);
     * ``fast_fp32``: channels_last, decoder skipped, ``inference_mode``;
     * ``fast_bf16``: plus bf16 autocast, where the hardware has native bf16;
-    * ``compile``: plus ``torch.compile``, only when asked (compiling takes a while).
+    * ``compile``: plus ``torch.compile``, only when asked (compiling takes a while);
+    * ``onnxruntime``: the same graph (no decoder) exported to ONNX and run by ONNX Runtime in fp32,
+      on a CPU when ``onnxruntime`` is installed (export time not counted).
 
     On a CPU use ``batch=1`` (what `scxnn predict` does there); on a GPU batch over images and loop
     over the models.
@@ -235,11 +237,15 @@ def bench_predict(
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(batch, 1, size, size, generator=gen).to(device)
     results: dict[str, float | str] = {}
-    for variant in (PREDICT_BASELINE, "fast_fp32", "fast_bf16", "compile"):
+    for variant in (PREDICT_BASELINE, "fast_fp32", "fast_bf16", "compile", "onnxruntime"):
         if variant == "fast_bf16" and not bf16_supported(device):
             results[variant] = "unsupported"
         elif variant == "compile" and not compile:
             results[variant] = "skipped"
+        elif variant == "onnxruntime" and (device != "cpu" or not _ort_available()):
+            results[variant] = "unavailable"
+        elif variant == "onnxruntime":
+            results[variant] = _measure_ort(backbone, n_models, x, images, batch, warmup)
         else:
             results[variant] = _measure_predict(variant, backbone, n_models, x, images, batch, warmup, device)
     timed = {k: v for k, v in results.items() if isinstance(v, float)}
@@ -250,6 +256,35 @@ def bench_predict(
         "threads": torch.get_num_threads(), "torch": torch.__version__, "img_per_s": results,
         "baseline": PREDICT_BASELINE, "best": best, "ratio": timed[best] / timed[PREDICT_BASELINE],
     }
+
+
+def _ort_available() -> bool:
+    from scxnn.ort import available
+
+    return available()
+
+
+def _measure_ort(backbone: str, n_models: int, x: torch.Tensor, images: int, batch: int, warmup: int) -> float:
+    import tempfile
+
+    from scxnn.ort import OrtEnsemble
+
+    models = _predict_models(backbone, n_models, "cpu", channels_last=False)
+    with tempfile.TemporaryDirectory() as d:
+        engine = OrtEnsemble({f"m{i}": m for i, m in enumerate(models)}, None, d)
+        del models
+        xb = x[:batch].numpy()
+
+        def run(n_batches: int) -> None:
+            for _ in range(n_batches):
+                logits, _ = engine.run(xb)
+                torch.from_numpy(logits).softmax(-1)
+
+        run(warmup)
+        n_batches = max(1, images // batch)
+        t0 = time.perf_counter()
+        run(n_batches)
+        return n_batches * batch / (time.perf_counter() - t0)
 
 
 def format_bench_predict(result: dict) -> str:

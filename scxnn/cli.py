@@ -75,7 +75,7 @@ def _cmd_manifest(args: argparse.Namespace) -> int:
     df = build_manifest(args.dataset, args.root, args.out, list(cfg.findings), list(cfg.unseen_findings), seed=cfg.seed, split=cfg.data.split)
     n_skip = len(df.attrs.get("skipped", []))
     print(f"{len(df)} images from {args.dataset} -> {args.out}/manifest.csv ({df['patient_id'].nunique()} patients; "
-          f"splits {dict(df['split'].value_counts())}); {n_skip} skipped (see {args.out}/skipped.csv)")
+          f"splits { {k: int(v) for k, v in df['split'].value_counts().items()} }); {n_skip} skipped (see {args.out}/skipped.csv)")
     return 0
 
 
@@ -180,8 +180,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     try:
         table = predict(args.models, args.inputs, args.out, threshold=args.threshold, device=args.device, bf16=args.bf16,
-                        overlays=not args.no_overlays, progress=not args.no_progress)
-    except (RunIncomplete, FileNotFoundError) as e:
+                        overlays=not args.no_overlays, progress=not args.no_progress, backend=args.backend)
+    except (RunIncomplete, FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"scxnn: {e}", file=sys.stderr)
         return 2
     counts = ", ".join(f"{d} {int((table['decision'] == d).sum())}" for d in DECISIONS)
@@ -339,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", choices=["point", "strict"], default="point", help="which frozen definite-normal threshold (default point)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     p.add_argument("--bf16", choices=["auto", "on", "off"], default="auto", help="bf16 autocast: auto = where the hardware has native bf16")
+    p.add_argument("--backend", choices=["torch", "onnx"], default="torch", help="torch (default; bf16 where native) or onnx: ONNX Runtime fp32, faster on CPUs without native bf16 (graphs cached in OUT/onnx)")
     p.add_argument("--no-overlays", action="store_true", help="skip the Grad-CAM overlays of films that need review")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 

@@ -229,7 +229,10 @@ def missed_share(risk: pd.DataFrame) -> pd.DataFrame:
 
 def table3(table: pd.DataFrame, findings: Mapping[str, str], thesis: Mapping | None = None,
            sets: Sequence[str] = ("internal", "temporal")) -> pd.DataFrame:
-    """Thesis Table 3: :func:`risk_table` on the internal and temporal test sets."""
+    """Thesis Table 3: :func:`risk_table` on the internal and temporal test sets (a dataset with
+    neither, e.g. Kermany, gets its own test sets)."""
+    if not set(sets) & set(evaluation_sets(table)):
+        sets = tuple(evaluation_sets(table))
     return risk_table(table, findings, sets, thesis_section=_section(thesis, "table3_risk_levels"))
 
 
@@ -493,7 +496,7 @@ def format_ci(df: pd.DataFrame, rates: Sequence[str] = RATES, digits: int = 3) -
         if r not in out:
             continue
         if f"{r}_lo" in out and f"{r}_hi" in out:
-            out[r] = [num(v) if pd.isna(v) else f"{num(v)} [{num(lo)}, {num(hi)}]"
+            out[r] = [num(v) if pd.isna(v) or (pd.isna(lo) and pd.isna(hi)) else f"{num(v)} [{num(lo)}, {num(hi)}]"
                       for v, lo, hi in zip(df[r], df[f"{r}_lo"], df[f"{r}_hi"])]
             out = out.drop(columns=[f"{r}_lo", f"{r}_hi"])
         else:
@@ -573,6 +576,9 @@ def _ci(row: Mapping, k: str) -> str:
 def screening_headline(df: pd.DataFrame, set_name: str = "internal", label: str | None = None) -> tuple[str, str | None]:
     """(ours, thesis) one-liners for the index from a :func:`table2`/:func:`table7`-shaped frame."""
     rows = df[df["set"] == set_name] if "set" in df else df
+    if rows.empty and "set" in df and len(df) and label is None:
+        # A dataset without an "internal" site (e.g. Kermany): its first set is the headline.
+        rows, set_name = df.iloc[:1], str(df["set"].iloc[0])
     if rows.empty:
         return f"{set_name}: no films", None
     r = rows.iloc[0].to_dict()

@@ -65,10 +65,14 @@ class Screener:
     ood: object | None
     device: torch.device
     bf16: bool
+    ort: object | None = None  # scxnn.ort.OrtEnsemble when the ONNX Runtime backend is used
 
     @classmethod
-    def from_run(cls, run_dir: str | os.PathLike, threshold: str = "point", device: str = "auto", bf16: str = "auto") -> "Screener":
-        """Load ``runs/<profile>`` (the folder holding ``02_train_disease_model`` and ``03_svm_ensemble``)."""
+    def from_run(cls, run_dir: str | os.PathLike, threshold: str = "point", device: str = "auto", bf16: str = "auto",
+                 backend: str = "torch", onnx_dir: str | os.PathLike | None = None) -> "Screener":
+        """Load ``runs/<profile>`` (the folder holding ``02_train_disease_model`` and ``03_svm_ensemble``).
+        ``backend="onnx"``: score with ONNX Runtime (CPU, fp32), the graphs exported once into
+        ``onnx_dir`` (default ``<run>/onnx``)."""
         from scxnn import ensemble, ood
         from scxnn.bench import bf16_supported
         from scxnn.cam import check_fingerprint, load_finding_model
@@ -99,7 +103,18 @@ class Screener:
         if not ood_path.is_file():
             raise RunIncomplete(f"{run}: no out-of-distribution model ({ood_path}); rerun `make ensemble` with this scxnn version")
         use_bf16 = bf16 == "on" or (bf16 == "auto" and bf16_supported(dev.type))
-        return cls(cfg, models, svm, float(getattr(th, threshold)), threshold, ood.load(ood_path), dev, use_bf16)
+        engine = None
+        if backend == "onnx":
+            from scxnn.ort import OrtEnsemble
+
+            if dev.type != "cpu":
+                raise ValueError("the ONNX Runtime backend runs on the CPU; pass --device cpu or --backend torch")
+            ckpts = {f: run / "02_train_disease_model" / f / "best.pt" for f in models}
+            engine = OrtEnsemble({f: lm.model for f, lm in models.items()}, ckpts, onnx_dir or run / "onnx")
+            use_bf16 = False
+        elif backend != "torch":
+            raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
+        return cls(cfg, models, svm, float(getattr(th, threshold)), threshold, ood.load(ood_path), dev, use_bf16, engine)
 
     @property
     def findings(self) -> list[str]:
@@ -110,20 +125,24 @@ class Screener:
         """One preprocessed film (uint8, S x S): per-finding probabilities, the SVM score and the OOD score."""
         from scxnn.ensemble import logit_columns
 
-        x = torch.from_numpy(np.ascontiguousarray(img8, dtype=np.float32) / 255.0)[None, None].to(self.device)
-        x = x.contiguous(memory_format=torch.channels_last)
-        amp = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
-        logits, pooled = [], []
-        with amp:
-            for lm in self.models.values():
-                feats = lm.model.forward_features(x)
-                logits.append(lm.model.forward_head(feats).float())
-                pooled.append(feats[-1].float().mean(dim=(2, 3)))
-        lg = torch.cat(logits).cpu().numpy()  # (13, C)
+        x = torch.from_numpy(np.ascontiguousarray(img8, dtype=np.float32) / 255.0)[None, None]
+        if self.ort is not None:
+            lg_all, feats = self.ort.run(x.numpy())
+            lg, feats = lg_all[:, 0, :], feats.astype(np.float64)
+        else:
+            x = x.to(self.device).contiguous(memory_format=torch.channels_last)
+            amp = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+            logits, pooled = [], []
+            with amp:
+                for lm in self.models.values():
+                    f = lm.model.forward_features(x)
+                    logits.append(lm.model.forward_head(f).float())
+                    pooled.append(f[-1].float().mean(dim=(2, 3)))
+            lg = torch.cat(logits).cpu().numpy()  # (13, C)
+            feats = torch.cat(pooled, dim=1).cpu().numpy().astype(np.float64)
         probs = torch.softmax(torch.from_numpy(lg), dim=1).numpy()
         cols = logit_columns(self.findings, lg.shape[1])
         svm_score = float(self.svm.decision_function(lg.reshape(1, -1).astype(float))[0])
-        feats = torch.cat(pooled, dim=1).cpu().numpy().astype(np.float64)
         ood_score = float(self.ood.score(feats)[0])
         return {"logits": dict(zip(cols, lg.reshape(-1).tolist())), "p_target": dict(zip(self.findings, probs[:, 1].tolist())),
                 "score": svm_score, "ood_score": ood_score, "ood_flag": bool(not ood_score <= self.ood.threshold)}
@@ -234,15 +253,16 @@ def _key(path: Path, digest: str) -> str:
 
 def predict(run_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
             threshold: str = "point", device: str = "auto", bf16: str = "auto", overlays: bool = True,
-            progress: bool = True, screener: Screener | None = None) -> pd.DataFrame:
+            progress: bool = True, screener: Screener | None = None, backend: str = "torch") -> pd.DataFrame:
     """Screen ``inputs`` with the run in ``run_dir``; writes predictions.csv, overlays/, thumbnails/
     and report.html into ``out_dir``. Returns the predictions (one row per input, input order)."""
     from tqdm.auto import tqdm
 
     from scxnn import html_report
 
-    screener = screener or Screener.from_run(run_dir, threshold, device, bf16)
     out = Path(out_dir)
+    # ONNX graphs go beside the predictions: the run folder may be read-only (a shared model store).
+    screener = screener or Screener.from_run(run_dir, threshold, device, bf16, backend=backend, onnx_dir=out / "onnx")
     (out / "thumbnails").mkdir(parents=True, exist_ok=True)
     files = collect_inputs(inputs)
     if not files:

@@ -217,7 +217,11 @@ def table1(manifest: pd.DataFrame, cfg: Config, thesis: dict | None) -> pd.DataF
     """Images per finding in the internal (training) site, hard and weak labels, by risk group, in the
     thesis' layout; an image with two findings counts under both, as in the thesis. The thesis'
     counts sit beside ours when ``thesis`` (``scxnn.thesis.load_tables``) is given."""
-    internal = manifest[manifest["site"] == "internal"]
+    # The training site: "internal" for the synthetic study, the dataset's own name for an adapter's.
+    site = "internal" if (manifest["site"] == "internal").any() else manifest.loc[manifest["split"] == "train", "site"].mode().iloc[0]
+    internal = manifest[manifest["site"] == site]
+    if site != "internal":
+        thesis = None  # the thesis' counts describe its hospital's data, not another dataset
     ref = (thesis or {}).get("table1_dataset", {})
     rows = []
     for finding, risk in cfg.findings.items():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import subprocess
 import sys
 
@@ -103,6 +105,7 @@ def test_bench_predict_compares_the_fast_path_with_the_naive_one(capsys):
     assert main(["bench", "predict", "--profile", "smoke", "--size", "64", "--models", "2", "--images", "1"]) == 0
     out = capsys.readouterr().out
     assert "2 x densenet121 per image, 64 px" in out and "naive" in out and "fast_fp32" in out and "ratio:" in out
+    assert re.search(r"onnxruntime\s+\d+\.\d+", out), out  # measured: onnxruntime is a dependency
     assert "1024 px" not in out  # --size replaces the default pair (profile size, 1024)
 
 

@@ -152,3 +152,18 @@ def test_bf16_and_fp32_decisions_agree(smoke_reports):
     assert agree >= 0.95, f"bf16 and fp32 decisions agree on only {agree:.0%} of {len(films)} films"
     diff = np.nanmax(np.abs(np.array([x["score"] for x in ra], float) - np.array([y["score"] for y in rb], float)))
     assert diff < 0.25, f"bf16 moves the SVM score by up to {diff:.3f}"
+
+
+def test_onnx_runtime_backend_gives_the_torch_decisions(smoke_reports, tmp_path):
+    from scxnn.predict import Screener, screen_file
+
+    cfg = load_config(PROFILE)
+    films = sorted((cfg.path("data") / "raw" / "images").rglob("*.dcm"))[:16]
+    a = Screener.from_run(cfg.path("runs"), bf16="off")
+    b = Screener.from_run(cfg.path("runs"), backend="onnx", onnx_dir=tmp_path / "onnx")
+    assert len(list((tmp_path / "onnx").glob("*.onnx"))) == len(cfg.findings)
+    ra = [screen_file(f, a)[0] for f in films]
+    rb = [screen_file(f, b)[0] for f in films]
+    assert [x["decision"] for x in ra] == [y["decision"] for y in rb]
+    np.testing.assert_allclose([x["score"] for x in ra], [y["score"] for y in rb], atol=1e-3)
+    np.testing.assert_allclose([x["ood_score"] for x in ra], [y["ood_score"] for y in rb], rtol=1e-3, atol=1e-3)
