@@ -167,3 +167,20 @@ def test_onnx_runtime_backend_gives_the_torch_decisions(smoke_reports, tmp_path)
     assert [x["decision"] for x in ra] == [y["decision"] for y in rb]
     np.testing.assert_allclose([x["score"] for x in ra], [y["score"] for y in rb], atol=1e-3)
     np.testing.assert_allclose([x["ood_score"] for x in ra], [y["ood_score"] for y in rb], rtol=1e-3, atol=1e-3)
+
+
+def test_variants_score_only_the_films_their_tables_read(smoke_reports):
+    import json
+
+    import pandas as pd
+
+    from scxnn import variants
+    from scxnn.ensemble import LOGITS_NAME, OOD_NAME
+
+    cfg = load_config(PROFILE)
+    for name in ("two_class", "lambda_0.2"):
+        d = variants.variant_dir(cfg, name)
+        t = pd.read_parquet(d / LOGITS_NAME, columns=["site", "split"])
+        assert set(zip(t["site"], t["split"])) <= {("internal", "val"), ("internal", "test")}, name
+        assert not (d / OOD_NAME).exists()  # no training films: no OOD model, so never a `predict` run
+        assert json.loads((d / "result.json").read_text())["images"] == int((t["split"] == "test").sum())
