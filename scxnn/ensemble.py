@@ -85,16 +85,22 @@ class Thresholds:
     scores: str = "validation"  # which validation scores chose them (out-of-fold, in-sample)
 
 
-def choose_thresholds(scores: Sequence[float], abnormal: Sequence[int], patients: Sequence, target: float, n_boot: int, seed: int, ci: float = 0.95) -> Thresholds:
-    """Highest threshold whose validation sensitivity reaches ``target`` (films scoring below it are
-    called normal), and the stricter one at which the lower ``ci`` patient-bootstrap bound of
-    sensitivity reaches it. Candidates are the midpoints between sorted validation scores."""
+def threshold_candidates(scores: Sequence[float], abnormal: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(scores, labels, candidate thresholds): the midpoints between sorted validation scores, plus
+    one below and one above them. Both thresholds and the yield curve choose among these."""
     s = np.asarray(scores, dtype=float)
     y = np.asarray(abnormal, dtype=int)
     if y.sum() == 0 or (1 - y).sum() == 0:
         raise ValueError("threshold selection needs normal and abnormal validation films")
     uniq = np.unique(s)
-    cands = np.r_[uniq[0] - 1.0, (uniq[:-1] + uniq[1:]) / 2, uniq[-1] + 1.0]
+    return s, y, np.r_[uniq[0] - 1.0, (uniq[:-1] + uniq[1:]) / 2, uniq[-1] + 1.0]
+
+
+def choose_thresholds(scores: Sequence[float], abnormal: Sequence[int], patients: Sequence, target: float, n_boot: int, seed: int, ci: float = 0.95) -> Thresholds:
+    """Highest threshold whose validation sensitivity reaches ``target`` (films scoring below it are
+    called normal), and the stricter one at which the lower ``ci`` patient-bootstrap bound of
+    sensitivity reaches it. Candidates are the midpoints between sorted validation scores."""
+    s, y, cands = threshold_candidates(scores, abnormal)
 
     def sens(idx, t):
         return screening_metrics(y[idx], s[idx] >= t)["sensitivity"]
@@ -152,17 +158,17 @@ def logits_table(cfg, model_dirs: dict, progress: bool = True, features: bool = 
     model, concatenated in findings order (N, 13 x C), for the out-of-distribution model.
     ``only``: (site, split) pairs to score, e.g. the validation and internal test films a variant
     needs; None scores every film. ``cache``: another PNG cache (its ``manifest.csv``) than the
-    profile's, e.g. a dataset scored by ``scxnn evaluate``."""
+    profile's, e.g. a dataset scored by ``scxnn evaluate``. A model trained on other preprocessing
+    than ``cfg.preprocess`` is refused (:class:`scxnn.cam.PreprocessMismatch`)."""
     import pandas as pd
     import torch
     from tqdm.auto import tqdm
 
     from scxnn.data import MANIFEST_NAME, read_manifest
     from scxnn.dataset import RadiographDataset
-    from scxnn.preprocess import cache_dir
-    from scxnn.train import load_model
-
     from scxnn.bench import bf16_supported
+    from scxnn.cam import check_fingerprint, load_finding_model
+    from scxnn.preprocess import cache_dir, fingerprint
     from scxnn.train import _resolve_device
 
     findings, unseen = list(cfg.findings), list(cfg.unseen_findings)
@@ -184,7 +190,10 @@ def logits_table(cfg, model_dirs: dict, progress: bool = True, features: bool = 
     pooled_all = []
     with torch.inference_mode():
         for finding in tqdm(findings, desc="logits", unit="model", disable=not progress):
-            model, mcfg = load_model(Path(model_dirs[finding]) / "best.pt", map_location=device)
+            lm = load_finding_model(finding, Path(model_dirs[finding]) / "best.pt", device)
+            # The preprocessing contract: these PNGs must be the pixels the model learnt from.
+            check_fingerprint(lm, fingerprint(cfg.preprocess))
+            model, mcfg = lm.model, lm.cfg
             model.to(memory_format=torch.channels_last)
             ds = RadiographDataset(df, cache, finding, zeros, mcfg)
             chunks, pooled = [], []

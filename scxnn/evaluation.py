@@ -22,7 +22,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from scxnn.config import RISK_GROUPS
-from scxnn.ensemble import logit_columns
+from scxnn.ensemble import logit_columns, threshold_candidates
 from scxnn.metrics import patient_bootstrap, screening_metrics, screening_with_ci
 
 SITE_ORDER = ("internal", "temporal", "external1", "external2")
@@ -407,12 +407,7 @@ def point_threshold(scores: Sequence[float], abnormal: Sequence[int], target: fl
     (midpoints between sorted scores, plus one below and one above) and rule as the ``point``
     threshold of :func:`scxnn.ensemble.choose_thresholds`, vectorised and without its bootstrap so
     a whole curve of targets stays cheap."""
-    s = np.asarray(scores, dtype=float)
-    y = np.asarray(abnormal, dtype=int)
-    if y.sum() == 0 or (1 - y).sum() == 0:
-        raise ValueError("threshold selection needs normal and abnormal validation films")
-    uniq = np.unique(s)
-    cands = np.r_[uniq[0] - 1.0, (uniq[:-1] + uniq[1:]) / 2, uniq[-1] + 1.0]
+    s, y, cands = threshold_candidates(scores, abnormal)
     pos = np.sort(s[y == 1])
     tp = len(pos) - np.searchsorted(pos, cands, side="left")  # abnormal films with score >= t
     return float(cands[tp / len(pos) >= target].max())

@@ -147,3 +147,15 @@ def test_notebooks_04_to_07_run_on_a_weak_label_profile(kermany_run, tmp_path):
     assert "Table 9 is skipped" in text
     meta = json.loads((tables / "published_comparison.json").read_text())
     assert meta["reference"] == "published" and "Kermany" in meta["thesis"]
+
+
+def test_evaluate_refuses_models_trained_on_other_preprocessing(kermany_run, tmp_path, capsys, monkeypatch):
+    import scxnn.preprocess
+
+    _, tmp, *_ = kermany_run
+    # As if the preprocessing code had changed since the models were trained.
+    monkeypatch.setattr(scxnn.preprocess, "fingerprint", lambda p: "0" * 12)
+    dev = tmp / "data" / "raw" / "manifest.csv"
+    assert main(["evaluate", "--models", str(tmp / "runs"), "--manifest", str(dev), "--out", str(tmp_path / "e"), "--drop-seen", "--no-progress"]) == 2
+    assert "trained on preprocessing" in capsys.readouterr().err
+    assert not (tmp_path / "e" / "summary.json").exists()
