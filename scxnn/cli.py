@@ -2,7 +2,8 @@
 
 Every subcommand takes ``--profile`` and repeatable ``--set key=value`` overrides, resolved by
 :mod:`scxnn.config` exactly as the notebooks resolve their papermill parameters. Exit status 0 on
-success, 2 for bad input (a config error, a missing run or file), with the reason on stderr.
+success, 2 for bad input (a config error, a missing run or file), with the reason on stderr;
+``certify`` exits 3 when it ran but could not certify the site.
 """
 
 from __future__ import annotations
@@ -143,7 +144,7 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
     out = start_step(cfg, "03_svm_ensemble")
     table, _, th = ensemble.build(cfg, models, out, progress=not args.no_progress)
     print(f"{len(table)} films scored by {len(models)} models -> {_rel(out / ensemble.LOGITS_NAME)}; SVM fitted on "
-          f"{th.n_val} validation films; thresholds point={th.point:.4f} strict={th.strict:.4f} ({th.scores} scores) -> {_rel(out / ensemble.THRESHOLDS_NAME)}")
+          f"{th.n_val} validation films ({th.scores} scores); {th.describe()} -> {_rel(out / ensemble.THRESHOLDS_NAME)}")
     return 0
 
 
@@ -180,13 +181,38 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     try:
         table = predict(args.models, args.inputs, args.out, threshold=args.threshold, device=args.device, bf16=args.bf16,
-                        overlays=not args.no_overlays, progress=not args.no_progress, backend=args.backend)
+                        overlays=not args.no_overlays, progress=not args.no_progress, backend=args.backend,
+                        certificate=args.certificate)
     except (RunIncomplete, FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"scxnn: {e}", file=sys.stderr)
         return 2
     counts = ", ".join(f"{d} {int((table['decision'] == d).sum())}" for d in DECISIONS)
-    print(f"{len(table)} film(s): {counts}\n-> {_rel(Path(args.out) / 'predictions.csv')}, {_rel(Path(args.out) / REPORT_NAME)}")
+    print(f"{len(table)} film(s): {counts}; {table.attrs['batch'].describe()}\n"
+          f"-> {_rel(Path(args.out) / 'predictions.csv')}, {_rel(Path(args.out) / REPORT_NAME)}")
     return 0
+
+
+def _cmd_certify(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from scxnn.cam import PreprocessMismatch
+    from scxnn.certify import CERTIFICATE_NAME, certify
+    from scxnn.external import PatientOverlap
+    from scxnn.predict import RunIncomplete
+
+    try:
+        cert = certify(args.models, args.manifest, args.out, site=args.site, target=args.target, drop_seen=args.drop_seen,
+                       progress=not args.no_progress)
+    except (RunIncomplete, FileNotFoundError, PatientOverlap, PreprocessMismatch, ValueError) as e:
+        print(f"scxnn: {e}", file=sys.stderr)
+        return 2
+    print(("certified " if cert.certified else "REFUSED ") + cert.describe())
+    print(f"sensitivity {cert.sensitivity:.3f} [{cert.sensitivity_lo:.3f}, {cert.sensitivity_hi:.3f}], auto-normal "
+          f"{cert.auto_normal:.1%} on {cert.films} films ({cert.abnormal_films} abnormal, {cert.missed} missed); "
+          f"{cert.ood_flagged_share:.0%} flagged out of distribution")
+    print(f"-> {_rel(Path(args.out) / CERTIFICATE_NAME)}" + (f"; use it: scxnn predict --models {args.models} --certificate {args.out} ..."
+                                                             if cert.certified else ""))
+    return 0 if cert.certified else 3
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -332,11 +358,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drop-seen", action="store_true", help="leave out patients the run trained or validated on (default: such an overlap is an error)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    p = add("predict", "screen a folder of radiographs: definite_normal / needs_review / rejected, with a CSV, Grad-CAM overlays and an HTML report", _cmd_predict)
+    p = add("certify", "freeze a site's definite-normal threshold from a labelled sample of its films (exit 3: refused, with how many more abnormal films it needs)", _cmd_certify)
+    p.add_argument("--models", required=True, help="the trained run: runs/<profile> (holds 02_train_disease_model/ and 03_svm_ensemble/)")
+    p.add_argument("--manifest", required=True, help="manifest.csv of the site's labelled sample (e.g. from `scxnn manifest DATASET ROOT --out DIR`)")
+    p.add_argument("--out", required=True, help="output folder: certificate.json, site_scores.csv, png/, logits.parquet")
+    p.add_argument("--site", help="the site's name in the certificate and the report (default: the manifest's site names)")
+    p.add_argument("--target", type=float, help="sensitivity to certify (default: the run's ensemble.sensitivity_target)")
+    p.add_argument("--drop-seen", action="store_true", help="leave out patients the run trained or validated on (default: such an overlap is an error)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    p = add("predict", "screen a folder of radiographs: definite_normal / likely_normal / needs_review / rejected, with a CSV, Grad-CAM overlays and an HTML report", _cmd_predict)
     p.add_argument("--models", required=True, help="the trained run: runs/<profile> (holds 02_train_disease_model/ and 03_svm_ensemble/)")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="DICOM/PNG/JPEG files or folders (recursive)")
     p.add_argument("--out", required=True, help="output folder: predictions.csv, overlays/, report.html (a rerun resumes)")
-    p.add_argument("--threshold", choices=["point", "strict"], default="point", help="which frozen definite-normal threshold (default point)")
+    p.add_argument("--threshold", choices=["point", "strict"], default="point", help="which frozen threshold of the run separates normal from needs_review (default point); films below it are definite_normal only where a threshold is certified")
+    p.add_argument("--certificate", metavar="CERT", help="the site's certificate from `scxnn certify` (its folder or certificate.json): its threshold is used, and normal films are definite_normal; without one they are likely_normal unless the run's validation certifies the target")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     p.add_argument("--bf16", choices=["auto", "on", "off"], default="auto", help="bf16 autocast: auto = where the hardware has native bf16")
     p.add_argument("--backend", choices=["torch", "onnx"], default="torch", help="torch (default; bf16 where native) or onnx: ONNX Runtime fp32, faster on CPUs without native bf16 (graphs cached in OUT/onnx)")

@@ -189,6 +189,10 @@ class Evaluate:
     bf16: Literal["auto", "on", "off"]  # inference in bf16: auto = where the hardware has native bf16 (CPU too)
     ood_components: int  # PCA components of the out-of-distribution model (scxnn.ood)
     ood_quantile: float  # share of validation films under the OOD threshold (the rest are flagged)
+    # Batch-level shift rule of `scxnn predict` (scxnn.ood.batch_shift): a batch whose share of
+    # OOD-flagged films is significantly above this tolerance gets no definite_normal at all.
+    batch_ood_share: float
+    batch_alpha: float  # one-sided binomial test level of that rule
     # Published results on the profile's data to print beside ours (notebook 04), e.g.
     # {"Kermany et al. 2018": {accuracy: 0.928, sensitivity: 0.932, specificity: 0.901, auc: 0.968}}
     published: dict[str, dict[str, Any]]
@@ -196,6 +200,8 @@ class Evaluate:
     def __post_init__(self) -> None:
         _check(self.ood_components >= 1, "ood_components", "must be >= 1")
         _check(0 < self.ood_quantile < 1, "ood_quantile", "must be in (0, 1)")
+        _check(0 < self.batch_ood_share < 1, "batch_ood_share", "must be in (0, 1)")
+        _check(0 < self.batch_alpha < 0.5, "batch_alpha", "must be in (0, 0.5)")
         _check(self.bootstrap >= 100, "bootstrap", "must be >= 100")
         _check(0 < self.ci < 1, "ci", "must be in (0, 1)")
         _check(self.batch_size >= 1, "batch_size", "must be >= 1")

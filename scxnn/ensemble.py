@@ -24,7 +24,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
-from scxnn.metrics import patient_bootstrap, screening_metrics
+from scxnn.metrics import patient_bootstrap, proportion_ci, screening_metrics
 from scxnn.utils import atomic_write_bytes, atomic_write_text, log
 
 ENSEMBLE_NAME = "svm.skops"
@@ -74,15 +74,46 @@ class DefiniteNormalSVM(ClassifierMixin, BaseEstimator):
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Definite-normal cut-offs on the SVM score, chosen on validation data."""
+    """Definite-normal cut-offs on the SVM score, chosen on validation data.
+
+    ``point`` keeps the validation sensitivity at the target; a point estimate, so on new films the
+    sensitivity can fall below it (it did on held-out Kermany patients). ``strict`` is the highest
+    threshold at which the exact lower ``ci`` bound of the validation sensitivity
+    (:func:`scxnn.metrics.proportion_ci`) reaches the target: what the validation set *certifies*.
+    When no threshold above "call nothing normal" certifies it, ``certified`` is False, ``strict``
+    lies below every score, and ``abnormal_needed`` says how many abnormal validation patients
+    (none missed) certifying the target would take. Files from before these fields load with
+    ``certified = False``: an uncertified run never reports ``definite_normal`` (see ``scxnn predict``)."""
 
     point: float  # validation sensitivity >= target
-    strict: float  # lower 95% bootstrap bound of validation sensitivity >= target
+    strict: float  # exact lower ci bound of validation sensitivity >= target (below every score when not certified)
     target: float
     n_val: int
     val_sensitivity: float
     val_auto_normal: float
     scores: str = "validation"  # which validation scores chose them (out-of-fold, in-sample)
+    ci: float = 0.95
+    n_val_abnormal: int = 0  # abnormal validation films
+    n_val_abnormal_patients: int = 0
+    point_sensitivity_lo: float = float("nan")  # what the validation set certifies at the point threshold
+    strict_sensitivity_lo: float = float("nan")
+    strict_auto_normal: float = float("nan")  # validation share called normal at strict
+    certified: bool = False  # strict calls some film normal and its lower bound reaches the target
+    abnormal_needed: int = 0  # abnormal patients, none missed, that certifying the target takes (-1: no finite number)
+
+    def describe(self) -> str:
+        """One or two sentences for logs, captions and reports: what the validation set certifies."""
+        pt = (f"point threshold {self.point:.4f}: validation sensitivity {self.val_sensitivity:.3f}, "
+              f"certified >= {self.point_sensitivity_lo:.3f} (exact {self.ci:.0%} lower bound, "
+              f"{self.n_val_abnormal} abnormal films of {self.n_val_abnormal_patients} patients)")
+        if self.certified:
+            return (f"{pt}; strict threshold {self.strict:.4f} certifies sensitivity >= {self.target:.0%} "
+                    f"(lower bound {self.strict_sensitivity_lo:.3f}), auto-normal {self.strict_auto_normal:.1%} of validation films")
+        if self.abnormal_needed < 0:
+            return f"{pt}; no finite validation set certifies {self.target:.0%}: strict calls nothing normal"
+        return (f"{pt}; no threshold certifies {self.target:.0%}: strict calls nothing normal. Certifying it takes "
+                f"at least {self.abnormal_needed} abnormal validation patients without a miss "
+                f"({max(self.abnormal_needed - self.n_val_abnormal_patients, 0)} more than here)")
 
 
 def threshold_candidates(scores: Sequence[float], abnormal: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -92,30 +123,71 @@ def threshold_candidates(scores: Sequence[float], abnormal: Sequence[int]) -> tu
     y = np.asarray(abnormal, dtype=int)
     if y.sum() == 0 or (1 - y).sum() == 0:
         raise ValueError("threshold selection needs normal and abnormal validation films")
-    uniq = np.unique(s)
+    uniq = np.unique(s[np.isfinite(s)])
     return s, y, np.r_[uniq[0] - 1.0, (uniq[:-1] + uniq[1:]) / 2, uniq[-1] + 1.0]
 
 
-def choose_thresholds(scores: Sequence[float], abnormal: Sequence[int], patients: Sequence, target: float, n_boot: int, seed: int, ci: float = 0.95) -> Thresholds:
-    """Highest threshold whose validation sensitivity reaches ``target`` (films scoring below it are
-    called normal), and the stricter one at which the lower ``ci`` patient-bootstrap bound of
-    sensitivity reaches it. Candidates are the midpoints between sorted validation scores."""
+def point_threshold(scores: Sequence[float], abnormal: Sequence[int], target: float) -> float:
+    """The highest threshold whose validation sensitivity reaches ``target`` (films scoring below it
+    are called normal): the ``point`` threshold of :func:`choose_thresholds`, and of each target of
+    the yield curve. ``cands[0]`` always qualifies: nothing is called normal."""
     s, y, cands = threshold_candidates(scores, abnormal)
+    pos = np.sort(s[y == 1])
+    tp = len(pos) - np.searchsorted(pos, cands, side="left")  # abnormal films with score >= t
+    return float(cands[tp / len(pos) >= target].max())
 
-    def sens(idx, t):
-        return screening_metrics(y[idx], s[idx] >= t)["sensitivity"]
 
-    everyone = np.arange(len(y))
-    ok = [t for t in cands if sens(everyone, t) >= target]
-    point = float(max(ok))  # cands[0] always qualifies: nothing is called normal
-    strict = float(cands[0])
-    for t in sorted((t for t in ok), reverse=True):
-        lo = patient_bootstrap(patients, lambda idx: {"sensitivity": sens(idx, t)}, n_boot, seed, ci)["sensitivity"][0]
+def sensitivity_bound(scores: np.ndarray, patients: np.ndarray, threshold: float, n_boot: int, seed: int,
+                      ci: float = 0.95) -> float:
+    """Exact-where-it-matters lower ``ci`` bound of the sensitivity at ``threshold`` over these
+    *abnormal* films (score >= threshold is a catch): :func:`scxnn.metrics.proportion_ci`."""
+    caught = np.asarray(scores, dtype=float) >= threshold
+    g = np.asarray(patients)
+    boot = None
+    if 0 < caught.sum() < len(caught):
+        boot = patient_bootstrap(g, lambda idx: {"s": float(caught[idx].mean())}, n_boot, seed, ci)["s"]
+    return proportion_ci(caught, g, ci, boot)[0]
+
+
+def certified_threshold(scores: Sequence[float], abnormal: Sequence[int], patients: Sequence, target: float,
+                        n_boot: int, seed: int, ci: float = 0.95) -> tuple[float, float, bool]:
+    """(threshold, lower bound there, certified): the highest candidate threshold whose exact lower
+    ``ci`` bound of sensitivity (:func:`sensitivity_bound`) reaches ``target``. Not certified when
+    only the threshold below every score ("nothing is normal") remains; that one is returned. The
+    run's ``strict`` threshold and a site certificate (``scxnn certify``) both come from here."""
+    s, y, cands = threshold_candidates(scores, abnormal)
+    g = np.asarray(patients)
+    pos, gpos = s[y == 1], g[y == 1]
+    for t in cands[::-1]:
+        # The bound never exceeds its exact part, so most candidates need no bootstrap.
+        if proportion_ci(pos >= t, gpos, ci)[0] < target:
+            continue
+        lo = sensitivity_bound(pos, gpos, t, n_boot, seed, ci)
         if lo >= target:
-            strict = float(t)
-            break
+            return float(t), float(lo), bool(t > cands[0])
+    t = float(cands[0])
+    return t, float(sensitivity_bound(pos, gpos, t, n_boot, seed, ci)), False
+
+
+def choose_thresholds(scores: Sequence[float], abnormal: Sequence[int], patients: Sequence, target: float, n_boot: int, seed: int, ci: float = 0.95) -> Thresholds:
+    """The ``point`` threshold (highest whose validation sensitivity reaches ``target``; films
+    scoring below it are called normal) and the ``strict`` one that the validation set certifies
+    (:func:`certified_threshold`), with what each certifies. Candidates are the midpoints between
+    sorted validation scores."""
+    from scxnn.metrics import certifiable_with
+
+    s, y, _ = threshold_candidates(scores, abnormal)
+    g = np.asarray(patients)
+    pos = s[y == 1]
+    point = point_threshold(s, y, target)
+    strict, strict_lo, certified = certified_threshold(s, y, g, target, n_boot, seed, ci)
     m = screening_metrics(y, s >= point)
-    return Thresholds(point=point, strict=strict, target=target, n_val=len(y), val_sensitivity=m["sensitivity"], val_auto_normal=m["auto_normal"])
+    return Thresholds(point=point, strict=strict, target=target, n_val=len(y), val_sensitivity=m["sensitivity"],
+                      val_auto_normal=m["auto_normal"], ci=ci, n_val_abnormal=int(y.sum()),
+                      n_val_abnormal_patients=int(len(np.unique(g[y == 1]))),
+                      point_sensitivity_lo=sensitivity_bound(pos, g[y == 1], point, n_boot, seed, ci),
+                      strict_sensitivity_lo=strict_lo, strict_auto_normal=float((s < strict).mean()),
+                      certified=certified, abnormal_needed=certifiable_with(target, ci) if target < 1 else -1)
 
 
 def save(model: DefiniteNormalSVM, thresholds: Thresholds, out_dir: str | os.PathLike) -> Path:
@@ -137,7 +209,17 @@ def load(out_dir: str | os.PathLike) -> tuple[DefiniteNormalSVM, Thresholds]:
     if untrusted:
         raise ValueError(f"{out / ENSEMBLE_NAME}: refusing to load untrusted types {untrusted}")
     model = sio.loads(blob, trusted=TRUSTED_TYPES)
-    return model, Thresholds(**json.loads((out / THRESHOLDS_NAME).read_text()))
+    return model, load_thresholds(out)
+
+
+def load_thresholds(out_dir: str | os.PathLike) -> Thresholds:
+    """``thresholds.json`` of a step-03 folder; unknown keys are an error (a newer file)."""
+    path = Path(out_dir) / THRESHOLDS_NAME
+    data = json.loads(path.read_text())
+    unknown = set(data) - {f.name for f in dataclasses.fields(Thresholds)}
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {sorted(unknown)} (written by a newer scxnn?)")
+    return Thresholds(**data)
 
 
 # --------------------------------------------------------------------------- the logits table
@@ -306,6 +388,7 @@ def build(cfg, model_dirs: dict, out_dir: str | os.PathLike, progress: bool = Tr
     table, feats = logits_table(cfg, model_dirs, progress=progress, features=True, only=only)
     save_logits(table, out)
     svm, th, val_scores = fit_ensemble_with_scores(cfg, validation_rows(table))
+    log.info("thresholds: %s", th.describe())
     save(svm, th, out)
     atomic_write_text(out / VAL_SCORES_NAME, val_scores.to_csv(index=False))
     split = table["split"].to_numpy()
@@ -319,6 +402,10 @@ def build(cfg, model_dirs: dict, out_dir: str | os.PathLike, progress: bool = Tr
     except ValueError as e:  # too few films (a toy manifest): `scxnn predict` then refuses this run
         log.warning("no out-of-distribution model: %s", e)
         (out / OOD_NAME).unlink(missing_ok=True)
+        return table, svm, th
+    # Each film's OOD score, so notebook 04 can measure the batch-level shift rule on held-out sets.
+    table["ood_score"] = gate.score(feats)
+    save_logits(table, out)
     return table, svm, th
 
 

@@ -22,8 +22,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from scxnn.config import RISK_GROUPS
-from scxnn.ensemble import logit_columns, threshold_candidates
-from scxnn.metrics import patient_bootstrap, screening_metrics, screening_with_ci
+from scxnn.ensemble import Thresholds, certified_threshold, logit_columns, point_threshold
+from scxnn.metrics import interval_note, outward, patient_bootstrap, proportion_ci, screening_metrics, screening_with_ci, separation_auc_ci
 
 SITE_ORDER = ("internal", "temporal", "external1", "external2")
 DECISIONS = ("normal", "target", "others")  # index = the value of ``<finding>__pred``
@@ -141,6 +141,30 @@ def table2(table: pd.DataFrame, threshold: float, n_boot: int, seed: int, ci: fl
         if ref is not None:
             row.update(thesis_confusion(ref.get(name)))
         rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def with_target(df: pd.DataFrame, target: float) -> pd.DataFrame:
+    """``df`` (a :func:`table2`-shaped frame) with the sensitivity ``target`` beside the achieved
+    sensitivity and a verdict: ``certified`` (the exact lower bound reaches it), ``point estimate
+    only`` (the estimate does, its lower bound does not), ``below target`` or ``n/a``."""
+    out = df.copy()
+    sens, lo = out["sensitivity"].to_numpy(float), out["sensitivity_lo"].to_numpy(float)
+    out["target"] = float(target)
+    out["meets_target"] = np.where(~np.isfinite(sens), "n/a", np.where(lo >= target, "certified",
+                                   np.where(sens >= target, "point estimate only", "below target")))
+    return out
+
+
+def threshold_table(th: Thresholds) -> pd.DataFrame:
+    """Both frozen thresholds and what the validation set certifies at each: rule, threshold,
+    validation sensitivity and its exact lower bound, validation share called normal, certified."""
+    rows = []
+    for rule, t, lo, an in (("point", th.point, th.point_sensitivity_lo, th.val_auto_normal),
+                            ("strict", th.strict, th.strict_sensitivity_lo, th.strict_auto_normal)):
+        rows.append({"rule": rule, "threshold": float(t), "target": th.target, "val_abnormal_films": th.n_val_abnormal,
+                     "val_abnormal_patients": th.n_val_abnormal_patients, "val_sensitivity_lo": float(lo),
+                     "val_auto_normal": float(an), "certified": bool(lo >= th.target and (rule == "point" or th.certified))})
     return pd.DataFrame(rows)
 
 
@@ -291,10 +315,17 @@ def _softmax_target(table: pd.DataFrame, finding: str) -> np.ndarray:
 
 
 def _auc_row(y: np.ndarray, p: np.ndarray, patients: np.ndarray, n_boot: int, seed: int, ci: float) -> dict:
+    """AUC with a patient-bootstrap interval; at perfect separation (AUC 0 or 1), where every
+    resample agrees and the bootstrap collapses, the exact bound of
+    :func:`scxnn.metrics.separation_auc_ci` instead."""
     lo, hi = (np.nan, np.nan)
-    if len(y):
+    auc = _auc(y, p)
+    if auc in (0.0, 1.0):
+        pid = np.asarray(patients)
+        lo, hi = separation_auc_ci(len(np.unique(pid[y == 1])), len(np.unique(pid[y == 0])), auc, ci)
+    elif np.isfinite(auc):
         lo, hi = patient_bootstrap(patients, lambda idx: {"auc": _auc(y[idx], p[idx])}, n_boot, seed, ci)["auc"]
-    return {"n_pos": int(y.sum()), "n_neg": int(len(y) - y.sum()), "auc": _auc(y, p), "auc_lo": lo, "auc_hi": hi}
+    return {"n_pos": int(y.sum()), "n_neg": int(len(y) - y.sum()), "auc": auc, "auc_lo": lo, "auc_hi": hi}
 
 
 def auc_per_finding(table: pd.DataFrame, findings: Sequence[str], n_boot: int, seed: int,
@@ -402,35 +433,64 @@ def missed_by_risk(table: pd.DataFrame, threshold: float, findings: Mapping[str,
 # --------------------------------------------------------------------------- operating curve
 
 
-def point_threshold(scores: Sequence[float], abnormal: Sequence[int], target: float) -> float:
-    """The highest threshold whose validation sensitivity reaches ``target``: the same candidates
-    (midpoints between sorted scores, plus one below and one above) and rule as the ``point``
-    threshold of :func:`scxnn.ensemble.choose_thresholds`, vectorised and without its bootstrap so
-    a whole curve of targets stays cheap."""
-    s, y, cands = threshold_candidates(scores, abnormal)
-    pos = np.sort(s[y == 1])
-    tp = len(pos) - np.searchsorted(pos, cands, side="left")  # abnormal films with score >= t
-    return float(cands[tp / len(pos) >= target].max())
-
-
-def yield_curve(table: pd.DataFrame, val_scores: pd.DataFrame, targets: Iterable[float]) -> pd.DataFrame:
+def yield_curve(table: pd.DataFrame, val_scores: pd.DataFrame, targets: Iterable[float], n_boot: int = 200,
+                seed: int = 0, ci: float = 0.95) -> pd.DataFrame:
     """The operating curve "sensitivity target -> share of films auto-reported normal". For each
-    target, the threshold is chosen on the validation scores only (:func:`point_threshold`), then
-    applied to the validation films (set "validation": achieved sensitivity >= target by
-    construction) and to each evaluation set. Columns: target, threshold, set, images, sensitivity,
-    specificity, auto_normal. ``val_scores`` needs columns score and abnormal (out-of-fold scores
-    from step 03, so the curve is not tuned to the SVM's own fit)."""
+    target, two thresholds are chosen on the validation scores only: ``point`` (validation
+    sensitivity reaches the target, :func:`point_threshold`) and, when ``val_scores`` has
+    ``patient_id``, ``certified`` (its exact lower ``ci`` bound does,
+    :func:`scxnn.ensemble.certified_threshold`; below every score when the validation set cannot
+    certify the target). Each is applied to the validation films (set "validation") and to each
+    evaluation set. Columns: target, rule, threshold, set, images, sensitivity, specificity,
+    auto_normal. ``val_scores`` needs columns score and abnormal (out-of-fold scores from step 03,
+    so the curve is not tuned to the SVM's own fit)."""
     vs, vy = val_scores["score"].to_numpy(float), val_scores["abnormal"].to_numpy(int)
+    vp = val_scores["patient_id"].to_numpy() if "patient_id" in val_scores else None
     sets = {"validation": (vs, vy)}
     sets.update({name: (_score(table[m]), table.loc[m, "abnormal"].to_numpy(int))
                  for name, m in evaluation_sets(table).items()})
     rows = []
     for target in targets:
-        t = point_threshold(vs, vy, float(target))
-        for name, (s, y) in sets.items():
-            m = screening_metrics(y, s >= t)
-            rows.append({"target": float(target), "threshold": t, "set": name, "images": len(y),
-                         **{k: m[k] for k in ("sensitivity", "specificity", "auto_normal")}})
+        rules = {"point": point_threshold(vs, vy, float(target))}
+        if vp is not None and float(target) < 1.0:
+            rules["certified"] = certified_threshold(vs, vy, vp, float(target), n_boot, seed, ci)[0]
+        for rule, t in rules.items():
+            for name, (s, y) in sets.items():
+                m = screening_metrics(y, s >= t)
+                rows.append({"target": float(target), "rule": rule, "threshold": t, "set": name, "images": len(y),
+                             **{k: m[k] for k in ("sensitivity", "specificity", "auto_normal")}})
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- batch-level shift
+
+
+def batch_shift_rates(table: pd.DataFrame, gate, batch_sizes: Sequence[int], max_share: float, alpha: float,
+                      draws: int = 200, seed: int = 0) -> pd.DataFrame:
+    """How often the batch-level shift rule of ``scxnn predict`` (:func:`scxnn.ood.batch_shift`,
+    reference: the gate's validation films) calls a batch out of distribution, per evaluation set:
+    ``draws`` random batches of each size drawn from the set's films (without replacement), and
+    the whole set as one batch (``batch_size`` = its size, one draw). On an in-distribution set
+    (the internal test split) this is the rule's false-alarm rate; on a shifted site, its
+    detection rate. Needs the per-film ``ood_score`` of step 03. Columns: set, batch_size,
+    batches, shifted (share of batches called out of distribution), flagged_share (films flagged
+    by the per-film gate, over the whole set)."""
+    from scxnn import ood
+
+    if "ood_score" not in table:
+        raise KeyError("the table has no 'ood_score' column (step 03 of this scxnn version writes it)")
+    rng = np.random.default_rng(seed)
+    ref_share, n_ref = 1.0 - gate.quantile, gate.n_val
+    rows = []
+    for name, mask in evaluation_sets(table).items():
+        flags = ~(table.loc[mask, "ood_score"].to_numpy(float) <= gate.threshold)
+        n = len(flags)
+        for size in [b for b in batch_sizes if b < n] + [n]:
+            k = 1 if size == n else draws
+            hits = sum(ood.batch_shift(flags[rng.choice(n, size, replace=False)] if size < n else flags,
+                                       ref_share, n_ref, max_share, alpha).shifted for _ in range(k))
+            rows.append({"set": name, "batch_size": int(size), "batches": k, "shifted": hits / k,
+                         "flagged_share": float(flags.mean())})
     return pd.DataFrame(rows)
 
 
@@ -481,17 +541,18 @@ def calibration(val_scores: pd.DataFrame, table: pd.DataFrame, n_bins: int = 10)
 
 def format_ci(df: pd.DataFrame, rates: Sequence[str] = RATES, digits: int = 3) -> pd.DataFrame:
     """A display copy where each ``x, x_lo, x_hi`` becomes one string column ``"0.970 [0.930, 1.000]"``
-    (for Markdown); NaN shows as "n/a". Rates without ``_lo``/``_hi`` columns (the thesis') are
-    formatted alone; rates absent from ``df`` are ignored. Keep the numeric frame for CSV."""
-    def num(v) -> str:
-        return "n/a" if v is None or pd.isna(v) else f"{float(v):.{digits}f}"
+    (for Markdown), bounds rounded outward (:func:`outward`); NaN shows as "n/a". Rates without
+    ``_lo``/``_hi`` columns (the thesis') are formatted alone; rates absent from ``df`` are ignored.
+    Keep the numeric frame for CSV."""
+    def num(v, rounding=None) -> str:
+        return "n/a" if v is None or pd.isna(v) else f"{outward(float(v), digits, rounding):.{digits}f}"
 
     out = df.copy()
     for r in rates:
         if r not in out:
             continue
         if f"{r}_lo" in out and f"{r}_hi" in out:
-            out[r] = [num(v) if pd.isna(v) or (pd.isna(lo) and pd.isna(hi)) else f"{num(v)} [{num(lo)}, {num(hi)}]"
+            out[r] = [num(v) if pd.isna(v) or (pd.isna(lo) and pd.isna(hi)) else f"{num(v)} [{num(lo, 'down')}, {num(hi, 'up')}]"
                       for v, lo, hi in zip(df[r], df[f"{r}_lo"], df[f"{r}_hi"])]
             out = out.drop(columns=[f"{r}_lo", f"{r}_hi"])
         else:
@@ -522,8 +583,11 @@ def published_comparison(table: pd.DataFrame, threshold: float, published: Mappi
         for point, t in (("definite_normal", threshold), ("svm_boundary", 0.0)):
             pred = (s >= t).astype(int)
             m = screening_with_ci(y, pred, pid, n_boot, seed, ci)
-            acc_lo, acc_hi = patient_bootstrap(pid, lambda idx: {"accuracy": float((y[idx] == pred[idx]).mean())},
-                                               n_boot, seed, ci)["accuracy"]
+            right = y == pred
+            boot = None
+            if 0 < right.sum() < len(right):
+                boot = patient_bootstrap(pid, lambda idx: {"accuracy": float(right[idx].mean())}, n_boot, seed, ci)["accuracy"]
+            acc_lo, acc_hi = proportion_ci(right, pid, ci, boot)
             row = {"source": "ours", "set": name, "operating_point": point, "threshold": float(t), "images": len(sub),
                    "patients": int(pd.Series(pid).nunique()), "auc": auc["auc"], "auc_lo": auc["auc_lo"], "auc_hi": auc["auc_hi"],
                    "accuracy": float((y == pred).mean()), "accuracy_lo": acc_lo, "accuracy_hi": acc_hi}
@@ -565,7 +629,9 @@ def _ci(row: Mapping, k: str) -> str:
     v, lo, hi = row.get(k), row.get(f"{k}_lo"), row.get(f"{k}_hi")
     if v is None or not np.isfinite(v):
         return "n/a"
-    return f"{v:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if lo is not None and np.isfinite(lo) else "")
+    if lo is None or not np.isfinite(lo):
+        return f"{v:.3f}"
+    return f"{v:.3f} [{outward(lo, 3, 'down'):.3f}, {outward(hi, 3, 'up'):.3f}]"
 
 
 def screening_headline(df: pd.DataFrame, set_name: str = "internal", label: str | None = None) -> tuple[str, str | None]:

@@ -24,6 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from scxnn.config import RESOLVED_NAME, load_resolved
+from scxnn.metrics import interval_note
 from scxnn.utils import atomic_write_text, log
 
 SUMMARY_NAME = "summary.json"
@@ -50,11 +51,14 @@ def seen_patients(run_dir: str | os.PathLike) -> set[str]:
     return set(t.loc[t["split"].isin(["train", "val"]), "patient_id"].astype(str))
 
 
-def evaluate_manifest(run_dir: str | os.PathLike, manifest: str | os.PathLike, out_dir: str | os.PathLike,
-                      drop_seen: bool = False, progress: bool = True) -> dict:
-    """Score ``manifest`` with the trained run ``run_dir`` (``runs/<profile>``) and write the tables.
-    Returns the summary (also ``out_dir/summary.json``)."""
-    from scxnn import ensemble, evaluation, reports
+def score_manifest(run_dir: str | os.PathLike, manifest: str | os.PathLike, out_dir: str | os.PathLike,
+                   drop_seen: bool = False, progress: bool = True, ood_scores: bool = False):
+    """The labelled films of ``manifest`` through the run ``run_dir`` as it is: its preprocessing
+    (into ``out_dir/png``), models, SVM and, with ``ood_scores``, its out-of-distribution gate
+    (column ``ood_score``). Nothing is refitted. Returns ``(cfg, table with a score column,
+    skipped, patients dropped as seen, thresholds)``; ``out_dir/logits.parquet`` holds the table.
+    Shared by ``scxnn evaluate`` and ``scxnn certify``."""
+    from scxnn import ensemble, ood
     from scxnn.data import read_manifest
     from scxnn.predict import RunIncomplete
     from scxnn.preprocess import preprocess_manifest
@@ -89,33 +93,49 @@ def evaluate_manifest(run_dir: str | os.PathLike, manifest: str | os.PathLike, o
     for f, d in dirs.items():
         if not (d / "best.pt").is_file():
             raise RunIncomplete(f"{run}: no trained model for {f} ({d / 'best.pt'})")
-    table = ensemble.logits_table(cfg, dirs, progress=progress, cache=cache)  # checks each model's fingerprint
-    ensemble.save_logits(table, out)
+    gate_path = run / "03_svm_ensemble" / ensemble.OOD_NAME
+    if ood_scores and not gate_path.is_file():
+        raise RunIncomplete(f"{run}: no out-of-distribution model ({gate_path}); rerun `make ensemble` with this scxnn version")
+    # logits_table checks each model's preprocessing fingerprint
+    scored = ensemble.logits_table(cfg, dirs, progress=progress, cache=cache, features=ood_scores)
+    table, feats = scored if ood_scores else (scored, None)
     svm, th = ensemble.load(run / "03_svm_ensemble")
     table["score"] = svm.decision_function(table[ensemble.logit_columns(findings, cfg.model.num_classes)].to_numpy(float))
+    if ood_scores:
+        table["ood_score"] = ood.load(gate_path).score(feats)
+    ensemble.save_logits(table, out)
+    return cfg, table, skipped, n_overlap, th
+
+
+def evaluate_manifest(run_dir: str | os.PathLike, manifest: str | os.PathLike, out_dir: str | os.PathLike,
+                      drop_seen: bool = False, progress: bool = True) -> dict:
+    """Score ``manifest`` with the trained run ``run_dir`` (``runs/<profile>``) and write the tables.
+    Returns the summary (also ``out_dir/summary.json``)."""
+    from scxnn import evaluation, reports
+
+    run, out, mpath = Path(run_dir), Path(out_dir), Path(manifest)
+    cfg, table, skipped, n_overlap, th = score_manifest(run, mpath, out, drop_seen, progress)
+    findings = list(cfg.findings)
 
     n_boot, seed, ci = cfg.evaluate.bootstrap, cfg.seed, cfg.evaluate.ci
+    note = interval_note(ci, n_boot)
     where = f"{mpath} scored by the run {run} without retraining"
-    t2 = evaluation.table2(table, th.point, n_boot, seed, ci)
+    t2, t2s = reports.write_screening_tables(cfg, table, th, where=f"{where}.")
     sets = ", ".join(t2["set"].astype(str))
-    reports.write_table(cfg, t2, "table2_normal_vs_abnormal", f"Normal vs abnormal at the run's frozen definite-normal threshold ({th.target:.0%} validation sensitivity target), per site; 95% patient-bootstrap CIs. {where}.",
-                        headline=evaluation.screening_headline(t2, t2["set"].iloc[0])[0], display=evaluation.format_ci(t2))
-    t2s = evaluation.table2(table, th.strict, n_boot, seed, ci)
-    reports.write_table(cfg, t2s, "table2_strict_threshold", f"As Table 2, at the strict threshold. {where}.", display=evaluation.format_ci(t2s))
     auc = evaluation.svm_auc(table, n_boot, seed, ci)
-    reports.write_table(cfg, auc, "svm_auc", f"ROC AUC of the SVM score (abnormal vs normal) per site, 95% patient-bootstrap CI. {where}.",
+    reports.write_table(cfg, auc, "svm_auc", f"ROC AUC of the SVM score (abnormal vs normal) per site; {ci:.0%} patient-bootstrap CI (exact bound at AUC 0 or 1). {where}.",
                         headline="; ".join(f"{r.set} {r.auc:.3f}" for r in auc.itertuples()), display=evaluation.format_ci(auc, evaluation.RATES + ("auc",)))
     curves = {name: (table.loc[m, "abnormal"].to_numpy(), table.loc[m, "score"].to_numpy()) for name, m in evaluation.evaluation_sets(table).items()}
     reports.save_figure(cfg, reports.roc_figure(curves, {r.set: (1 - r.specificity, r.sensitivity) for r in t2.itertuples()}, {}), "roc",
                         caption=f"ROC of the SVM score per site; circles: the frozen definite-normal threshold. {where}.")
     afd = evaluation.auc_per_finding(table, findings, n_boot, seed, ci)
-    reports.write_table(cfg, afd, "auc_per_finding", f"ROC AUC of each finding model (target vs rest), 95% patient-bootstrap CI. {where}.", display=evaluation.format_ci(afd, evaluation.RATES + ("auc",)))
+    reports.write_table(cfg, afd, "auc_per_finding", f"ROC AUC of each finding model (target vs rest); {ci:.0%} patient-bootstrap CI (exact bound at AUC 0 or 1). {where}.", display=evaluation.format_ci(afd, evaluation.RATES + ("auc",)))
     missed = evaluation.missed_cases(table, th.point, cfg.findings, cfg.unseen_findings)
     reports.write_table(cfg, missed.drop(columns=["patient_id"], errors="ignore"), "missed_cases", f"Abnormal films auto-reported normal at the definite-normal threshold (hashed ids). {where}.")
     pub = None
     if cfg.evaluate.published:
         pub = evaluation.published_comparison(table, th.point, cfg.evaluate.published, n_boot, seed, ci)
-        reports.write_table(cfg, pub, "published_comparison", f"Ours at the frozen definite-normal threshold and at the SVM boundary, beside published results on the same source data (their own split). {where}.",
+        reports.write_table(cfg, pub, "published_comparison", f"Ours at the frozen definite-normal threshold and at the SVM boundary, beside published results on the same source data (their own split); {note}. {where}.",
                             display=evaluation.format_ci(pub, ("auc", "accuracy", "sensitivity", "specificity", "auto_normal")))
 
     first = t2.iloc[0]
@@ -127,6 +147,10 @@ def evaluate_manifest(run_dir: str | os.PathLike, manifest: str | os.PathLike, o
         **{k: float(first[k]) for k in ("sensitivity", "sensitivity_lo", "sensitivity_hi", "specificity", "specificity_lo",
                                         "specificity_hi", "auto_normal", "auto_normal_lo", "auto_normal_hi")},
         "missed_abnormal": int(len(missed)),
+        "target": float(th.target), "meets_target": str(first["meets_target"]),
+        "validation": th.describe(), "strict_certified": bool(th.certified),
+        **{f"strict_{k}": float(t2s.iloc[0][k]) for k in ("sensitivity", "sensitivity_lo", "sensitivity_hi", "auto_normal",
+                                                          "auto_normal_lo", "auto_normal_hi")},
     }
     if pub is not None:
         b = pub[(pub.source == "ours") & (pub.operating_point == "svm_boundary")].iloc[0]
@@ -136,15 +160,21 @@ def evaluate_manifest(run_dir: str | os.PathLike, manifest: str | os.PathLike, o
 
 
 def format_summary(s: dict) -> str:
-    def ci(k: str) -> str:
-        return f"{s[k]:.3f} [{s[k + '_lo']:.3f}, {s[k + '_hi']:.3f}]"
+    from scxnn.reports import fmt_ci
+
+    def ci(k: str, prefix: str = "", percent: bool = False) -> str:
+        k = prefix + k
+        return fmt_ci(s[k], s[k + "_lo"], s[k + "_hi"], digits=3, percent=percent)
 
     lines = [f"{s['films']} films, {s['patients']} patients ({s['sets']}); {s['skipped']} skipped"
              + (f"; {s['dropped_seen_patients']} seen patient(s) left out" if s["dropped_seen_patients"] else ""),
              f"ROC AUC {ci('auc')}",
-             f"at the definite-normal threshold: sensitivity {ci('sensitivity')}, specificity {ci('specificity')}, "
-             f"auto-normal {100 * s['auto_normal']:.1f}% [{100 * s['auto_normal_lo']:.1f}, {100 * s['auto_normal_hi']:.1f}]; "
-             f"{s['missed_abnormal']} abnormal film(s) auto-reported normal"]
+             f"at the point threshold: sensitivity {ci('sensitivity')} (target {s['target']:.0%}: {s['meets_target']}), "
+             f"specificity {ci('specificity')}, auto-normal {ci('auto_normal', percent=True)}; "
+             f"{s['missed_abnormal']} abnormal film(s) auto-reported normal",
+             f"at the strict threshold ({'certified' if s['strict_certified'] else 'not certified: calls nothing normal'}): "
+             f"sensitivity {ci('sensitivity', 'strict_')}, auto-normal {ci('auto_normal', 'strict_', percent=True)}",
+             f"validation: {s['validation']}"]
     if "boundary_accuracy" in s:
         lines.append(f"at the SVM boundary: accuracy {s['boundary_accuracy']:.3f}, sensitivity {s['boundary_sensitivity']:.3f}, "
                      f"specificity {s['boundary_specificity']:.3f}")

@@ -7,7 +7,7 @@ parent folder are shown (folder names above it may carry patient identifiers). T
 function of the input (no timestamps, no random ids), so two calls write identical bytes.
 
 ``predictions`` columns (any may be missing; the page shows what is there):
-``file``, ``decision`` (definite_normal / needs_review / rejected), ``score``, ``threshold``,
+``file``, ``decision`` (definite_normal / likely_normal / needs_review / rejected / pending), ``score``, ``threshold``,
 ``top_finding``, ``p_<finding>`` (per-finding probabilities), ``scope_flags`` ("lateral;non_chest"),
 ``ood_score``, ``ood_flag``, ``reason``.
 """
@@ -33,8 +33,10 @@ __all__ = ["DECISIONS", "DISCLAIMER", "thumbnail_png", "write_report"]
 #: Known decisions, in display order, with their badge label.
 DECISIONS: dict[str, str] = {
     "definite_normal": "definite normal",
+    "likely_normal": "likely normal (uncertified)",
     "needs_review": "needs review",
     "rejected": "rejected",
+    "pending": "pending (run in progress)",
 }
 
 DISCLAIMER = (
@@ -134,7 +136,9 @@ def _badge(decision: str) -> str:
 
 
 def _decision_order(decisions: list[str]) -> list[str]:
-    return list(DECISIONS) + sorted({d for d in decisions if d not in DECISIONS})
+    # "pending" only shows while a run is in progress: no empty card for it afterwards.
+    known = [d for d in DECISIONS if d != "pending" or d in decisions]
+    return known + sorted({d for d in decisions if d not in DECISIONS})
 
 
 # --------------------------------------------------------------------------------------------- page parts
@@ -153,7 +157,9 @@ dl.meta dd{margin:0;font-family:ui-monospace,Menlo,Consolas,monospace}
 .disclaimer{border-left:4px solid #c0392b;background:#fdf1f0;padding:6px 10px;margin:8px 0 12px;font-size:13px}
 .badge{display:inline-block;padding:1px 8px;border-radius:10px;font-size:12px;font-weight:600;white-space:nowrap;color:#fff}
 .badge.definite_normal{background:#23883c}
+.badge.likely_normal{background:#5b8c6a}
 .badge.needs_review{background:#d98a00}
+.badge.pending{background:#4a6fa5}
 .badge.rejected{background:#7b7f87}
 .badge.other{background:#a33}
 .controls{display:flex;flex-wrap:wrap;gap:14px;align-items:center;margin:8px 0}
@@ -346,7 +352,7 @@ def _row(idx: int, row: Mapping, pcols: list[str], has: set[str],
 def _table(df: pd.DataFrame, pcols: list[str], has: set[str],
            thumbnails: Mapping[str, bytes], overlays: Mapping[str, bytes]) -> str:
     heads = ['<th scope="col">image</th>', '<th scope="col" data-type="str">file</th>',
-             '<th scope="col" data-type="num" title="definite normal, needs review, rejected">decision</th>']
+             '<th scope="col" data-type="num" title="definite normal, likely normal, needs review, rejected">decision</th>']
     if "reason" in has:
         heads.append('<th scope="col" data-type="str">reason</th>')
     if "score" in has or "threshold" in has:

@@ -1,15 +1,41 @@
-"""Screening metrics for the definite-normal decision, with patient-level bootstrap intervals.
+"""Screening metrics for the definite-normal decision, with intervals that stay valid at 0 and 1.
 
 Conventions: ``abnormal`` is the positive class (1), so *sensitivity* is the share of abnormal films
 that are not auto-reported normal; ``auto_normal`` is the share of all films the AI reports as
 normal, the workload it takes off radiologists.
+
+Intervals (:func:`proportion_ci`, used by every table): a rate is a proportion of films, films of
+one patient are correlated, and a percentile bootstrap alone collapses to "[1.000, 1.000]" when a
+rate is 0 or 1 (every resample has no miss), claiming certainty from a finite sample. So each
+interval is the widest of
+
+* the percentile interval of a patient-cluster bootstrap (the correlation of a patient's films);
+* the exact Clopper-Pearson interval over films (a handful of events, where the bootstrap is too
+  narrow);
+* the exact Clopper-Pearson interval over patients, where a patient counts as a success for the
+  lower bound only when all of its films are, and for the upper bound when any is (so correlated
+  films cannot narrow it, and more misses never raise the lower bound).
+
+With no miss at all this is the exact bound on patients: 0 misses in 47 abnormal patients gives a
+95% lower bound of 0.925, not 1.000.
+
+:data:`INTERVAL_NOTE` says this in one sentence for table captions.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
+
+INTERVAL_NOTE = ("the widest of a patient-cluster bootstrap and exact Clopper-Pearson intervals over films and over "
+                 "patients, so a rate of 0 or 1 gets the exact patient-level bound")
+
+
+def interval_note(ci: float, n_boot: int) -> str:
+    """Caption fragment naming the intervals of a table, e.g. for :func:`scxnn.reports.write_table`."""
+    return f"{ci:.0%} CIs: {INTERVAL_NOTE} ({n_boot} resamples)"
 
 
 def screening_metrics(abnormal: Sequence[int], pred_abnormal: Sequence[int]) -> dict[str, float]:
@@ -32,6 +58,82 @@ def screening_metrics(abnormal: Sequence[int], pred_abnormal: Sequence[int]) -> 
     }
 
 
+# --------------------------------------------------------------------------- exact intervals
+
+
+def clopper_pearson(k: int, n: int, ci: float = 0.95) -> tuple[float, float]:
+    """Exact (Clopper-Pearson) two-sided ``ci`` interval of a binomial proportion ``k / n``; NaN for
+    ``n == 0``. At ``k == n`` the lower bound is ``((1 - ci) / 2) ** (1 / n)``."""
+    from scipy.stats import beta
+
+    k, n = int(k), int(n)
+    if n <= 0:
+        return float("nan"), float("nan")
+    if not 0 <= k <= n:
+        raise ValueError(f"clopper_pearson needs 0 <= k <= n, got k={k}, n={n}")
+    a = (1.0 - ci) / 2
+    lo = 0.0 if k == 0 else float(beta.ppf(a, k, n - k + 1))
+    hi = 1.0 if k == n else float(beta.ppf(1 - a, k + 1, n - k))
+    return lo, hi
+
+
+def certifiable_with(target: float, ci: float = 0.95) -> int:
+    """How many abnormal patients, none missed, it takes for the exact lower ``ci`` bound of
+    sensitivity to reach ``target`` (368 for 99% at a 95% CI; 72 for 95%)."""
+    if not 0 < target < 1:
+        raise ValueError(f"target must be in (0, 1), got {target!r}")
+    n = math.ceil(math.log((1.0 - ci) / 2) / math.log(target))
+    while clopper_pearson(n, n, ci)[0] < target:  # guard the float edge of the closed form
+        n += 1
+    return n
+
+
+def proportion_ci(success: Sequence[bool], patients: Sequence, ci: float = 0.95,
+                  bootstrap: tuple[float, float] | None = None) -> tuple[float, float]:
+    """The interval of the share of ``success`` among these films (the rate's denominator), by the
+    rule in the module docstring: the widest of ``bootstrap`` (the patient-cluster percentile
+    interval, when given) and the exact intervals over films and over patients."""
+    s = np.asarray(success, dtype=bool)
+    n, k = len(s), int(s.sum())
+    if n == 0:
+        return float("nan"), float("nan")
+    _, inverse = np.unique(np.asarray(patients), return_inverse=True)
+    n_pat = int(inverse.max()) + 1
+    all_ok = np.ones(n_pat, dtype=bool)
+    any_ok = np.zeros(n_pat, dtype=bool)
+    np.logical_and.at(all_ok, inverse, s)
+    np.logical_or.at(any_ok, inverse, s)
+    lo = min(clopper_pearson(k, n, ci)[0], clopper_pearson(int(all_ok.sum()), n_pat, ci)[0])
+    hi = max(clopper_pearson(k, n, ci)[1], clopper_pearson(int(any_ok.sum()), n_pat, ci)[1])
+    if bootstrap is not None and np.isfinite(bootstrap[0]) and np.isfinite(bootstrap[1]):
+        lo, hi = min(lo, bootstrap[0]), max(hi, bootstrap[1])
+    return float(lo), float(hi)
+
+
+def separation_auc_ci(n_pos_patients: int, n_neg_patients: int, auc: float, ci: float = 0.95) -> tuple[float, float]:
+    """An interval for a ROC AUC of exactly 1 (or 0), where the bootstrap collapses: for any
+    threshold t, AUC >= Se(t) * Sp(t), and at a separating t both are 1 on every patient, so the
+    product of their exact lower bounds (each at a quarter of 1 - ci, so the two together hold at
+    one-sided ``(1 - ci) / 2``) bounds the AUC from below."""
+    lo_pos = clopper_pearson(n_pos_patients, n_pos_patients, 1 - (1 - ci) / 2)[0]
+    lo_neg = clopper_pearson(n_neg_patients, n_neg_patients, 1 - (1 - ci) / 2)[0]
+    bound = lo_pos * lo_neg
+    return (bound, 1.0) if auc >= 0.5 else (0.0, 1.0 - bound)
+
+
+def outward(v: float, digits: int, rounding: str | None) -> float:
+    """``v`` rounded to ``digits`` decimals; a lower bound ("down") is floored and an upper bound
+    ("up") ceiled, so a printed interval is never narrower than the computed one (a lower bound of
+    0.9996 prints as 0.999, never as 1.000)."""
+    if rounding is None or not np.isfinite(v):
+        return v
+    scale = 10.0 ** digits
+    return (np.floor if rounding == "down" else np.ceil)(v * scale + (1e-9 if rounding == "down" else -1e-9)) / scale
+
+
+# --------------------------------------------------------------------------- bootstrap
+
+
 def patient_bootstrap(
     groups: Sequence,
     statistic: Callable[[np.ndarray], Mapping[str, float]],
@@ -41,7 +143,8 @@ def patient_bootstrap(
 ) -> dict[str, tuple[float, float]]:
     """Percentile intervals of ``statistic(row_indices)`` over ``n`` resamples of *patients* (all
     images of a drawn patient come along), so correlated films of one patient do not narrow the
-    interval. Resamples where a statistic is undefined (NaN) are left out of its interval."""
+    interval. Resamples where a statistic is undefined (NaN) are left out of its interval. A rate
+    that is 0 or 1 collapses here; :func:`proportion_ci` is what tables report."""
     groups = np.asarray(groups)
     uniq, inverse = np.unique(groups, return_inverse=True)
     members = [np.flatnonzero(inverse == g) for g in range(len(uniq))]
@@ -61,6 +164,21 @@ def patient_bootstrap(
     return out
 
 
+RATES = ("sensitivity", "specificity", "ppv", "npv", "auto_normal")
+
+
+def _rate_trials(rate: str, y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(films in the rate's denominator, success among all films) for abnormal ``y`` and predicted
+    abnormal ``p``."""
+    return {
+        "sensitivity": (y, p),
+        "specificity": (~y, ~p),
+        "ppv": (p, y),
+        "npv": (~p, ~y),
+        "auto_normal": (np.ones_like(y), ~p),
+    }[rate]
+
+
 def screening_with_ci(
     abnormal: Sequence[int],
     pred_abnormal: Sequence[int],
@@ -69,17 +187,21 @@ def screening_with_ci(
     seed: int,
     ci: float = 0.95,
 ) -> dict[str, float]:
-    """:func:`screening_metrics` plus ``<rate>_lo`` / ``<rate>_hi`` patient-bootstrap bounds."""
-    y = np.asarray(abnormal, dtype=int)
-    p = np.asarray(pred_abnormal, dtype=int)
+    """:func:`screening_metrics` plus ``<rate>_lo`` / ``<rate>_hi`` bounds (:func:`proportion_ci`)."""
+    y = np.asarray(abnormal, dtype=bool)
+    p = np.asarray(pred_abnormal, dtype=bool)
+    g = np.asarray(patients)
     point = screening_metrics(y, p)
-    rates = ("sensitivity", "specificity", "ppv", "npv", "auto_normal")
+    trials = {r: _rate_trials(r, y, p) for r in RATES}
+    # Only rates with both outcomes need the (slow) bootstrap; 0 and 1 are exact.
+    mixed = [r for r, (den, ok) in trials.items() if 0 < int((den & ok).sum()) < int(den.sum())]
+    bounds: dict[str, tuple[float, float]] = {}
+    if mixed:
+        def stat(idx: np.ndarray) -> dict[str, float]:
+            m = screening_metrics(y[idx], p[idx])
+            return {k: m[k] for k in mixed}
 
-    def stat(idx: np.ndarray) -> dict[str, float]:
-        m = screening_metrics(y[idx], p[idx])
-        return {k: m[k] for k in rates}
-
-    bounds = patient_bootstrap(patients, stat, n_boot, seed, ci)
-    for k in rates:
-        point[f"{k}_lo"], point[f"{k}_hi"] = bounds[k]
+        bounds = patient_bootstrap(g, stat, n_boot, seed, ci)
+    for r, (den, ok) in trials.items():
+        point[f"{r}_lo"], point[f"{r}_hi"] = proportion_ci(ok[den], g[den], ci, bounds.get(r))
     return point

@@ -167,6 +167,56 @@ def flags(model: OODModel, features: np.ndarray) -> np.ndarray:
     return ~(model.score(features) <= model.threshold)
 
 
+# --------------------------------------------------------------------------- whole batches
+
+
+@dataclass(frozen=True)
+class BatchShift:
+    """The batch-level verdict of :func:`batch_shift`."""
+
+    films: int  # films the gate scored in the batch
+    flagged: int  # of them, flagged out of distribution
+    tolerance: float  # the flagged share an in-distribution batch may show
+    p_value: float  # P(flagged or more | tolerance), one-sided exact binomial
+    alpha: float
+    shifted: bool
+
+    @property
+    def share(self) -> float:
+        return self.flagged / self.films if self.films else float("nan")
+
+    def describe(self) -> str:
+        verdict = "batch out of distribution" if self.shifted else "batch in distribution"
+        return (f"{verdict}: {self.share:.0%} of {self.films} films flagged by the OOD gate "
+                f"(tolerance {self.tolerance:.0%}, binomial p = {self.p_value:.2g}, level {self.alpha:g})")
+
+
+def batch_shift(flagged: np.ndarray, reference_share: float, n_reference: int, max_share: float,
+                alpha: float) -> BatchShift:
+    """Does a batch look like the population the gate was set on? Each film's flag says little
+    alone (by design about ``1 - quantile`` of in-distribution films are flagged), but a shifted
+    population -- adult films through a pediatric model, another scanner -- raises the flagged
+    share of the whole batch, and with it the risk that its *unflagged* films are misread too.
+
+    The rule: the batch is shifted when its flagged share is significantly above a tolerance, by a
+    one-sided exact binomial test at level ``alpha``. The tolerance is ``max_share`` or, if larger,
+    the exact one-sided upper ``1 - alpha`` bound of the reference films' own flagged share
+    (``reference_share`` of ``n_reference``: the validation films, or a site certificate's sample),
+    so a small reference set cannot make the rule trigger-happy. Small batches need a large share to
+    reach significance (2 of 2 films, 7 of 20); a single film is judged by its own flag alone."""
+    from scipy.stats import binom
+
+    from scxnn.metrics import clopper_pearson
+
+    f = np.asarray(flagged, dtype=bool).ravel()
+    n, k = int(f.size), int(f.sum())
+    ref_k = int(round(float(reference_share) * int(n_reference)))
+    ref_hi = clopper_pearson(min(max(ref_k, 0), int(n_reference)), int(n_reference), 1 - 2 * alpha)[1] if n_reference > 0 else 0.0
+    tol = float(max(max_share, ref_hi))
+    p = float(binom.sf(k - 1, n, tol)) if n else 1.0
+    return BatchShift(films=n, flagged=k, tolerance=tol, p_value=p, alpha=float(alpha), shifted=bool(n and p <= alpha * (1 + 1e-9)))
+
+
 # --------------------------------------------------------------------------- fitting
 
 

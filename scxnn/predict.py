@@ -2,16 +2,24 @@
 
 Every input becomes one row of ``predictions.csv`` with a decision:
 
-* ``definite_normal``: in scope, plausible, in distribution, and the SVM score is below the frozen
-  definite-normal threshold of step 03 (chosen on validation films for the sensitivity target);
-* ``needs_review``: the SVM calls it abnormal, or the film is out of distribution for the models
-  (its encoder features lie beyond what the validation films showed; see :mod:`scxnn.ood`);
+* ``definite_normal``: in scope, plausible, in distribution, in a batch that looks like the
+  population the threshold was certified on, and the SVM score is below a *certified* threshold:
+  the site's own (``--certificate``, from ``scxnn certify``), or, without one, the run's ``strict``
+  threshold when its validation set certifies the sensitivity target (exact lower bound);
+* ``likely_normal``: everything above holds except the certification: the score is below the
+  threshold in use, but no certificate covers this site and the run's validation set cannot
+  vouch for the target at that score (see ``reason``). A radiologist still reads these films;
+* ``needs_review``: the SVM calls it abnormal, the film is out of distribution for the models (its
+  encoder features lie beyond what the validation films showed; see :mod:`scxnn.ood`), or the
+  whole batch is (too many films flagged: :func:`scxnn.ood.batch_shift`);
 * ``rejected``: the file could not be read as a trustworthy radiograph, fails the plausibility
   checks, or is out of the study's scope (not a chest film, a lateral view, not CR/DX).
 
 So a film is never ``definite_normal`` when any safety check fails; the ``reason`` column says which.
-Films that need review get a Grad-CAM overlay of their most likely finding, and ``report.html``
-shows everything in one self-contained page.
+The batch-level check needs the whole batch, so while a run is in progress the films that would be
+normal are written as ``pending``; the decisions are final once the run ends. Films that need
+review get a Grad-CAM overlay of their most likely finding, and ``report.html`` shows everything,
+with the certificate and the batch check in use, in one self-contained page.
 
 The fast path is the one ``scxnn bench predict`` measures: the decoder is skipped, the encoder runs
 once per model in channels_last under ``inference_mode``, with bf16 autocast where the hardware has
@@ -35,7 +43,8 @@ import torch
 from scxnn.config import Config, load_resolved
 from scxnn.utils import atomic_write_bytes, atomic_write_text, log
 
-DECISIONS = ("definite_normal", "needs_review", "rejected")
+DECISIONS = ("definite_normal", "likely_normal", "needs_review", "rejected")
+PENDING = "pending"  # a would-be-normal film before the batch-level check (only while a run is in progress)
 PREDICTIONS_NAME = "predictions.csv"
 REPORT_NAME = "report.html"
 # Folder scans pick these (and extension-less files, a common DICOM export); a file named on the
@@ -60,19 +69,50 @@ class Screener:
     cfg: Config
     models: dict  # finding -> scxnn.cam.LoadedModel, in cfg.findings order
     svm: object
-    threshold: float
+    threshold: float  # normal below, needs_review at or above
     threshold_name: str
     ood: object | None
     device: torch.device
     bf16: bool
     ort: object | None = None  # scxnn.ort.OrtEnsemble when the ONNX Runtime backend is used
+    thresholds: object | None = None  # scxnn.ensemble.Thresholds of the run
+    certificate: object | None = None  # scxnn.certify.Certificate of the site, when given
+
+    @property
+    def certified_below(self) -> float:
+        """Scores below this are definite_normal (given every other check): the site certificate's
+        threshold, else the run's strict threshold when its validation set certifies the target."""
+        if self.certificate is not None:
+            return float(self.certificate.threshold)
+        th = self.thresholds
+        return float(th.strict) if th is not None and th.certified else float("-inf")
+
+    def batch_reference(self) -> tuple[float, int]:
+        """(flagged share, films) of the population the batch is compared with: the site sample of
+        the certificate, else the validation films the gate's threshold was set on."""
+        if self.certificate is not None:
+            return float(self.certificate.ood_flagged_share), int(self.certificate.films)
+        return 1.0 - float(self.ood.quantile), int(self.ood.n_val)
+
+    def certification(self) -> str:
+        """One line for the report: what makes a normal film definite here."""
+        if self.certificate is not None:
+            return self.certificate.describe()
+        th = self.thresholds
+        if th is not None and th.certified:
+            return (f"the run's own population: validation certifies sensitivity >= {th.target:.0%} below {th.strict:.4f} "
+                    f"(no site certificate: other populations need `scxnn certify`)")
+        why = th.describe() if th is not None else "no thresholds"
+        return f"none: films below the threshold are likely_normal (uncertified site). Validation: {why}"
 
     @classmethod
     def from_run(cls, run_dir: str | os.PathLike, threshold: str = "point", device: str = "auto", bf16: str = "auto",
-                 backend: str = "torch", onnx_dir: str | os.PathLike | None = None) -> "Screener":
+                 backend: str = "torch", onnx_dir: str | os.PathLike | None = None,
+                 certificate: str | os.PathLike | None = None) -> "Screener":
         """Load ``runs/<profile>`` (the folder holding ``02_train_disease_model`` and ``03_svm_ensemble``).
         ``backend="onnx"``: score with ONNX Runtime (CPU, fp32), the graphs exported once into
-        ``onnx_dir`` (default ``<run>/onnx``)."""
+        ``onnx_dir`` (default ``<run>/onnx``). ``certificate``: a site certificate of this run
+        (``scxnn certify``); its threshold then replaces ``threshold``."""
         from scxnn import ensemble, ood
         from scxnn.bench import bf16_supported
         from scxnn.cam import check_fingerprint, load_finding_model
@@ -99,6 +139,11 @@ class Screener:
         svm, th = ensemble.load(step3)
         if threshold not in ("point", "strict"):
             raise ValueError(f"threshold must be 'point' or 'strict', got {threshold!r}")
+        cert = None
+        if certificate is not None:
+            from scxnn.certify import load_certificate
+
+            cert = load_certificate(certificate, run)
         ood_path = step3 / ensemble.OOD_NAME
         if not ood_path.is_file():
             raise RunIncomplete(f"{run}: no out-of-distribution model ({ood_path}); rerun `make ensemble` with this scxnn version")
@@ -114,7 +159,8 @@ class Screener:
             use_bf16 = False
         elif backend != "torch":
             raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
-        return cls(cfg, models, svm, float(getattr(th, threshold)), threshold, ood.load(ood_path), dev, use_bf16, engine)
+        limit, name = (cert.threshold, f"certificate ({cert.site})") if cert is not None else (getattr(th, threshold), threshold)
+        return cls(cfg, models, svm, float(limit), name, ood.load(ood_path), dev, use_bf16, engine, th, cert)
 
     @property
     def findings(self) -> list[str]:
@@ -224,16 +270,60 @@ def screen_file(path: Path, screener: Screener, digest: str = "") -> tuple[dict,
     top = max(s["p_target"], key=s["p_target"].get)
     row.update({f"p_{f}": p for f, p in s["p_target"].items()})
     row.update(score=s["score"], top_finding=top, top_probability=s["p_target"][top], ood_score=s["ood_score"], ood_flag=s["ood_flag"])
-    reasons = []
-    if s["score"] >= screener.threshold:
-        reasons.append(f"abnormal: SVM score {s['score']:.3f} >= threshold {screener.threshold:.3f} (most likely {top}, p={s['p_target'][top]:.2f})")
-    if s["ood_flag"]:
-        reasons.append(f"out of distribution: OOD score {s['ood_score']:.2f} > {screener.ood.threshold:.2f} (set on validation films)")
-    if reasons:
-        row.update(decision="needs_review", reason="; ".join(reasons))
-    else:
-        row.update(decision="definite_normal", reason=f"SVM score {s['score']:.3f} < threshold {screener.threshold:.3f}; in scope, in distribution")
+    row.update(zip(("decision", "reason"), decide(row, screener)))
     return row, img8
+
+
+def decide(row: dict, screener: Screener, batch=None) -> tuple[str, str]:
+    """(decision, reason) of a scored film: the one home of the rule in the module docstring.
+    ``batch`` is the :class:`scxnn.ood.BatchShift` of the whole batch; without it (the run still
+    in progress) a would-be-normal film is ``pending``."""
+    score, t = float(row["score"]), screener.threshold
+    th = screener.thresholds
+    reasons = []
+    if not score < t and screener.threshold_name == "strict" and th is not None and not th.certified:
+        reasons.append(f"the run's strict threshold calls nothing normal: its validation set cannot certify "
+                       f"{th.target:.0%} (most likely {row['top_finding']}, p={float(row['top_probability']):.2f})")
+    elif not score < t:
+        reasons.append(f"abnormal: SVM score {score:.3f} >= threshold {t:.3f} (most likely {row['top_finding']}, "
+                       f"p={float(row['top_probability']):.2f})")
+    if bool(row["ood_flag"]):
+        reasons.append(f"out of distribution: OOD score {float(row['ood_score']):.2f} > {screener.ood.threshold:.2f} (set on validation films)")
+    if reasons:
+        return "needs_review", "; ".join(reasons)
+    if batch is None:
+        return PENDING, f"SVM score {score:.3f} < threshold {t:.3f}; in scope, in distribution; awaiting the batch-level check"
+    if batch.shifted:
+        return "needs_review", f"{batch.describe()}: no film of this batch is auto-reported (SVM score {score:.3f} < threshold {t:.3f})"
+    certified = screener.certified_below
+    if score < certified:
+        source = f"certificate of site {screener.certificate.site}" if screener.certificate is not None else "the run's validation set"
+        return "definite_normal", (f"SVM score {score:.3f} < certified threshold {certified:.3f} ({source}); in scope, in distribution, "
+                                   f"{batch.describe()}")
+    if np.isfinite(certified):
+        return "likely_normal", (f"not certified: SVM score {score:.3f} lies between the certified threshold {certified:.3f} and the "
+                                 f"threshold in use {t:.3f}; in scope, in distribution, {batch.describe()}")
+    vouched = f"the run's validation certifies sensitivity >= {th.point_sensitivity_lo:.3f} at its point threshold" if th is not None else ""
+    return "likely_normal", (f"uncertified site: SVM score {score:.3f} < threshold {t:.3f}, but no certified threshold covers it "
+                             f"(target {screener.cfg.ensemble.sensitivity_target:.0%}; {vouched}); certify this site with `scxnn certify`")
+
+
+def finalize(table: pd.DataFrame, screener: Screener):
+    """Apply the batch-level shift check (:func:`scxnn.ood.batch_shift`) to the scored films of the
+    whole batch and settle every scored film's decision (:func:`decide`). Returns (table, verdict)."""
+    from scxnn import ood
+
+    out = table.copy()
+    scored = out["decision"].isin([*DECISIONS[:3], PENDING]).to_numpy() & out["score"].notna().to_numpy()
+    flags = out.loc[scored, "ood_flag"].astype(str).str.lower().isin(["true", "1"]).to_numpy()
+    share, n_ref = screener.batch_reference()
+    batch = ood.batch_shift(flags, share, n_ref, screener.cfg.evaluate.batch_ood_share, screener.cfg.evaluate.batch_alpha)
+    dec_col, why_col = out.columns.get_loc("decision"), out.columns.get_loc("reason")
+    for i, flag in zip(np.flatnonzero(scored), flags):
+        row = out.iloc[i].to_dict()
+        row["ood_flag"] = bool(flag)
+        out.iloc[i, dec_col], out.iloc[i, why_col] = decide(row, screener, batch)
+    return out, batch
 
 
 def _overlay(screener: Screener, img8: np.ndarray, finding: str) -> bytes:
@@ -253,16 +343,20 @@ def _key(path: Path, digest: str) -> str:
 
 def predict(run_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
             threshold: str = "point", device: str = "auto", bf16: str = "auto", overlays: bool = True,
-            progress: bool = True, screener: Screener | None = None, backend: str = "torch") -> pd.DataFrame:
+            progress: bool = True, screener: Screener | None = None, backend: str = "torch",
+            certificate: str | os.PathLike | None = None) -> pd.DataFrame:
     """Screen ``inputs`` with the run in ``run_dir``; writes predictions.csv, overlays/, thumbnails/
-    and report.html into ``out_dir``. Returns the predictions (one row per input, input order)."""
+    and report.html into ``out_dir``. Returns the predictions (one row per input, input order), with
+    the decisions settled by the batch-level check (:func:`finalize`); ``table.attrs["batch"]`` is
+    its verdict. ``certificate``: a site certificate from ``scxnn certify``."""
     from tqdm.auto import tqdm
 
     from scxnn import html_report
 
     out = Path(out_dir)
     # ONNX graphs go beside the predictions: the run folder may be read-only (a shared model store).
-    screener = screener or Screener.from_run(run_dir, threshold, device, bf16, backend=backend, onnx_dir=out / "onnx")
+    screener = screener or Screener.from_run(run_dir, threshold, device, bf16, backend=backend, onnx_dir=out / "onnx",
+                                             certificate=certificate)
     (out / "thumbnails").mkdir(parents=True, exist_ok=True)
     files = collect_inputs(inputs)
     if not files:
@@ -301,14 +395,16 @@ def predict(run_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike], out
         if new % WRITE_EVERY == 0:
             flush()
     flush()
-    table = pd.DataFrame(rows)
-    _write_report(table, out, screener)
-    log.info("%d film(s): %s (%d scored now, %d kept from an earlier run)", len(table),
-             ", ".join(f"{d} {int((table['decision'] == d).sum())}" for d in DECISIONS), new, len(table) - new)
+    table, batch = finalize(pd.DataFrame(rows), screener)
+    atomic_write_text(out / PREDICTIONS_NAME, table.to_csv(index=False))
+    _write_report(table, out, screener, batch)
+    table.attrs["batch"] = batch
+    log.info("%d film(s): %s (%d scored now, %d kept from an earlier run); %s", len(table),
+             ", ".join(f"{d} {int((table['decision'] == d).sum())}" for d in DECISIONS), new, len(table) - new, batch.describe())
     return table
 
 
-def _write_report(table: pd.DataFrame, out: Path, screener: Screener) -> Path:
+def _write_report(table: pd.DataFrame, out: Path, screener: Screener, batch) -> Path:
     from scxnn import __version__, html_report
 
     thumbs, overlays = {}, {}
@@ -320,7 +416,10 @@ def _write_report(table: pd.DataFrame, out: Path, screener: Screener) -> Path:
             overlays[r["file"]] = (out / r["overlay"]).read_bytes()
     meta = {
         "models": f"profile {screener.cfg.profile}, {len(screener.models)} finding models + SVM",
-        "threshold": f"{screener.threshold_name} = {screener.threshold:.4f} (validation sensitivity target {screener.cfg.ensemble.sensitivity_target:.0%})",
+        "threshold": f"{screener.threshold_name} = {screener.threshold:.4f} (sensitivity target "
+                     f"{(screener.certificate.target if screener.certificate is not None else screener.cfg.ensemble.sensitivity_target):.0%})",
+        "certification": screener.certification(),
+        "batch check": batch.describe(),
         "inference": f"{screener.device.type}, {'bf16' if screener.bf16 else 'fp32'}, channels_last, decoder off",
         "scxnn": __version__,
     }

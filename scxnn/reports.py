@@ -105,15 +105,52 @@ def save_figure(cfg: Config, fig, name: str, dpi: int = 110, caption: str | None
 def fmt_ci(value: float, lo: float | None = None, hi: float | None = None, digits: int = 2,
            percent: bool = False) -> str:
     """``0.97 [0.93, 1.00]`` (or ``97% [93%, 100%]`` with ``percent``: the same precision as a share,
-    ``digits`` - 2 decimals) for headlines; NaN -> ``n/a``."""
-    def one(v) -> str:
+    ``digits`` - 2 decimals) for headlines, bounds rounded outward; NaN -> ``n/a``."""
+    from scxnn.metrics import outward
+
+    def one(v, rounding=None) -> str:
         if v is None or not np.isfinite(float(v)):
             return "n/a"
-        return f"{100 * float(v):.{max(digits - 2, 0)}f}%" if percent else f"{float(v):.{digits}f}"
+        if percent:
+            return f"{100 * outward(float(v), digits, rounding):.{max(digits - 2, 0)}f}%"
+        return f"{outward(float(v), digits, rounding):.{digits}f}"
 
     if lo is None and hi is None:
         return one(value)
-    return f"{one(value)} [{one(lo)}, {one(hi)}]"
+    return f"{one(value)} [{one(lo, 'down')}, {one(hi, 'up')}]"
+
+
+def write_screening_tables(cfg: Config, table: pd.DataFrame, th, where: str = "", thesis: dict | None = None,
+                           main_set: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Table 2 at the point and at the strict threshold (achieved sensitivity beside the target,
+    with its verdict) and the ``thresholds`` table of what the validation set certifies: the
+    screening tables of notebook 04 and of ``scxnn evaluate``. ``th``: the run's
+    :class:`scxnn.ensemble.Thresholds`; ``where`` ends each caption (e.g. which data was scored).
+    Returns (table2 at point, table2 at strict)."""
+    from scxnn import evaluation
+    from scxnn.metrics import interval_note
+
+    n_boot, seed, ci = cfg.evaluate.bootstrap, cfg.seed, cfg.evaluate.ci
+    note = interval_note(ci, n_boot)
+    tail = f" {where}" if where else ""
+    t2 = evaluation.with_target(evaluation.table2(table, th.point, n_boot, seed, ci, thesis=thesis), th.target)
+    main_set = main_set or ("internal" if (t2["set"] == "internal").any() else str(t2["set"].iloc[0]))
+    ours, theirs = evaluation.screening_headline(t2, main_set, f"{main_set} test")
+    write_table(cfg, t2, "table2_normal_vs_abnormal",
+                f"Normal vs abnormal per set at the point threshold (validation sensitivity >= {th.target:.0%}, {th.scores} "
+                f"validation scores), achieved sensitivity beside the target; {note}. Validation: {th.describe()}.{tail}",
+                headline=ours, thesis=theirs, display=evaluation.format_ci(t2))
+    t2s = evaluation.with_target(evaluation.table2(table, th.strict, n_boot, seed, ci), th.target)
+    why = "" if th.certified else (f" The validation set cannot certify {th.target:.0%} ({th.n_val_abnormal_patients} abnormal "
+                                   f"patients; it takes at least {th.abnormal_needed} without a miss), so strict calls nothing normal.")
+    ours_s, _ = evaluation.screening_headline(t2s, main_set, f"{main_set} test, strict threshold")
+    write_table(cfg, t2s, "table2_strict_threshold",
+                f"Table 2 at the strict threshold: the highest at which the exact lower {ci:.0%} bound of validation "
+                f"sensitivity reaches {th.target:.0%}.{why} {note}.{tail}", headline=ours_s, display=evaluation.format_ci(t2s))
+    write_table(cfg, evaluation.threshold_table(th), "thresholds",
+                f"The frozen definite-normal thresholds and what the validation set certifies at each (exact lower {ci:.0%} "
+                f"bound of validation sensitivity; `certified`: it reaches the target).{tail}", headline=th.describe())
+    return t2, t2s
 
 
 def _summary_line(headline: str | None, thesis: str | None, reference: str = "thesis") -> str:
@@ -463,7 +500,8 @@ def roc_figure(curves: dict[str, tuple], operating: dict[str, tuple[float, float
 
 def yield_figure(df: pd.DataFrame):
     """Left: share of films auto-reported normal vs the sensitivity target, one line per set.
-    Right: achieved sensitivity vs the target, with the identity line (label ``_identity``).
+    Right: achieved sensitivity vs the target, with the identity line (label ``_identity``). With a
+    ``rule`` column, the ``certified`` thresholds are drawn dashed beside the ``point`` ones.
     ``df`` columns: target, set, sensitivity, auto_normal (threshold, specificity ignored);
     ``<metric>_lo`` / ``<metric>_hi`` columns, when present, are drawn as bands."""
     plt = _pyplot()
@@ -471,16 +509,20 @@ def yield_figure(df: pd.DataFrame):
     a2.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--", label="_identity")
     sets = _ordered(df["set"]) if len(df) and "set" in df else []
     colors = _set_colors(sets)
+    rules = list(dict.fromkeys(df["rule"])) if len(df) and "rule" in df else [None]
     for name in sets:
-        d = df[df["set"] == name].sort_values("target")
-        x = pd.to_numeric(d["target"], errors="coerce").to_numpy(float)
-        for ax, col in ((a1, "auto_normal"), (a2, "sensitivity")):
-            y = pd.to_numeric(d[col], errors="coerce").to_numpy(float)
-            ax.plot(x, y, marker="o", ms=3, color=colors[name], label=str(name))
-            lo, hi = f"{col}_lo", f"{col}_hi"
-            if lo in d and hi in d:
-                ax.fill_between(x, pd.to_numeric(d[lo], errors="coerce").to_numpy(float),
-                                pd.to_numeric(d[hi], errors="coerce").to_numpy(float), color=colors[name], alpha=0.15, lw=0)
+        for rule in rules:
+            d = df[(df["set"] == name) & ((df["rule"] == rule) if rule is not None else True)].sort_values("target")
+            x = pd.to_numeric(d["target"], errors="coerce").to_numpy(float)
+            certified = rule == "certified"
+            label = f"{name} (certified)" if certified else str(name)
+            for ax, col in ((a1, "auto_normal"), (a2, "sensitivity")):
+                y = pd.to_numeric(d[col], errors="coerce").to_numpy(float)
+                ax.plot(x, y, marker="s" if certified else "o", ms=3, ls="--" if certified else "-", color=colors[name], label=label)
+                lo, hi = f"{col}_lo", f"{col}_hi"
+                if lo in d and hi in d:
+                    ax.fill_between(x, pd.to_numeric(d[lo], errors="coerce").to_numpy(float),
+                                    pd.to_numeric(d[hi], errors="coerce").to_numpy(float), color=colors[name], alpha=0.15, lw=0)
     if not sets:
         _no_data(a1)
         _no_data(a2)

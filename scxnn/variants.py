@@ -95,7 +95,7 @@ SUMMARY_RATES = ("sensitivity", "sensitivity_lo", "sensitivity_hi", "specificity
 
 def summarize(scored, threshold: float, n_boot: int, seed: int, ci: float) -> dict:
     """The thesis' ablation columns on the internal test set (Tables 4-6): accuracy, AUC,
-    specificity and sensitivity with patient-bootstrap CIs.
+    specificity and sensitivity with 95% CIs (:func:`scxnn.metrics.proportion_ci`; AUC: patient bootstrap).
 
     Two operating points: the SVM's own decision boundary (score >= 0 is abnormal), which is where
     the thesis' ablation tables sit (their sensitivity and specificity are balanced, unlike its

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from scxnn.ensemble import DefiniteNormalSVM, choose_thresholds, load, logit_columns, save
-from scxnn.metrics import patient_bootstrap, screening_metrics, screening_with_ci
+from scxnn.metrics import certifiable_with, clopper_pearson, patient_bootstrap, proportion_ci, screening_metrics, screening_with_ci
 
 
 def _data(n=300, seed=0):
@@ -163,3 +163,82 @@ def test_validation_scores_are_out_of_fold_and_saved(tmp_path):
     # out-of-fold scores differ from the final SVM's own (in-sample) scores
     assert not np.allclose(vs["score"].to_numpy(), svm.decision_function(X))
     assert screening_metrics(vs["abnormal"], vs["score"] >= th.point)["sensitivity"] >= cfg.ensemble.sensitivity_target
+
+
+# --------------------------------------------------------------------------- intervals at the edges
+
+
+@pytest.mark.parametrize("k, n, lo, hi", [
+    (47, 47, 0.9245, 1.0),  # 0 misses in 47 abnormal films: not "[1.000, 1.000]"
+    (0, 47, 0.0, 0.0755),
+    (46, 47, 0.8871, 0.9995),
+    (300, 300, 0.9878, 1.0),
+])
+def test_clopper_pearson_is_exact_at_and_near_the_edges(k, n, lo, hi):
+    got = clopper_pearson(k, n)
+    assert got == pytest.approx((lo, hi), abs=1e-4)
+    assert np.isnan(clopper_pearson(0, 0)).all()
+
+
+def test_no_miss_in_47_abnormal_patients_certifies_only_0925():
+    y = np.r_[np.ones(47, int), np.zeros(40, int)]
+    out = screening_with_ci(y, y, np.arange(len(y)), n_boot=300, seed=0)
+    assert out["sensitivity"] == 1.0 and out["sensitivity_lo"] == pytest.approx(0.9245, abs=1e-4) and out["sensitivity_hi"] == 1.0
+    assert out["specificity_lo"] == pytest.approx(clopper_pearson(40, 40)[0])
+    for k in ("sensitivity", "specificity", "npv", "ppv", "auto_normal"):
+        assert out[f"{k}_lo"] < out[f"{k}_hi"], k  # never degenerate on a finite sample
+
+
+def test_patients_not_films_are_the_trials_when_nothing_is_missed():
+    # 47 abnormal patients with 3 films each: 141 films, but only 47 independent trials.
+    films = np.repeat(np.arange(47), 3)
+    assert proportion_ci(np.ones(141, bool), films)[0] == pytest.approx(clopper_pearson(47, 47)[0])
+    # A miss never raises the lower bound above the no-miss bound.
+    one_miss = np.ones(141, bool)
+    one_miss[0] = False
+    assert proportion_ci(one_miss, films, bootstrap=(0.99, 1.0))[0] <= proportion_ci(np.ones(141, bool), films)[0]
+
+
+@pytest.mark.parametrize("target, ci, n", [(0.99, 0.95, 368), (0.95, 0.95, 72), (0.99, 0.90, 299)])
+def test_abnormal_patients_needed_to_certify(target, ci, n):
+    assert certifiable_with(target, ci) == n
+    assert clopper_pearson(n, n, ci)[0] >= target > clopper_pearson(n - 1, n - 1, ci)[0]
+
+
+def test_strict_is_not_point_when_the_validation_set_cannot_certify():
+    """The Kermany case: validation has no miss at the point threshold, yet 47 abnormal patients can
+    certify only 0.925, so strict must call nothing normal and say what certifying would take."""
+    rng = np.random.default_rng(0)
+    s = np.r_[rng.uniform(-3, -2, 60), rng.uniform(1, 2, 47)]
+    y = np.r_[np.zeros(60, int), np.ones(47, int)]
+    th = choose_thresholds(s, y, np.arange(len(y)), target=0.99, n_boot=200, seed=0)
+    assert th.val_sensitivity == 1.0 and th.val_auto_normal > 0.5
+    assert th.strict != th.point and th.strict < s.min() and not th.certified
+    assert th.point_sensitivity_lo == pytest.approx(0.9245, abs=1e-4) and th.strict_auto_normal == 0.0
+    assert th.abnormal_needed == 368 and th.n_val_abnormal_patients == 47
+    assert "368" in th.describe() and "321 more" in th.describe()
+
+
+def test_strict_certifies_with_enough_abnormal_validation_patients():
+    rng = np.random.default_rng(1)
+    s = np.r_[rng.normal(-2, 1, 600), rng.normal(3, 1, 600)]
+    y = np.r_[np.zeros(600, int), np.ones(600, int)]
+    th = choose_thresholds(s, y, np.arange(len(y)), target=0.99, n_boot=300, seed=0)
+    assert th.certified and th.strict_sensitivity_lo >= 0.99 and th.strict < th.point and th.strict_auto_normal > 0.2
+    # The certified threshold keeps the exact lower bound at the target: just above it, it fails.
+    pos = s[y == 1]
+    assert proportion_ci(pos >= th.strict, np.arange(600))[0] >= 0.99
+    assert "certifies sensitivity >= 99%" in th.describe()
+
+
+def test_thresholds_files_from_before_certification_load_as_uncertified(tmp_path):
+    import json
+
+    from scxnn.ensemble import load_thresholds
+
+    old = {"point": 0.1, "strict": 0.1, "target": 0.99, "n_val": 80, "val_sensitivity": 1.0, "val_auto_normal": 0.3, "scores": "out-of-fold"}
+    (tmp_path / "thresholds.json").write_text(json.dumps(old))
+    assert load_thresholds(tmp_path).certified is False
+    (tmp_path / "thresholds.json").write_text(json.dumps({**old, "surprise": 1}))
+    with pytest.raises(ValueError, match="unknown keys"):
+        load_thresholds(tmp_path)

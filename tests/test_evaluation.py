@@ -336,11 +336,15 @@ def test_yield_curve_keeps_validation_sensitivity_and_yield_falls(table):
     targets = np.linspace(0.80, 1.0, 11)
     out = E.yield_curve(table, val, targets)
     assert set(out["set"]) == {"validation", *E.evaluation_sets(table)}
+    assert set(out["rule"]) == {"point", "certified"}
     v = out[out["set"] == "validation"]
     assert (v["sensitivity"] >= v["target"] - 1e-12).all()
-    for _, part in out.groupby("set"):
+    for _, part in out.groupby(["set", "rule"]):
         assert part["threshold"].is_monotonic_decreasing
         assert part["auto_normal"].is_monotonic_decreasing
+    # What the validation set certifies is never more than its point estimate.
+    both = out[out["set"] == "validation"].pivot_table(index="target", columns="rule", values="threshold")
+    assert (both["certified"].dropna() <= both["point"].loc[both["certified"].dropna().index]).all()
     # The threshold is chosen on validation alone: changing test scores leaves it as it was.
     moved = table.assign(score=np.where(table["split"] == "test", table["score"] + 5, table["score"]))
     np.testing.assert_array_equal(E.yield_curve(moved, val, targets)["threshold"], out["threshold"])
@@ -373,6 +377,46 @@ def test_format_ci_merges_bounds_and_shows_nan_as_na():
     assert list(out["sensitivity"]) == ["0.970 [0.930, 1.000]", "n/a"]
     assert list(out["thesis_sensitivity"]) == ["0.990", "n/a"]
     assert df["sensitivity"].dtype == float  # the numeric frame is untouched
+
+
+def test_format_ci_rounds_bounds_outward():
+    """A lower bound of 0.9996 must not print as 1.000: bounds round away from the estimate."""
+    df = pd.DataFrame({"sensitivity": [1.0, 0.9301], "sensitivity_lo": [0.99963, 0.8877], "sensitivity_hi": [1.0, 0.93011]})
+    assert list(E.format_ci(df, ["sensitivity"])["sensitivity"]) == ["1.000 [0.999, 1.000]", "0.930 [0.887, 0.931]"]
+
+
+def test_auc_at_perfect_separation_has_an_exact_lower_bound():
+    y = np.r_[np.ones(30, int), np.zeros(30, int)]
+    row = E._auc_row(y, np.r_[np.full(30, 2.0), np.full(30, -2.0)] + np.arange(60) * 1e-3, np.arange(60), 200, 0, 0.95)
+    assert row["auc"] == 1.0 and row["auc_hi"] == 1.0 and 0.6 < row["auc_lo"] < 0.95
+    flipped = E._auc_row(y, -np.r_[np.full(30, 2.0), np.full(30, -2.0)], np.arange(60), 200, 0, 0.95)
+    assert flipped["auc"] == 0.0 and flipped["auc_lo"] == 0.0 and flipped["auc_hi"] == pytest.approx(1 - row["auc_lo"])
+
+
+def test_achieved_sensitivity_beside_the_target(table):
+    t2 = E.with_target(E.table2(table, 0.0, N_BOOT, 0), 0.9)
+    verdict = {r.set: r.meets_target for r in t2.itertuples()}
+    for r in t2.itertuples():
+        expected = "certified" if r.sensitivity_lo >= 0.9 else ("point estimate only" if r.sensitivity >= 0.9 else "below target")
+        assert verdict[r.set] == expected
+    assert (t2["target"] == 0.9).all()
+
+
+def test_batch_shift_rule_alarms_on_shifted_sites_not_on_the_internal_one(table):
+    from scxnn.ood import OODModel
+
+    rng = np.random.default_rng(0)
+    shifted = table["site"].isin(["external1", "external2"]).to_numpy()
+    scores = np.where(shifted, rng.normal(3.0, 1.0, len(table)), rng.normal(0.0, 1.0, len(table)))
+    gate = OODModel(mean=np.zeros(2), components=np.eye(2)[:1], location=np.zeros(1), precision=np.eye(1), center=np.zeros(2),
+                    scale=np.ones(2), threshold=2.33, quantile=0.99, n_fit=100, n_val=100)
+    out = E.batch_shift_rates(table.assign(ood_score=scores), gate, (5, 10), max_share=0.1, alpha=0.01, draws=100)
+    by = out.set_index(["set", "batch_size"])["shifted"]
+    assert by[("internal", 10)] <= 0.05 and by[("external1", 10)] >= 0.5
+    whole = out.groupby("set").tail(1).set_index("set")
+    assert whole.loc["external1", "shifted"] == 1.0 and whole.loc["internal", "shifted"] == 0.0
+    with pytest.raises(KeyError, match="ood_score"):
+        E.batch_shift_rates(table, gate, (5,), 0.1, 0.01)
 
 
 def test_no_test_rows_gives_empty_tables(table):

@@ -150,7 +150,7 @@ def test_report_is_self_contained_escaped_and_counted(tmp_path, films):
 
     # Summary counts (and shares) per decision.
     cards = {a["data-decision"]: a for t, a in c.tags if t == "div" and "data-decision" in a}
-    assert set(cards) == {"definite_normal", "needs_review", "rejected"}
+    assert set(cards) == {"definite_normal", "likely_normal", "needs_review", "rejected"}  # no "pending" card once a run is done
     for d, n in df["decision"].value_counts().items():
         assert f'<div class="card" data-decision="{d}"><span class="badge {d}">' in text
         share = f"{100 * n / len(df):.1f}%"

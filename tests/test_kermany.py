@@ -93,12 +93,15 @@ def test_evaluate_scores_another_folder_without_retraining(kermany_run, tmp_path
     before = {p: p.stat().st_mtime_ns for p in (tmp / "runs").rglob("*") if p.is_file()}
     assert main(["evaluate", "--models", str(tmp / "runs"), "--manifest", str(tmp_path / "m" / "manifest.csv"), "--out", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr().out
-    assert "ROC AUC" in printed and "definite-normal threshold" in printed
+    assert "ROC AUC" in printed and "point threshold" in printed and "strict threshold" in printed
+    assert "validation:" in printed and "certif" in printed
     summary = json.loads((out / "summary.json").read_text())
     assert summary["films"] == n and summary["dropped_seen_patients"] == 0 and summary["sets"] == "kermany"
     assert 0 <= summary["auc"] <= 1 and summary["auc_lo"] <= summary["auc"] <= summary["auc_hi"]
+    assert summary["target"] == 0.99 and summary["meets_target"] in ("certified", "point estimate only", "below target")
     tables = out / "tables" / "kermany"
-    for name in ("table2_normal_vs_abnormal", "table2_strict_threshold", "svm_auc", "auc_per_finding", "published_comparison", "missed_cases"):
+    for name in ("table2_normal_vs_abnormal", "table2_strict_threshold", "thresholds", "svm_auc", "auc_per_finding",
+                 "published_comparison", "missed_cases"):
         assert (tables / f"{name}.csv").is_file() and (tables / f"{name}.md").is_file(), name
     pub = pd.read_csv(tables / "published_comparison.csv")
     assert pub["source"].str.startswith("Kermany").any() and (pub["source"] == "ours").sum() == 2
@@ -159,3 +162,50 @@ def test_evaluate_refuses_models_trained_on_other_preprocessing(kermany_run, tmp
     assert main(["evaluate", "--models", str(tmp / "runs"), "--manifest", str(dev), "--out", str(tmp_path / "e"), "--drop-seen", "--no-progress"]) == 2
     assert "trained on preprocessing" in capsys.readouterr().err
     assert not (tmp_path / "e" / "summary.json").exists()
+
+
+def test_certify_a_site_then_screen_with_its_certificate(kermany_run, tmp_path, capsys):
+    """The workflow of the README: validate (step 03), certify a site on a labelled sample, screen.
+    99% cannot be certified on a sample this small, so certify refuses (exit 3) and says what it
+    would take; predict refuses that certificate. A lower target is certified, and predict then
+    reports definite_normal with the site's threshold."""
+    cfg, tmp, _, _, args = kermany_run
+    root = require_shared("realdata", "kermany_dev")
+    raw = pd.read_csv(tmp / "data" / "raw" / "manifest.csv", dtype=str)
+    films = tmp_path / "site"
+    n = _upstream_copy(raw, root, films)
+    assert main(["manifest", "kermany", str(films), "--out", str(tmp_path / "m"), "--profile", "kermany", *args]) == 0
+    manifest, run = str(tmp_path / "m" / "manifest.csv"), str(tmp / "runs")
+    capsys.readouterr()
+
+    assert main(["certify", "--models", run, "--manifest", manifest, "--out", str(tmp_path / "c99"), "--site", "kermany_test", "--no-progress"]) == 3
+    printed = capsys.readouterr().out
+    assert "REFUSED" in printed and "368 abnormal patients" in printed
+    refused = json.loads((tmp_path / "c99" / "certificate.json").read_text())
+    assert refused["certified"] is False and refused["films"] == n and refused["abnormal_needed"] == 368
+    assert "person" not in (tmp_path / "c99" / "site_scores.csv").read_text()  # hashed ids only
+    assert main(["predict", "--models", run, str(films), "--out", str(tmp_path / "p0"), "--certificate", str(tmp_path / "c99"),
+                 "--no-progress", "--no-overlays"]) == 2
+    assert "not certified" in capsys.readouterr().err
+
+    assert main(["certify", "--models", run, "--manifest", manifest, "--out", str(tmp_path / "c60"), "--site", "kermany_test",
+                 "--target", "0.6", "--no-progress"]) == 0
+    cert = json.loads((tmp_path / "c60" / "certificate.json").read_text())
+    assert cert["certified"] and cert["sensitivity_lo"] >= 0.6 and cert["target"] == 0.6
+    capsys.readouterr()
+    assert main(["predict", "--models", run, str(films), "--out", str(tmp_path / "p1"), "--certificate", str(tmp_path / "c60"),
+                 "--no-progress", "--no-overlays"]) == 0
+    pred = pd.read_csv(tmp_path / "p1" / "predictions.csv")
+    assert len(pred) == n and set(pred["decision"]) <= {"definite_normal", "needs_review", "rejected"}  # no likely_normal with a certificate
+    assert (pred["threshold"] == cert["threshold"]).all()
+    calm = (pred["score"] < cert["threshold"]) & ~pred["ood_flag"].astype(bool)
+    shifted = "batch out of distribution" in capsys.readouterr().out
+    assert (pred["decision"] == "definite_normal").sum() == (0 if shifted else int(calm.sum()))
+    html = (tmp_path / "p1" / "report.html").read_text()
+    assert "site kermany_test: threshold" in html and "batch" in html
+
+    # Without the certificate the tiny run (which cannot certify 99%) reports no film as definite_normal.
+    assert main(["predict", "--models", run, str(films), "--out", str(tmp_path / "p2"), "--no-progress", "--no-overlays"]) == 0
+    plain = pd.read_csv(tmp_path / "p2" / "predictions.csv")
+    assert not (plain["decision"] == "definite_normal").any()
+    assert plain.loc[plain["decision"] == "likely_normal", "reason"].str.contains("scxnn certify").all()

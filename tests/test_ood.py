@@ -209,3 +209,28 @@ def test_pooled_features_of_a_tiny_scxnn(channels_last):
     np.testing.assert_allclose(both[:, :1024], f.numpy(), rtol=1e-6)
     with pytest.raises(ValueError, match="eval"):
         ood.pooled_features(model.train(), x)
+
+
+# --------------------------------------------------------------------------- the batch-level check
+
+
+@pytest.mark.parametrize("films, flagged, shifted", [
+    (1, 1, False),  # one film is judged by its own flag alone
+    (2, 2, True),
+    (20, 5, False),
+    (20, 7, True),
+    (500, 15, False),  # 3% flagged: an in-distribution batch with a few odd films
+    (309, 117, True),  # the synthetic demo's abnormal films through the Kermany run: 38% flagged
+    (800, 413, True),  # adult tuberculosis films through the pediatric run: 52% flagged
+])
+def test_batch_shift_calls_a_batch_shifted_only_on_evidence(films, flagged, shifted):
+    b = ood.batch_shift(np.r_[np.ones(flagged, bool), np.zeros(films - flagged, bool)], 0.01, 90, 0.10, 0.01)
+    assert b.shifted == shifted and b.films == films and b.flagged == flagged
+    assert ("out of distribution" in b.describe()) == shifted and f"{flagged / films:.0%} of {films} films" in b.describe()
+
+
+def test_batch_tolerance_follows_a_reference_that_is_itself_often_flagged():
+    # A site certified on a sample with 30% flagged films: 35% in a batch is that site, not a shift.
+    b = ood.batch_shift(np.r_[np.ones(35, bool), np.zeros(65, bool)], 0.30, 400, 0.10, 0.01)
+    assert b.tolerance > 0.30 and not b.shifted
+    assert ood.batch_shift(np.zeros(0, bool), 0.01, 90, 0.1, 0.01).shifted is False  # no scored film, no verdict

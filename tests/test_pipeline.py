@@ -61,6 +61,31 @@ def test_reports_hold_the_thesis_tables_figures_and_the_index(smoke_reports):
     assert "table2_normal_vs_abnormal" in index and "thesis:" in index and "roc.png" in index
 
 
+def test_no_table_prints_a_degenerate_interval(smoke_reports):
+    """A finite sample never certifies a rate of exactly 0 or 1: no "[1.000, 1.000]" in any table,
+    and every rate interval the CSVs hold has width (scxnn.metrics.proportion_ci)."""
+    import re
+
+    import pandas as pd
+
+    tables = ROOT / "reports" / "tables" / PROFILE
+    checked = 0
+    for md in tables.glob("*.md"):
+        text = md.read_text()
+        assert not re.search(r"\[(1\.0+|0\.0+), \1\]", text), f"{md.name} prints a degenerate interval"
+        assert not re.search(r"\[(100|0)%, \1%\]", text), md.name
+    for csv in tables.glob("*.csv"):
+        df = pd.read_csv(csv)
+        for lo in (c for c in df.columns if c.endswith("_lo") and f"{c[:-3]}_hi" in df):
+            hi = f"{lo[:-3]}_hi"
+            both = df[[lo, hi]].dropna()
+            assert (both[lo] < both[hi]).all(), f"{csv.name}: {lo[:-3]} has a zero-width interval"
+            checked += len(both)
+    assert checked > 50
+    th = pd.read_csv(tables / "thresholds.csv")
+    assert list(th["rule"]) == ["point", "strict"] and (th["val_sensitivity_lo"] < 1).all()
+
+
 def test_each_step_saved_its_resolved_config(smoke_reports):
     cfg = load_config(PROFILE)
     for step in STEPS:

@@ -10,10 +10,15 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
 
+import scxnn.predict as P
+
 from scxnn.config import load_config
-from scxnn.predict import DECISIONS, Screener, collect_inputs, plausibility, predict, screen_file
+from scxnn.ensemble import Thresholds
+from scxnn.ood import batch_shift
+from scxnn.predict import DECISIONS, PENDING, Screener, collect_inputs, decide, plausibility, predict, screen_file
 
 
 def _film(size=(320, 300), seed=0) -> np.ndarray:
@@ -32,18 +37,37 @@ def _png(path: Path, img: np.ndarray) -> Path:
 @dataclass
 class _Gate:
     threshold: float = 1.0
+    quantile: float = 0.99  # validation films under the threshold: the batch check's reference
+    n_val: int = 100
+
+
+def _thresholds(certified: bool, strict: float = -0.5, point: float = 0.0) -> Thresholds:
+    return Thresholds(point=point, strict=strict if certified else -9.0, target=0.99, n_val=500, val_sensitivity=1.0,
+                      val_auto_normal=0.4, n_val_abnormal=400 if certified else 47, n_val_abnormal_patients=400 if certified else 47,
+                      point_sensitivity_lo=0.99 if certified else 0.925, strict_sensitivity_lo=0.991 if certified else 0.925,
+                      strict_auto_normal=0.3 if certified else 0.0, certified=certified, abnormal_needed=368)
 
 
 @dataclass
 class _FakeScreener:
-    """What screen_file needs from a Screener: the score is set by the test."""
+    """A Screener's policy (the real properties) around a stand-in scorer: the score is set by the
+    test, per file name where ``by_name`` says so."""
 
     score_value: float = -1.0
     ood_value: float = 0.0
     threshold: float = 0.0
     cfg: object = field(default_factory=lambda: load_config("smoke"))
     ood: _Gate = field(default_factory=_Gate)
+    thresholds: Thresholds = field(default_factory=lambda: _thresholds(True))
+    certificate: object = None
+    threshold_name: str = "point"
+    by_name: dict = field(default_factory=dict)  # file stem -> (score, ood)
     calls: int = 0
+    current: str = ""
+
+    certified_below = Screener.certified_below
+    batch_reference = Screener.batch_reference
+    certification = Screener.certification
 
     @property
     def findings(self):
@@ -54,8 +78,8 @@ class _FakeScreener:
         assert img8.dtype == np.uint8 and img8.shape == (self.cfg.preprocess.size,) * 2
         p = {f: 0.1 for f in self.findings}
         p["nodule"] = 0.7
-        return {"logits": {}, "p_target": p, "score": self.score_value, "ood_score": self.ood_value,
-                "ood_flag": self.ood_value > self.ood.threshold}
+        score, ood = self.by_name.get(self.current, (self.score_value, self.ood_value))
+        return {"logits": {}, "p_target": p, "score": score, "ood_score": ood, "ood_flag": ood > self.ood.threshold}
 
 
 def test_collect_inputs_recurses_filters_and_keeps_named_files(tmp_path):
@@ -80,19 +104,94 @@ def test_plausibility_refuses_what_cannot_be_a_chest_film():
 
 
 @pytest.mark.parametrize("score, ood, expected", [
-    (-1.0, 0.0, "definite_normal"),
+    (-1.0, 0.0, PENDING),  # would be normal: settled only by the batch-level check at the end
     (0.5, 0.0, "needs_review"),  # the SVM says abnormal
     (-1.0, 5.0, "needs_review"),  # normal-looking but out of distribution: never definite_normal
 ])
-def test_the_decision_and_its_reason(tmp_path, score, ood, expected):
+def test_the_film_level_decision_and_its_reason(tmp_path, score, ood, expected):
     s = _FakeScreener(score_value=score, ood_value=ood)
     row, img8 = screen_file(_png(tmp_path / "f.png", _film()), s)
     assert row["decision"] == expected and img8 is not None
     assert row["top_finding"] == "nodule" and row["p_nodule"] == 0.7
-    if expected == "definite_normal":
-        assert "< threshold" in row["reason"]
+    if expected == PENDING:
+        assert "< threshold" in row["reason"] and "batch-level check" in row["reason"]
     else:
         assert ("abnormal" in row["reason"]) == (score >= 0) and ("out of distribution" in row["reason"]) == (ood > 1)
+
+
+@dataclass(frozen=True)
+class _Cert:
+    site: str = "site_b"
+    threshold: float = -0.8
+    ood_flagged_share: float = 0.02
+    films: int = 600
+
+    def describe(self):
+        return f"site {self.site}: threshold {self.threshold}"
+
+
+_IN, _OUT = batch_shift(np.zeros(50, bool), 0.01, 100, 0.1, 0.01), batch_shift(np.ones(50, bool), 0.01, 100, 0.1, 0.01)
+
+
+@pytest.mark.parametrize("case, score, flagged, batch, run_certified, cert, expected, says", [
+    ("certified run, below strict", -1.0, False, _IN, True, None, "definite_normal", "the run's validation set"),
+    ("certified run, between strict and point", -0.2, False, _IN, True, None, "likely_normal", "between the certified threshold"),
+    ("uncertified run", -1.0, False, _IN, False, None, "likely_normal", "scxnn certify"),
+    ("uncertified run, site certificate", -1.0, False, _IN, False, _Cert(), "definite_normal", "certificate of site site_b"),
+    ("site certificate, above its threshold", -0.5, False, _IN, True, _Cert(), "needs_review", "abnormal"),
+    ("shifted batch", -1.0, False, _OUT, True, None, "needs_review", "batch out of distribution: 100% of 50 films"),
+    ("shifted batch, certificate", -1.0, False, _OUT, True, _Cert(), "needs_review", "batch out of distribution"),
+    ("abnormal", 0.5, False, _IN, True, None, "needs_review", "abnormal: SVM score"),
+    ("flagged film", -1.0, True, _IN, True, None, "needs_review", "out of distribution: OOD score"),
+    ("batch not checked yet", -1.0, False, None, True, None, PENDING, "awaiting"),
+    ("--threshold strict, uncertified run", -1.0, False, _IN, False, "strict", "needs_review", "calls nothing normal"),
+])
+def test_a_film_is_definite_normal_only_when_certified_in_an_unshifted_batch(case, score, flagged, batch, run_certified, cert,
+                                                                             expected, says):
+    s = _FakeScreener(thresholds=_thresholds(run_certified), certificate=None if cert == "strict" else cert)
+    if cert == "strict":
+        s.threshold_name, s.threshold = "strict", s.thresholds.strict
+    elif cert is not None:
+        s.threshold = cert.threshold  # what Screener.from_run does with a certificate
+    row = {"score": score, "ood_flag": flagged, "ood_score": 5.0 if flagged else 0.0, "top_finding": "nodule", "top_probability": 0.7}
+    decision, reason = decide(row, s, batch)
+    assert decision == expected, reason
+    assert says in reason
+
+
+def test_the_batch_check_withholds_every_normal_call_from_a_shifted_batch(tmp_path):
+    """12 would-be-normal films, 6 of them flagged by the per-film gate: a population the models
+    were not trained on. None of the other 6 may be auto-reported; each row says why. The same
+    films without the flagged ones form an in-distribution batch that keeps its normal calls."""
+    shifted = tmp_path / "shifted"
+    for i in range(12):
+        _png(shifted / f"f{i:02d}.png", _film(seed=i))
+    by_name = {f"f{i:02d}.png": (-1.0, 5.0 if i % 2 else 0.0) for i in range(12)}
+    s = _FakeScreener(by_name=by_name)
+    s.models, s.threshold_name, s.device, s.bf16 = {}, "point", type("D", (), {"type": "cpu"})(), False
+    original = P.screen_file
+
+    def tracked(path, screener, digest=""):
+        screener.current = Path(path).name
+        return original(path, screener, digest)
+
+    P.screen_file, saved = tracked, P.screen_file
+    try:
+        t = predict(None, [shifted], tmp_path / "out1", overlays=False, progress=False, screener=s)
+        ok = tmp_path / "ok"
+        for i in range(0, 12, 2):
+            _png(ok / f"f{i:02d}.png", _film(seed=i))
+        t_ok = predict(None, [ok], tmp_path / "out2", overlays=False, progress=False, screener=s)
+    finally:
+        P.screen_file = saved
+    assert t.attrs["batch"].shifted and (t["decision"] == "needs_review").all()
+    calm = t[~t["ood_flag"].astype(bool)]
+    assert len(calm) == 6 and calm["reason"].str.contains("batch out of distribution: 50% of 12 films").all()
+    assert not t_ok.attrs["batch"].shifted and (t_ok["decision"] == "definite_normal").all()
+    saved_csv = pd.read_csv(tmp_path / "out1" / "predictions.csv")
+    assert (saved_csv["decision"] == "needs_review").all()  # the final decisions, not the pending ones
+    html = (tmp_path / "out1" / "report.html").read_text()
+    assert "batch out of distribution" in html and "certification" in html
 
 
 def test_bad_and_out_of_scope_files_are_rejected_without_scoring(tmp_path):
@@ -126,10 +225,6 @@ def test_bad_and_out_of_scope_files_are_rejected_without_scoring(tmp_path):
 
 
 def test_predict_writes_csv_thumbnails_report_and_resumes(tmp_path, monkeypatch):
-    import pandas as pd
-
-    import scxnn.predict as P
-
     s = _FakeScreener(score_value=-1.0)
     s.models = {}
     s.threshold_name, s.device, s.bf16 = "point", type("D", (), {"type": "cpu"})(), False
@@ -141,6 +236,11 @@ def test_predict_writes_csv_thumbnails_report_and_resumes(tmp_path, monkeypatch)
     t = predict(None, [inputs], out, overlays=False, progress=False, screener=s)
     assert len(t) == 4 and set(t["decision"]) <= set(DECISIONS)
     assert (t["decision"] == "rejected").sum() == 1 and (t["decision"] == "definite_normal").sum() == 3
+    # An uncertified run (validation too small to certify 99%) never reports definite_normal.
+    s_unc = _FakeScreener(score_value=-1.0, thresholds=_thresholds(False))
+    s_unc.models, s_unc.threshold_name, s_unc.device, s_unc.bf16 = {}, "point", s.device, False
+    t_unc = predict(None, [inputs], tmp_path / "unc", overlays=False, progress=False, screener=s_unc)
+    assert (t_unc["decision"] == "likely_normal").sum() == 3 and not (t_unc["decision"] == "definite_normal").any()
     csv = pd.read_csv(out / "predictions.csv")
     assert len(csv) == 4 and {"file", "decision", "reason", "score", "threshold", "p_nodule", "ood_flag"} <= set(csv.columns)
     assert len(list((out / "thumbnails").glob("*.png"))) == 3
