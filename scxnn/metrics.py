@@ -7,17 +7,15 @@ normal, the workload it takes off radiologists.
 Intervals (:func:`proportion_ci`, used by every table): a rate is a proportion of films, films of
 one patient are correlated, and a percentile bootstrap alone collapses to "[1.000, 1.000]" when a
 rate is 0 or 1 (every resample has no miss), claiming certainty from a finite sample. So each
-interval is the widest of
+interval is the wider of
 
 * the percentile interval of a patient-cluster bootstrap (the correlation of a patient's films);
-* the exact Clopper-Pearson interval over films (a handful of events, where the bootstrap is too
-  narrow);
-* the exact Clopper-Pearson interval over patients, where a patient counts as a success for the
-  lower bound only when all of its films are, and for the upper bound when any is (so correlated
-  films cannot narrow it, and more misses never raise the lower bound).
+* the exact Clopper-Pearson interval with the *patients* as the trials: the film-level share
+  applied to the number of patients in the rate's denominator (the largest possible design
+  effect, so correlated films cannot narrow it, and a handful of events is covered exactly).
 
-With no miss at all this is the exact bound on patients: 0 misses in 47 abnormal patients gives a
-95% lower bound of 0.925, not 1.000.
+With no miss at all this is the exact binomial bound on patients: 0 misses in 47 abnormal patients
+gives a 95% lower bound of 0.925, not 1.000; and a miss never raises the lower bound.
 
 :data:`INTERVAL_NOTE` says this in one sentence for table captions.
 """
@@ -29,8 +27,8 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-INTERVAL_NOTE = ("the widest of a patient-cluster bootstrap and exact Clopper-Pearson intervals over films and over "
-                 "patients, so a rate of 0 or 1 gets the exact patient-level bound")
+INTERVAL_NOTE = ("the wider of a patient-cluster bootstrap and the exact Clopper-Pearson interval with patients as "
+                 "the trials, so a rate of 0 or 1 gets the exact patient-level bound")
 
 
 def interval_note(ci: float, n_boot: int) -> str:
@@ -61,12 +59,13 @@ def screening_metrics(abnormal: Sequence[int], pred_abnormal: Sequence[int]) -> 
 # --------------------------------------------------------------------------- exact intervals
 
 
-def clopper_pearson(k: int, n: int, ci: float = 0.95) -> tuple[float, float]:
-    """Exact (Clopper-Pearson) two-sided ``ci`` interval of a binomial proportion ``k / n``; NaN for
+def clopper_pearson(k: float, n: float, ci: float = 0.95) -> tuple[float, float]:
+    """Exact (Clopper-Pearson) two-sided ``ci`` interval of a binomial proportion ``k / n``, via the
+    beta quantiles (so a fractional ``k`` and ``n``, an effective count, interpolate); NaN for
     ``n == 0``. At ``k == n`` the lower bound is ``((1 - ci) / 2) ** (1 / n)``."""
     from scipy.stats import beta
 
-    k, n = int(k), int(n)
+    k, n = float(k), float(n)
     if n <= 0:
         return float("nan"), float("nan")
     if not 0 <= k <= n:
@@ -91,20 +90,14 @@ def certifiable_with(target: float, ci: float = 0.95) -> int:
 def proportion_ci(success: Sequence[bool], patients: Sequence, ci: float = 0.95,
                   bootstrap: tuple[float, float] | None = None) -> tuple[float, float]:
     """The interval of the share of ``success`` among these films (the rate's denominator), by the
-    rule in the module docstring: the widest of ``bootstrap`` (the patient-cluster percentile
-    interval, when given) and the exact intervals over films and over patients."""
+    rule in the module docstring: the wider of ``bootstrap`` (the patient-cluster percentile
+    interval, when given) and the exact interval with the patients as the trials."""
     s = np.asarray(success, dtype=bool)
-    n, k = len(s), int(s.sum())
+    n = len(s)
     if n == 0:
         return float("nan"), float("nan")
-    _, inverse = np.unique(np.asarray(patients), return_inverse=True)
-    n_pat = int(inverse.max()) + 1
-    all_ok = np.ones(n_pat, dtype=bool)
-    any_ok = np.zeros(n_pat, dtype=bool)
-    np.logical_and.at(all_ok, inverse, s)
-    np.logical_or.at(any_ok, inverse, s)
-    lo = min(clopper_pearson(k, n, ci)[0], clopper_pearson(int(all_ok.sum()), n_pat, ci)[0])
-    hi = max(clopper_pearson(k, n, ci)[1], clopper_pearson(int(any_ok.sum()), n_pat, ci)[1])
+    n_pat = len(np.unique(np.asarray(patients)))
+    lo, hi = clopper_pearson(s.mean() * n_pat, n_pat, ci)
     if bootstrap is not None and np.isfinite(bootstrap[0]) and np.isfinite(bootstrap[1]):
         lo, hi = min(lo, bootstrap[0]), max(hi, bootstrap[1])
     return float(lo), float(hi)
