@@ -386,25 +386,24 @@ def build(cfg, model_dirs: dict, out_dir: str | os.PathLike, progress: bool = Tr
 
     out = Path(out_dir)
     table, feats = logits_table(cfg, model_dirs, progress=progress, features=True, only=only)
-    save_logits(table, out)
     svm, th, val_scores = fit_ensemble_with_scores(cfg, validation_rows(table))
     log.info("thresholds: %s", th.describe())
     save(svm, th, out)
     atomic_write_text(out / VAL_SCORES_NAME, val_scores.to_csv(index=False))
     split = table["split"].to_numpy()
-    if not (split == "train").any():
+    gate = None
+    if (split == "train").any():
+        try:
+            gate = ood.fit(feats[split == "train"], feats[split == "val"], n_components=cfg.evaluate.ood_components,
+                           quantile=cfg.evaluate.ood_quantile, seed=cfg.seed)
+        except ValueError as e:  # too few films (a toy manifest): `scxnn predict` then refuses this run
+            log.warning("no out-of-distribution model: %s", e)
+    if gate is None:
         (out / OOD_NAME).unlink(missing_ok=True)
-        return table, svm, th
-    try:
-        gate = ood.fit(feats[split == "train"], feats[split == "val"], n_components=cfg.evaluate.ood_components,
-                       quantile=cfg.evaluate.ood_quantile, seed=cfg.seed)
+    else:
         ood.save(gate, out / OOD_NAME)
-    except ValueError as e:  # too few films (a toy manifest): `scxnn predict` then refuses this run
-        log.warning("no out-of-distribution model: %s", e)
-        (out / OOD_NAME).unlink(missing_ok=True)
-        return table, svm, th
-    # Each film's OOD score, so notebook 04 can measure the batch-level shift rule on held-out sets.
-    table["ood_score"] = gate.score(feats)
+        # Each film's OOD score, so notebook 04 can measure the batch-level shift rule on held-out sets.
+        table["ood_score"] = gate.score(feats)
     save_logits(table, out)
     return table, svm, th
 

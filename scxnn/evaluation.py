@@ -23,7 +23,7 @@ from sklearn.metrics import roc_auc_score
 
 from scxnn.config import RISK_GROUPS
 from scxnn.ensemble import Thresholds, certified_threshold, logit_columns, point_threshold
-from scxnn.metrics import interval_note, outward, patient_bootstrap, proportion_ci, screening_metrics, screening_with_ci, separation_auc_ci
+from scxnn.metrics import outward, patient_bootstrap, proportion_ci, screening_metrics, screening_with_ci, separation_auc_ci
 
 SITE_ORDER = ("internal", "temporal", "external1", "external2")
 DECISIONS = ("normal", "target", "others")  # index = the value of ``<finding>__pred``

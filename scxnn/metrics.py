@@ -157,7 +157,7 @@ def patient_bootstrap(
     return out
 
 
-RATES = ("sensitivity", "specificity", "ppv", "npv", "auto_normal")
+_RATES = ("sensitivity", "specificity", "ppv", "npv", "auto_normal")
 
 
 def _rate_trials(rate: str, y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -185,7 +185,7 @@ def screening_with_ci(
     p = np.asarray(pred_abnormal, dtype=bool)
     g = np.asarray(patients)
     point = screening_metrics(y, p)
-    trials = {r: _rate_trials(r, y, p) for r in RATES}
+    trials = {r: _rate_trials(r, y, p) for r in _RATES}
     # Only rates with both outcomes need the (slow) bootstrap; 0 and 1 are exact.
     mixed = [r for r, (den, ok) in trials.items() if 0 < int((den & ok).sum()) < int(den.sum())]
     bounds: dict[str, tuple[float, float]] = {}
