@@ -640,7 +640,7 @@ def cam_for_files(
                 p = lm.cfg.preprocess
                 fp = fingerprint(p)
                 if fp not in pixels:
-                    rad = read_image(path, voi_lut=p.voi_lut)
+                    rad = read_image(path, voi_lut=p.voi_lut, max_megapixels=p.max_megapixels)
                     flags = rad.scope_flags
                     pixels[fp] = preprocess_pixels(rad.pixels, p)[0]
                 img = pixels[fp]

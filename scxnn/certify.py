@@ -121,7 +121,7 @@ def certify(run_dir: str | os.PathLike, manifest: str | os.PathLike, out_dir: st
     from scxnn.metrics import certifiable_with, screening_with_ci
 
     run, out = Path(run_dir), Path(out_dir)
-    cfg, table, skipped, n_dropped, th = score_manifest(run, manifest, out, drop_seen, progress, ood_scores=True)
+    cfg, table, skipped, dropped, th = score_manifest(run, manifest, out, drop_seen, progress, ood_scores=True)
     gate = ood.load(run / "03_svm_ensemble" / OOD_NAME)
     target = float(th.target if target is None else target)
     if not 0 < target < 1:
@@ -160,7 +160,8 @@ def certify(run_dir: str | os.PathLike, manifest: str | os.PathLike, out_dir: st
     atomic_write_text(out / SITE_SCORES_NAME, table[cols].assign(ood_flag=flags).to_csv(index=False))
     save_resolved(cfg, out)
     atomic_write_text(out / CERTIFICATE_NAME, json.dumps(asdict(cert), indent=1))
-    log.info("%s (%d films skipped, %d seen patients left out)", cert.describe(), len(skipped), n_dropped)
+    log.info("%s (%d films skipped; left out as seen by the run: %d patient(s), %d identical film(s) under other patient ids)",
+             cert.describe(), len(skipped), dropped["patients"], dropped["images"])
     return cert
 
 

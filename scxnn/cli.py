@@ -2,7 +2,8 @@
 
 Every subcommand takes ``--profile`` and repeatable ``--set key=value`` overrides, resolved by
 :mod:`scxnn.config` exactly as the notebooks resolve their papermill parameters. Exit status 0 on
-success, 2 for bad input (a config error, a missing run or file), with the reason on stderr;
+success, 2 for bad input (a config error, a missing run or file, a broken manifest or checkpoint),
+with the reason as one ``error: ...`` line on stderr (``--debug``: the traceback instead);
 ``certify`` exits 3 when it ran but could not certify the site.
 """
 
@@ -101,8 +102,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError(f"--finding {args.finding!r} is not in profile {cfg.profile!r}; findings: {', '.join(cfg.findings)}")
     out = Path(args.out) if args.out else step_dir(cfg, "02_train_disease_model", args.finding)
     if (out / "last.pt").exists() and not (args.resume or args.fresh):
-        print(f"scxnn: {out} already holds a run (last.pt); pass --resume to continue it or --fresh to start over", file=sys.stderr)
-        return 2
+        raise FileExistsError(f"{out} already holds a run (last.pt); pass --resume to continue it or --fresh to start over")
     if args.fresh:
         for name in ("last.pt", "best.pt", "history.csv"):
             (out / name).unlink(missing_ok=True)
@@ -124,8 +124,7 @@ def _cmd_variant(args: argparse.Namespace) -> int:
         except KeyError as e:
             raise ConfigError(str(e.args[0])) from None
     if not names:
-        print(f"scxnn: name a variant or pass --hash; variants of {cfg.profile!r}: {', '.join(cfg.variants.runs) or 'none'}", file=sys.stderr)
-        return 2
+        raise ValueError(f"name a variant or pass --hash; variants of {cfg.profile!r}: {', '.join(cfg.variants.runs) or 'none'}")
     for name in names:
         r = run_variant(cfg, name, progress=not args.no_progress)
         print(f"{name}: internal test AUC {r['auc']:.3f}; at the SVM boundary sensitivity {r['sensitivity']:.3f} "
@@ -155,11 +154,9 @@ def _cmd_gradcam(args: argparse.Namespace) -> int:
 
     dirs = find_model_dirs(args.models)
     if not dirs:
-        print(f"scxnn: no trained models under {args.models} (expected <finding>/best.pt, e.g. runs/demo/02_train_disease_model)", file=sys.stderr)
-        return 2
+        raise FileNotFoundError(f"no trained models under {args.models} (expected <finding>/best.pt, e.g. runs/demo/02_train_disease_model)")
     if args.finding and args.finding not in dirs:
-        print(f"scxnn: --finding {args.finding!r} has no model under {args.models}; found: {', '.join(dirs)}", file=sys.stderr)
-        return 2
+        raise ValueError(f"--finding {args.finding!r} has no model under {args.models}; found: {', '.join(dirs)}")
     files: list[Path] = []
     for item in map(Path, args.images):
         files += sorted(p for p in item.rglob("*") if p.is_file() and not p.name.startswith(".")) if item.is_dir() else [item]
@@ -177,15 +174,11 @@ def _cmd_gradcam(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from scxnn.predict import DECISIONS, REPORT_NAME, RunIncomplete, predict
+    from scxnn.predict import DECISIONS, REPORT_NAME, predict
 
-    try:
-        table = predict(args.models, args.inputs, args.out, threshold=args.threshold, device=args.device, bf16=args.bf16,
-                        overlays=not args.no_overlays, progress=not args.no_progress, backend=args.backend,
-                        certificate=args.certificate)
-    except (RunIncomplete, FileNotFoundError, ValueError, RuntimeError) as e:
-        print(f"scxnn: {e}", file=sys.stderr)
-        return 2
+    table = predict(args.models, args.inputs, args.out, threshold=args.threshold, device=args.device, bf16=args.bf16,
+                    overlays=not args.no_overlays, progress=not args.no_progress, backend=args.backend,
+                    certificate=args.certificate, anonymise_names=args.anonymise_names, names_in_report=args.names_in_report)
     counts = ", ".join(f"{d} {int((table['decision'] == d).sum())}" for d in DECISIONS)
     print(f"{len(table)} film(s): {counts}; {table.attrs['batch'].describe()}\n"
           f"-> {_rel(Path(args.out) / 'predictions.csv')}, {_rel(Path(args.out) / REPORT_NAME)}")
@@ -195,17 +188,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_certify(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from scxnn.cam import PreprocessMismatch
     from scxnn.certify import CERTIFICATE_NAME, certify
-    from scxnn.external import PatientOverlap
-    from scxnn.predict import RunIncomplete
 
-    try:
-        cert = certify(args.models, args.manifest, args.out, site=args.site, target=args.target, drop_seen=args.drop_seen,
-                       progress=not args.no_progress)
-    except (RunIncomplete, FileNotFoundError, PatientOverlap, PreprocessMismatch, ValueError) as e:
-        print(f"scxnn: {e}", file=sys.stderr)
-        return 2
+    cert = certify(args.models, args.manifest, args.out, site=args.site, target=args.target, drop_seen=args.drop_seen,
+                   progress=not args.no_progress)
     print(("certified " if cert.certified else "REFUSED ") + cert.describe())
     print(f"sensitivity {cert.sensitivity:.3f} [{cert.sensitivity_lo:.3f}, {cert.sensitivity_hi:.3f}], auto-normal "
           f"{cert.auto_normal:.1%} on {cert.films} films ({cert.abnormal_films} abnormal, {cert.missed} missed); "
@@ -218,15 +204,9 @@ def _cmd_certify(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from scxnn.cam import PreprocessMismatch
-    from scxnn.external import PatientOverlap, evaluate_manifest, format_summary
-    from scxnn.predict import RunIncomplete
+    from scxnn.external import evaluate_manifest, format_summary
 
-    try:
-        summary = evaluate_manifest(args.models, args.manifest, args.out, drop_seen=args.drop_seen, progress=not args.no_progress)
-    except (RunIncomplete, FileNotFoundError, PatientOverlap, PreprocessMismatch) as e:
-        print(f"scxnn: {e}", file=sys.stderr)
-        return 2
+    summary = evaluate_manifest(args.models, args.manifest, args.out, drop_seen=args.drop_seen, progress=not args.no_progress)
     print(format_summary(summary))
     print(f"-> {_rel(Path(args.out) / 'tables' / summary['profile'])}, {_rel(Path(args.out) / 'summary.json')}")
     return 0
@@ -290,6 +270,7 @@ def _common(p: argparse.ArgumentParser) -> None:
         default=[],
         help="override one setting, e.g. --set train.max_epochs=2 (repeatable; values are YAML)",
     )
+    p.add_argument("--debug", action="store_true", help="on an error, show the traceback instead of one line")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -355,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", required=True, help="the trained run: runs/<profile> (holds 02_train_disease_model/ and 03_svm_ensemble/)")
     p.add_argument("--manifest", required=True, help="manifest.csv of the films to score (e.g. from `scxnn manifest DATASET ROOT --out DIR --profile P`)")
     p.add_argument("--out", required=True, help="output folder: png/, logits.parquet, tables/, figures/, summary.json")
-    p.add_argument("--drop-seen", action="store_true", help="leave out patients the run trained or validated on (default: such an overlap is an error)")
+    p.add_argument("--drop-seen", action="store_true", help="leave out films the run has seen: its training and validation patients, and copies of their films under other names or patient ids (same sha256 of the file); the summary counts both (default: such an overlap is an error)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     p = add("certify", "freeze a site's definite-normal threshold from a labelled sample of its films (exit 3: refused, with how many more abnormal films it needs)", _cmd_certify)
@@ -364,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder: certificate.json, site_scores.csv, png/, logits.parquet")
     p.add_argument("--site", help="the site's name in the certificate and the report (default: the manifest's site names)")
     p.add_argument("--target", type=float, help="sensitivity to certify (default: the run's ensemble.sensitivity_target)")
-    p.add_argument("--drop-seen", action="store_true", help="leave out patients the run trained or validated on (default: such an overlap is an error)")
+    p.add_argument("--drop-seen", action="store_true", help="leave out films the run has seen: its training and validation patients, and copies of their films under other names or patient ids (same sha256 of the file); the summary counts both (default: such an overlap is an error)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     p = add("predict", "screen a folder of radiographs: definite_normal / likely_normal / needs_review / rejected, with a CSV, Grad-CAM overlays and an HTML report", _cmd_predict)
@@ -377,6 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bf16", choices=["auto", "on", "off"], default="auto", help="bf16 autocast: auto = where the hardware has native bf16")
     p.add_argument("--backend", choices=["torch", "onnx"], default="torch", help="torch (default; bf16 where native) or onnx: ONNX Runtime fp32, faster on CPUs without native bf16 (graphs cached in OUT/onnx)")
     p.add_argument("--no-overlays", action="store_true", help="skip the Grad-CAM overlays of films that need review")
+    names = p.add_mutually_exclusive_group()
+    names.add_argument("--anonymise-names", action="store_true", help="write no input file name anywhere: predictions.csv names films by film_id (from the content hash), as report.html always does")
+    names.add_argument("--names-in-report", action="store_true", help="show the file names in report.html (default: film ids only, as the page is meant to be shared; file names can hold a patient's name)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = add("gradcam", "Grad-CAM overlays of the finding models for any image (DICOM/PNG/JPEG files or folders)", _cmd_gradcam)
@@ -401,15 +385,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _bad_input() -> tuple[type[BaseException], ...]:
+    """Errors a person fixes in what they gave (a setting, a file, a manifest, a run folder). The
+    project's own are among them: ConfigError, ManifestError, CheckpointError, PatientOverlap,
+    PreprocessMismatch and CertificateError are ValueErrors, RunIncomplete a FileNotFoundError."""
+    from scxnn.dicom import ImageReadError
+    from scxnn.pipeline import RunMismatch
+
+    return (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError,
+            ImageReadError, RunMismatch)
+
+
+def _error_line(e: BaseException) -> str:
+    line = f"error: {' '.join(str(e).split()) or type(e).__name__}"
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    origin = tb.tb_frame.f_globals.get("__name__", "") if tb is not None else ""
+    if origin.split(".")[0] != "scxnn":
+        # Not a message scxnn wrote for a person: a library's, and possibly a bug of ours.
+        line += f" ({type(e).__name__} from {origin.split('.')[0] or 'python'}; --debug shows the traceback)"
+    return line
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging("DEBUG" if args.verbose else "INFO")
     try:
         return int(args.handler(args) or 0)
-    except ConfigError as e:
-        print(f"scxnn: config error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("scxnn: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        if getattr(args, "debug", False) or not isinstance(e, _bad_input()):
+            raise
+        print(_error_line(e), file=sys.stderr)
+        return 2

@@ -89,8 +89,14 @@ class Preprocess:
     dilation_unit: Literal["fraction", "mm"]
     dilation: float  # kernel size, as a fraction of the image side or in millimetres
     voi_lut: bool  # apply the DICOM VOI LUT / window before the percentile clip
+    min_side: int  # px: shorter sides below this are not films (capped at size); scxnn.plausibility
+    max_aspect: float  # long side / short side above this is not a chest film
+    max_megapixels: float  # per-file memory budget: larger images are refused before decoding
 
     def __post_init__(self) -> None:
+        _check(self.min_side >= 1, "min_side", "must be >= 1")
+        _check(self.max_aspect >= 1, "max_aspect", "must be >= 1")
+        _check(self.max_megapixels > 0, "max_megapixels", "must be > 0")
         lo, hi = self.clip_percentiles
         _check(0 <= lo < hi <= 100, "clip_percentiles", "must satisfy 0 <= low < high <= 100")
         _check(self.clahe_clip_limit > 0, "clahe_clip_limit", "must be > 0")

@@ -8,7 +8,7 @@ image_id              unique, stable id (no PHI: derived from the source, never 
 patient_id            salted hash of the source's patient key (:func:`hash_patient`)
 study_date            ISO date ``YYYY-MM-DD`` or ``YYYY-MM`` (synthetic sites, temporal splits); may be empty
 site                  dataset / site: ``internal``, ``temporal``, ``external1``, ``external2``, ``kermany``…
-split                 ``train`` / ``val`` / ``test`` (by patient; :func:`check_patient_splits`)
+split                 ``train`` / ``val`` / ``test`` (by patient and image; :func:`check_patient_splits`, :func:`check_image_splits`)
 label_type            ``hard`` (lesion masks for its positive findings) or ``weak`` (image-level only)
 <13 findings>         one column per target finding: 1 present, 0 absent, empty (NA) unknown
 <unseen findings>     ``pneumonia``, ``edema``, ``fracture``: same coding, evaluation sets only
@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from scxnn.utils import atomic_open
+from scxnn.utils import atomic_open, log
 
 MANIFEST_NAME = "manifest.csv"
 SPLITS = ("train", "val", "test")
@@ -131,7 +132,7 @@ def write_manifest(df: pd.DataFrame, path: str | os.PathLike) -> Path:
 
 def validate_manifest(df: pd.DataFrame, findings: Sequence[str], unseen: Sequence[str], source: str = "manifest") -> None:
     """Fail loudly on a broken manifest: duplicate ids, bad split or label values, bad finding codes,
-    and patients in two splits."""
+    and patients or identical images in two splits."""
     dup = df["image_id"][df["image_id"].duplicated()]
     if len(dup):
         raise ManifestError(f"{source}: duplicate image_id {list(dup[:5])}")
@@ -146,6 +147,7 @@ def validate_manifest(df: pd.DataFrame, findings: Sequence[str], unseen: Sequenc
         if not vals <= {0, 1}:
             raise ManifestError(f"{source}: column {c!r} must be 1, 0 or empty, got {sorted(vals)}")
     check_patient_splits(df, source)
+    check_image_splits(df, source)
 
 
 def check_patient_splits(df: pd.DataFrame, source: str = "manifest") -> None:
@@ -160,9 +162,48 @@ def check_patient_splits(df: pd.DataFrame, source: str = "manifest") -> None:
         )
 
 
-def split_by_patient(patients: Sequence[str], fractions: Sequence[float], seed: int) -> dict[str, str]:
-    """Assign each distinct patient to train / val / test with the given fractions, deterministically."""
-    uniq = sorted(set(patients))
+def check_image_splits(df: pd.DataFrame, source: str = "manifest") -> None:
+    """Raise if one film (same non-empty ``source_sha256``) is in more than one split: a copy filed
+    under another patient id leaks past :func:`check_patient_splits`."""
+    films = df.loc[df["source_sha256"].astype(str) != "", ["source_sha256", "split", "image_id"]]
+    per_image = films.groupby("source_sha256")["split"].nunique()
+    leaked = per_image[per_image > 1]
+    if len(leaked):
+        ex = films[films["source_sha256"].isin(leaked.index[:3])]
+        # image ids and hash prefixes only: a path or file name can carry a patient's name
+        raise ManifestError(
+            f"{source}: {len(leaked)} image(s) appear in more than one split under {int(films['source_sha256'].isin(leaked.index).sum())} "
+            "image ids (same source_sha256, e.g. a copy under another patient id), e.g. "
+            + "; ".join(f"{h[:12]}: " + ", ".join(f"{i} ({s})" for i, s in zip(g["image_id"], g["split"])) for h, g in ex.groupby("source_sha256"))
+        )
+
+
+def link_patients(patients: Sequence[str], images: Sequence[str]) -> dict[str, str]:
+    """Each patient -> the smallest patient id joined to it through identical images (the same
+    non-empty hash in ``images``, one per entry of ``patients``), transitively (union-find)."""
+    parent = {p: p for p in patients}
+
+    def root(p: str) -> str:
+        while parent[p] != p:
+            parent[p] = parent[parent[p]]
+            p = parent[p]
+        return p
+
+    first: dict[str, str] = {}
+    for p, h in zip(patients, images):
+        if h:
+            a, b = root(p), root(first.setdefault(h, p))
+            parent[max(a, b)] = min(a, b)
+    return {p: root(p) for p in parent}
+
+
+def split_by_patient(patients: Sequence[str], fractions: Sequence[float], seed: int,
+                     images: Sequence[str] | None = None) -> dict[str, str]:
+    """Assign each distinct patient to train / val / test with the given fractions, deterministically.
+    With ``images`` (content hashes, one per entry of ``patients``), patients who share an identical
+    image are assigned together; without such links the split is the same as without ``images``."""
+    group = link_patients(patients, images) if images is not None else {p: p for p in patients}
+    uniq = sorted(set(group.values()))
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(uniq))
     n = len(uniq)
@@ -174,4 +215,21 @@ def split_by_patient(patients: Sequence[str], fractions: Sequence[float], seed: 
     out = {}
     for rank, i in enumerate(order):
         out[uniq[i]] = "train" if rank < n_train else "val" if rank < n_train + n_val else "test"
-    return out
+    return {p: out[g] for p, g in group.items()}
+
+
+def in_scope(df: pd.DataFrame, source: str = "manifest") -> tuple[pd.DataFrame, dict[str, int]]:
+    """The films the study screens (chest PA/AP CR/DX): the rows with an empty ``scope_flags``
+    (a manifest without the column is all in scope), and how many films each flag left out. The one
+    rule for training and evaluation: a CT or a lateral film neither teaches nor tests a screener of
+    frontal chest films, whatever made the manifest."""
+    if "scope_flags" not in df:
+        return df, {}
+    flags = df["scope_flags"].fillna("").astype(str).str.strip()
+    out = flags != ""
+    if not out.any():
+        return df, {}
+    counts = dict(sorted(Counter(f for v in flags[out] for f in v.split(";") if f).items()))
+    log.warning("%s: %d of %d films left out as out of scope (%s)", source, int(out.sum()), len(df),
+                ", ".join(f"{k}: {n}" for k, n in counts.items()))
+    return df[~out].reset_index(drop=True), counts

@@ -16,7 +16,7 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Collection, Sequence
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -29,13 +29,25 @@ from scxnn.utils import atomic_write_bytes, atomic_write_text, log
 
 ENSEMBLE_NAME = "svm.skops"
 THRESHOLDS_NAME = "thresholds.json"
-# What a saved ensemble may contain; anything else in a file is refused before it is loaded.
+# Every type that `save` writes for a DefiniteNormalSVM, and nothing else. skops trusts any
+# scikit-learn estimator by default, so its own audit would let a LogisticRegression stand in for
+# the SVM: `load` checks each object of a file against this list before building any.
 TRUSTED_TYPES = [
+    "builtins.dict",
+    "builtins.list",
+    "builtins.str",
+    "builtins.tuple",
+    "numpy.float64",
+    "numpy.ndarray",
     "scxnn.ensemble.DefiniteNormalSVM",
     "sklearn.pipeline.Pipeline",
     "sklearn.preprocessing._data.StandardScaler",
     "sklearn.svm._classes.SVC",
 ]
+# How skops stores those types. Function, method and reduce nodes, which call code while loading,
+# never occur in an ensemble file.
+TRUSTED_LOADERS = frozenset({"ObjectNode", "DictNode", "ListNode", "TupleNode", "JsonNode", "TypeNode", "NdArrayNode"})
+PIPELINE_STEPS = (("scale", StandardScaler), ("svm", SVC))
 
 
 def logit_columns(findings: Sequence[str], num_classes: int = 3) -> list[str]:
@@ -200,16 +212,85 @@ def save(model: DefiniteNormalSVM, thresholds: Thresholds, out_dir: str | os.Pat
 
 
 def load(out_dir: str | os.PathLike) -> tuple[DefiniteNormalSVM, Thresholds]:
-    """Load a saved ensemble, refusing any type outside :data:`TRUSTED_TYPES`."""
+    """Load a saved ensemble. Each object in the file must be of a type in :data:`TRUSTED_TYPES`
+    (checked before any is built), and the result must be what :func:`save` writes
+    (:func:`check_ensemble`, over the findings x classes of the folder's resolved config when it has
+    one); anything else is a ValueError naming the file and what it holds."""
     import skops.io as sio
 
     out = Path(out_dir)
-    blob = (out / ENSEMBLE_NAME).read_bytes()
-    untrusted = [t for t in sio.get_untrusted_types(data=blob) if t not in TRUSTED_TYPES]
+    path = out / ENSEMBLE_NAME
+    blob = path.read_bytes()
+    untrusted = _untrusted_objects(blob, path)
     if untrusted:
-        raise ValueError(f"{out / ENSEMBLE_NAME}: refusing to load untrusted types {untrusted}")
+        raise _not_an_ensemble(path, f"untrusted {', '.join(untrusted)}")
     model = sio.loads(blob, trusted=TRUSTED_TYPES)
+    check_ensemble(model, path, _expected_features(out))
     return model, load_thresholds(out)
+
+
+def _not_an_ensemble(path: Path, found: str) -> ValueError:
+    return ValueError(f"{path} is not an SCXNN ensemble: found {found}; re-run `make ensemble`")
+
+
+def _untrusted_objects(blob: bytes, path: Path) -> list[str]:
+    """The objects of a skops file outside :data:`TRUSTED_TYPES`, read from its schema alone."""
+    import io
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(io.BytesIO(blob)) as z:
+            schema = json.loads(z.read("schema.json"))
+    except (zipfile.BadZipFile, KeyError, ValueError) as e:
+        raise _not_an_ensemble(path, f"bytes that are not a skops archive ({type(e).__name__}: {e})") from None
+    bad, todo = set(), [schema]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, dict):
+            if "__class__" in node or "__loader__" in node:
+                name, loader = f"{node.get('__module__')}.{node.get('__class__')}", node.get("__loader__")
+                if name not in TRUSTED_TYPES:
+                    bad.add(name)
+                elif loader not in TRUSTED_LOADERS:
+                    bad.add(f"{name} stored as {loader}")
+            todo.extend(node.values())
+        elif isinstance(node, list):
+            todo.extend(node)
+    return sorted(bad)
+
+
+def _expected_features(out: Path) -> int | None:
+    from scxnn.config import RESOLVED_NAME, load_resolved
+
+    if not (out / RESOLVED_NAME).is_file():
+        return None
+    cfg = load_resolved(out / RESOLVED_NAME)
+    return len(cfg.findings) * cfg.model.num_classes
+
+
+def check_ensemble(model, path: str | os.PathLike, n_features: int | None = None) -> None:
+    """Raise a ValueError unless ``model`` is what :func:`save` writes: a DefiniteNormalSVM whose
+    pipeline is exactly :data:`PIPELINE_STEPS`, its SVC fitted to normal (0) and abnormal (1) films
+    over ``n_features`` logits (any number when None)."""
+    path = Path(path)
+    if type(model) is not DefiniteNormalSVM:
+        raise _not_an_ensemble(path, f"a {type(model).__name__}")
+    pipe = getattr(model, "pipeline_", None)
+    steps = getattr(pipe, "steps", None) if type(pipe) is Pipeline else None
+    kinds = [(s[0], type(s[1])) if isinstance(s, tuple) and len(s) == 2 else ("?", type(s)) for s in steps or ()]
+    if kinds != list(PIPELINE_STEPS):
+        what = ", ".join(f"{n}={t.__name__}" for n, t in kinds) if steps else f"a {type(pipe).__name__}"
+        want = ", ".join(f"{n}={t.__name__}" for n, t in PIPELINE_STEPS)
+        raise _not_an_ensemble(path, f"a DefiniteNormalSVM whose pipeline is [{what}], expected [{want}]")
+    scaler, svm = pipe.steps[0][1], pipe.steps[1][1]
+    fitted = getattr(svm, "n_features_in_", None)
+    if fitted is None or not hasattr(svm, "support_vectors_") or getattr(scaler, "n_features_in_", None) != fitted:
+        raise _not_an_ensemble(path, "an SVC or StandardScaler that is not fitted")
+    classes = np.asarray(getattr(svm, "classes_", [])).tolist()
+    if classes != [0, 1]:
+        raise _not_an_ensemble(path, f"an SVC fitted to classes {classes}, expected [0, 1]")
+    if n_features is not None and fitted != n_features:
+        raise _not_an_ensemble(path, f"an SVC over {fitted} logits, expected {n_features} (findings x classes of the run's config)")
 
 
 def load_thresholds(out_dir: str | os.PathLike) -> Thresholds:
@@ -233,20 +314,23 @@ def abnormal_labels(df, findings: Sequence[str], unseen: Sequence[str]) -> np.nd
 
 
 def logits_table(cfg, model_dirs: dict, progress: bool = True, features: bool = False,
-                 only: tuple[tuple[str, str], ...] | None = None, cache: str | os.PathLike | None = None):
-    """Every film of the PNG cache through each finding's model (decoder off): one row per image with
-    the 13 x 3 logits, its labels, site, split and patient. The networks run once here; later steps
+                 only: tuple[tuple[str, str], ...] | None = None, cache: str | os.PathLike | None = None,
+                 exclude: Collection[str] = ()):
+    """Every in-scope film of the PNG cache (:func:`scxnn.data.in_scope`) through each finding's model
+    (decoder off): one row per image with the 13 x 3 logits, its labels, site, split, patient and
+    source hash (``scxnn evaluate`` checks new films against it). The networks run once here; later steps
     read the table. With ``features``, also returns each film's pooled encoder features of every
     model, concatenated in findings order (N, 13 x C), for the out-of-distribution model.
     ``only``: (site, split) pairs to score, e.g. the validation and internal test films a variant
     needs; None scores every film. ``cache``: another PNG cache (its ``manifest.csv``) than the
-    profile's, e.g. a dataset scored by ``scxnn evaluate``. A model trained on other preprocessing
-    than ``cfg.preprocess`` is refused (:class:`scxnn.cam.PreprocessMismatch`)."""
+    profile's, e.g. a dataset scored by ``scxnn evaluate``; ``exclude``: image ids not to score (the
+    films evaluate found the run has seen). A model trained on other preprocessing than
+    ``cfg.preprocess`` is refused (:class:`scxnn.cam.PreprocessMismatch`)."""
     import pandas as pd
     import torch
     from tqdm.auto import tqdm
 
-    from scxnn.data import MANIFEST_NAME, read_manifest
+    from scxnn.data import MANIFEST_NAME, in_scope, read_manifest
     from scxnn.dataset import RadiographDataset
     from scxnn.bench import bf16_supported
     from scxnn.cam import check_fingerprint, load_finding_model
@@ -255,13 +339,17 @@ def logits_table(cfg, model_dirs: dict, progress: bool = True, features: bool = 
 
     findings, unseen = list(cfg.findings), list(cfg.unseen_findings)
     cache = Path(cache) if cache is not None else cache_dir(cfg)
-    df = read_manifest(cache / MANIFEST_NAME, findings, unseen)
+    df, _ = in_scope(read_manifest(cache / MANIFEST_NAME, findings, unseen), str(cache / MANIFEST_NAME))
+    if len(exclude):
+        df = df[~df["image_id"].isin(set(exclude))].reset_index(drop=True)
     if only is not None:
         pairs = set(map(tuple, only))
         df = df[[(a, b) in pairs for a, b in zip(df["site"].astype(str), df["split"].astype(str))]].reset_index(drop=True)
         if df.empty:
             raise ValueError(f"no film of the manifest is in {sorted(pairs)}")
-    keep = ["image_id", "patient_id", "site", "split", "label_type", "path", *findings, *unseen]
+    if df.empty:
+        raise ValueError(f"no film of {cache / MANIFEST_NAME} is left to score (all out of scope or excluded)")
+    keep = ["image_id", "patient_id", "site", "split", "label_type", "path", "source_sha256", *findings, *unseen]
     out = df[keep].copy()
     out["abnormal"] = abnormal_labels(df, findings, unseen)
     zeros = np.zeros(len(df), dtype=int)

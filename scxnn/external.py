@@ -6,8 +6,10 @@ copy of a public dataset with its adapter). Every film goes through the run's ow
 models and its SVM with the thresholds frozen on the run's validation films. Nothing is refitted.
 
 All films of the manifest are evaluation films: the split the adapter assigned is ignored. A
-patient the run trained or validated on would inflate the result, so such an overlap is an error
-(``drop_seen`` removes those patients instead, and the report says how many).
+patient the run trained or validated on, or a copy of one of those films under another patient id
+(same ``source_sha256``), would inflate the result, so such an overlap is an error (``drop_seen``
+leaves those films out instead, and the report says how many). Films out of the study's scope
+(:func:`scxnn.data.in_scope`) are left out and logged.
 
 Written under ``out_dir``: ``png/`` (the PNG cache, with ``skipped.csv``), ``logits.parquet``, and
 ``tables/<profile>/``: Table 2 at both thresholds, ROC AUC, AUC per finding, the missed films and,
@@ -31,7 +33,7 @@ SUMMARY_NAME = "summary.json"
 
 
 class PatientOverlap(ValueError):
-    """The manifest holds patients the run trained or validated on."""
+    """The manifest holds patients, or identical films, the run trained or validated on."""
 
 
 def load_run_config(run_dir: str | os.PathLike):
@@ -43,12 +45,44 @@ def load_run_config(run_dir: str | os.PathLike):
     return load_resolved(step3 / RESOLVED_NAME)
 
 
-def seen_patients(run_dir: str | os.PathLike) -> set[str]:
-    """Hashed patient ids of the run's training and validation films (from its logits table)."""
+def seen_films(run_dir: str | os.PathLike) -> tuple[set[str], set[str]]:
+    """(hashed patient ids, source hashes) of the run's training and validation films, from its
+    logits table. A run from before the table kept ``source_sha256`` gives no hashes (logged)."""
+    import pyarrow.parquet as pq
+
     from scxnn.ensemble import LOGITS_NAME
 
-    t = pd.read_parquet(Path(run_dir) / "03_svm_ensemble" / LOGITS_NAME, columns=["patient_id", "split"])
-    return set(t.loc[t["split"].isin(["train", "val"]), "patient_id"].astype(str))
+    path = Path(run_dir) / "03_svm_ensemble" / LOGITS_NAME
+    cols = ["patient_id", "split", "source_sha256"]
+    has_sha = "source_sha256" in pq.read_schema(path).names
+    if not has_sha:
+        log.warning("%s predates source_sha256: films the run has seen are found by patient only; a copy under another "
+                    "patient id cannot be checked (rerun `make ensemble` with this scxnn version)", path)
+    t = pd.read_parquet(path, columns=cols if has_sha else cols[:2])
+    t = t[t["split"].isin(["train", "val"])]
+    hashes = set(t["source_sha256"].astype(str)) - {""} if has_sha else set()
+    return set(t["patient_id"].astype(str)), hashes
+
+
+def leave_out_seen(df: pd.DataFrame, seen: tuple[set[str], set[str]], drop_seen: bool, source: str) -> tuple[pd.DataFrame, dict]:
+    """``df`` less the films of patients in ``seen`` and the films identical to its films (same
+    non-empty ``source_sha256``), with ``{"patients": n, "images": n}`` counted; without
+    ``drop_seen`` any such film is a :class:`PatientOverlap`."""
+    patients, hashes = seen
+    by_patient = df["patient_id"].astype(str).isin(patients)
+    sha = df["source_sha256"].astype(str)
+    by_image = ~by_patient & sha.ne("") & sha.isin(hashes)
+    n = {"patients": int(df.loc[by_patient, "patient_id"].nunique()), "images": int(by_image.sum())}
+    if (by_patient | by_image).any() and not drop_seen:
+        what = []
+        if n["patients"]:
+            what.append(f"{n['patients']} patient(s) ({int(by_patient.sum())} films) were in the run's training or validation split")
+        if n["images"]:
+            ids = ", ".join(df.loc[by_image, "image_id"].astype(str)[:3])
+            what.append(f"{n['images']} film(s) are identical to training or validation films of the run under another patient id "
+                        f"(same source_sha256; e.g. image_id {ids})")
+        raise PatientOverlap(f"{source}: {' and '.join(what)}: scoring them would overstate the result. Pass --drop-seen to leave them out.")
+    return df[~(by_patient | by_image)].reset_index(drop=True), n
 
 
 def score_manifest(run_dir: str | os.PathLike, manifest: str | os.PathLike, out_dir: str | os.PathLike,
@@ -56,8 +90,8 @@ def score_manifest(run_dir: str | os.PathLike, manifest: str | os.PathLike, out_
     """The labelled films of ``manifest`` through the run ``run_dir`` as it is: its preprocessing
     (into ``out_dir/png``), models, SVM and, with ``ood_scores``, its out-of-distribution gate
     (column ``ood_score``). Nothing is refitted. Returns ``(cfg, table with a score column,
-    skipped, patients dropped as seen, thresholds)``; ``out_dir/logits.parquet`` holds the table.
-    Shared by ``scxnn evaluate`` and ``scxnn certify``."""
+    skipped, {"patients": n, "images": n} left out as seen (:func:`leave_out_seen`), thresholds)``;
+    ``out_dir/logits.parquet`` holds the table. Shared by ``scxnn evaluate`` and ``scxnn certify``."""
     from scxnn import ensemble, ood
     from scxnn.data import read_manifest
     from scxnn.predict import RunIncomplete
@@ -72,15 +106,12 @@ def score_manifest(run_dir: str | os.PathLike, manifest: str | os.PathLike, out_
     missing = [f for f in findings if df[f].isna().all()]
     if missing:
         log.warning("the manifest grades none of %s: those findings count only through the abnormal label", ", ".join(missing))
-    seen = seen_patients(run)
-    overlap = df["patient_id"].astype(str).isin(seen)
-    n_overlap = int(df.loc[overlap, "patient_id"].nunique())
-    if n_overlap and not drop_seen:
-        raise PatientOverlap(f"{n_overlap} patient(s) ({int(overlap.sum())} films) of {mpath} were in the run's training or validation "
-                             "split: scoring them would overstate the result. Pass --drop-seen to leave them out.")
-    df = df[~overlap].copy()
+    seen = seen_films(run)
+    # The manifest's own hashes (adapters fill them) spare preprocessing the seen films...
+    n_films = len(df)
+    df, dropped = leave_out_seen(df, seen, drop_seen, str(mpath))
     if df.empty:
-        raise ValueError(f"no film of {mpath} is left to evaluate (all {int(overlap.sum())} belong to patients the run has seen)")
+        raise ValueError(f"no film of {mpath} is left to evaluate (all {n_films} were seen by the run)")
     # Every film is an evaluation film here, whatever split the adapter gave it.
     df["split"] = "test"
     # Tables and figures go under out_dir, not the study's reports/.
@@ -89,6 +120,11 @@ def score_manifest(run_dir: str | os.PathLike, manifest: str | os.PathLike, out_
     pre, skipped = preprocess_manifest(cfg, df, mpath.parent, cache, progress=progress)
     if pre.empty:
         raise ValueError(f"none of the {len(df)} films could be read; see {cache / 'skipped.csv'}")
+    # ... and the hashes preprocessing took of every file's bytes catch the rest, before any scoring.
+    kept, more = leave_out_seen(pre, seen, drop_seen, str(mpath))
+    dropped = {k: dropped[k] + more[k] for k in dropped}
+    if kept.empty:
+        raise ValueError(f"no film of {mpath} is left to evaluate (all {n_films} were seen by the run or unreadable)")
     dirs = {f: run / "02_train_disease_model" / f for f in findings}
     for f, d in dirs.items():
         if not (d / "best.pt").is_file():
@@ -97,14 +133,15 @@ def score_manifest(run_dir: str | os.PathLike, manifest: str | os.PathLike, out_
     if ood_scores and not gate_path.is_file():
         raise RunIncomplete(f"{run}: no out-of-distribution model ({gate_path}); rerun `make ensemble` with this scxnn version")
     # logits_table checks each model's preprocessing fingerprint
-    scored = ensemble.logits_table(cfg, dirs, progress=progress, cache=cache, features=ood_scores)
+    scored = ensemble.logits_table(cfg, dirs, progress=progress, cache=cache, features=ood_scores,
+                                   exclude=sorted(set(pre["image_id"]) - set(kept["image_id"])))
     table, feats = scored if ood_scores else (scored, None)
     svm, th = ensemble.load(run / "03_svm_ensemble")
     table["score"] = svm.decision_function(table[ensemble.logit_columns(findings, cfg.model.num_classes)].to_numpy(float))
     if ood_scores:
         table["ood_score"] = ood.load(gate_path).score(feats)
     ensemble.save_logits(table, out)
-    return cfg, table, skipped, n_overlap, th
+    return cfg, table, skipped, dropped, th
 
 
 def evaluate_manifest(run_dir: str | os.PathLike, manifest: str | os.PathLike, out_dir: str | os.PathLike,
@@ -114,7 +151,7 @@ def evaluate_manifest(run_dir: str | os.PathLike, manifest: str | os.PathLike, o
     from scxnn import evaluation, reports
 
     run, out, mpath = Path(run_dir), Path(out_dir), Path(manifest)
-    cfg, table, skipped, n_overlap, th = score_manifest(run, mpath, out, drop_seen, progress)
+    cfg, table, skipped, dropped, th = score_manifest(run, mpath, out, drop_seen, progress)
     findings = list(cfg.findings)
 
     n_boot, seed, ci = cfg.evaluate.bootstrap, cfg.seed, cfg.evaluate.ci
@@ -142,7 +179,7 @@ def evaluate_manifest(run_dir: str | os.PathLike, manifest: str | os.PathLike, o
     summary = {
         "run": str(run), "manifest": str(mpath), "profile": cfg.profile, "sets": sets,
         "films": int(len(table)), "patients": int(table["patient_id"].nunique()), "skipped": int(len(skipped)),
-        "dropped_seen_patients": n_overlap, "threshold": float(th.point), "threshold_strict": float(th.strict),
+        "dropped_seen_patients": dropped["patients"], "dropped_seen_images": dropped["images"], "threshold": float(th.point), "threshold_strict": float(th.strict),
         "auc": float(auc["auc"].iloc[0]), "auc_lo": float(auc["auc_lo"].iloc[0]), "auc_hi": float(auc["auc_hi"].iloc[0]),
         **{k: float(first[k]) for k in ("sensitivity", "sensitivity_lo", "sensitivity_hi", "specificity", "specificity_lo",
                                         "specificity_hi", "auto_normal", "auto_normal_lo", "auto_normal_hi")},
@@ -167,7 +204,8 @@ def format_summary(s: dict) -> str:
         return fmt_ci(s[k], s[k + "_lo"], s[k + "_hi"], digits=3, percent=percent)
 
     lines = [f"{s['films']} films, {s['patients']} patients ({s['sets']}); {s['skipped']} skipped"
-             + (f"; {s['dropped_seen_patients']} seen patient(s) left out" if s["dropped_seen_patients"] else ""),
+             + (f"; left out as seen by the run: {s['dropped_seen_patients']} patient(s), {s['dropped_seen_images']} identical film(s) "
+                "under other patient ids" if s["dropped_seen_patients"] or s["dropped_seen_images"] else ""),
              f"ROC AUC {ci('auc')}",
              f"at the point threshold: sensitivity {ci('sensitivity')} (target {s['target']:.0%}: {s['meets_target']}), "
              f"specificity {ci('specificity')}, auto-normal {ci('auto_normal', percent=True)}; "

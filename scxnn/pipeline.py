@@ -46,6 +46,11 @@ def start_step(cfg: Config, step: str, finding: str | None = None) -> Path:
     return d
 
 
+class RunMismatch(RuntimeError):
+    """A step's folder holds work made with other settings or another scxnn version: rerun that
+    step, or start over (the CLI reports it as bad input, exit 2)."""
+
+
 # Sections whose change invalidates a downstream step's inputs. Evaluation-only settings (bootstrap
 # count, SVM kernel, ...) may differ between steps without retraining the models.
 UPSTREAM_SECTIONS = ("seed", "findings", "data", "preprocess", "model", "train")
@@ -65,11 +70,11 @@ def require_step(cfg: Config, step: str, finding: str | None = None) -> Path:
     try:
         upstream = load_resolved(resolved)
     except ConfigError as e:
-        raise RuntimeError(f"{resolved} is from an incompatible scxnn version; rerun step {what}: {e}") from None
+        raise RunMismatch(f"{resolved} is from an incompatible scxnn version; rerun step {what}: {e}") from None
     mine, theirs = cfg.to_dict(), upstream.to_dict()
     changed = [k for k in UPSTREAM_SECTIONS if mine[k] != theirs[k]]
     if changed:
-        raise RuntimeError(
+        raise RunMismatch(
             f"step {what} ran with different settings ({', '.join(changed)} differ from this run's); "
             f"rerun it with the same profile and overrides (see {resolved})"
         )

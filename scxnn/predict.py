@@ -13,7 +13,9 @@ Every input becomes one row of ``predictions.csv`` with a decision:
   encoder features lie beyond what the validation films showed; see :mod:`scxnn.ood`), or the
   whole batch is (too many films flagged: :func:`scxnn.ood.batch_shift`);
 * ``rejected``: the file could not be read as a trustworthy radiograph, fails the plausibility
-  checks, or is out of the study's scope (not a chest film, a lateral view, not CR/DX).
+  gate (:mod:`scxnn.plausibility`, the same rule as preprocessing), or is out of the study's scope
+  (not a chest film, a lateral view, not CR/DX). Anything that goes wrong with one film, down to
+  an exception inside the models, rejects that film with the reason; the batch goes on.
 
 So a film is never ``definite_normal`` when any safety check fails; the ``reason`` column says which.
 The batch-level check needs the whole batch, so while a run is in progress the films that would be
@@ -25,6 +27,11 @@ The fast path is the one ``scxnn bench predict`` measures: the decoder is skippe
 once per model in channels_last under ``inference_mode``, with bf16 autocast where the hardware has
 native bf16 (auto-detected), one film at a time on a CPU. Runs are resumable: finished rows are kept
 (keyed by the file's path and content hash) and a rerun scores only what is new or changed.
+
+File names can hold a patient's name. ``report.html``, the page meant to be shared, names films by
+``film_id`` (from the file's content hash) unless ``names_in_report``; overlays and thumbnails are
+named by hashes; with ``anonymise_names`` the ``file`` column of ``predictions.csv`` holds the
+``film_id`` too, so no input name is written anywhere.
 """
 
 from __future__ import annotations
@@ -34,24 +41,19 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
 from scxnn.config import Config, load_resolved
-from scxnn.utils import atomic_write_bytes, atomic_write_text, log
+from scxnn.utils import atomic_write_bytes, atomic_write_text, log, remove_stale_temporaries, sha256_file
 
 DECISIONS = ("definite_normal", "likely_normal", "needs_review", "rejected")
 PENDING = "pending"  # a would-be-normal film before the batch-level check (only while a run is in progress)
 PREDICTIONS_NAME = "predictions.csv"
 REPORT_NAME = "report.html"
-# Folder scans pick these (and extension-less files, a common DICOM export); a file named on the
-# command line is always read, whatever its name: the reader goes by magic bytes, not extensions.
-IMAGE_SUFFIXES = {".dcm", ".dicom", ".png", ".jpg", ".jpeg", ""}
-MIN_SIDE = 256  # px: a "radiograph" smaller than this is a thumbnail or an icon, not a film
-MAX_ASPECT = 2.5  # chest films are near square (14x17 in, 17x17 in); a strip is something else
 WRITE_EVERY = 8  # rows between atomic rewrites of predictions.csv (resumability vs I/O)
 
 
@@ -197,45 +199,17 @@ class Screener:
 # --------------------------------------------------------------------------- inputs
 
 
-def collect_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
-    """Files named, plus image-like files under folders named (recursive, sorted, hidden skipped)."""
-    out: list[Path] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            out += sorted(p for p in item.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(item).parts)
-                          and p.suffix.lower() in IMAGE_SUFFIXES)
-        else:
-            out.append(item)  # missing files become rejected rows, with the reason
-    return list(dict.fromkeys(out))
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def plausibility(pixels: np.ndarray, min_side: int = MIN_SIDE) -> str | None:
-    """Why a decoded image cannot be a chest film (None when it can). The reader already refuses
-    constant, non-finite and non-2-D images."""
-    h, w = pixels.shape
-    if min(h, w) < min_side:
-        return f"image {w}x{h} px is smaller than a radiograph ({min_side} px minimum side)"
-    if max(h, w) / min(h, w) > MAX_ASPECT:
-        return f"aspect ratio {max(h, w) / min(h, w):.1f}:1 is not a chest film's"
-    lo, hi = np.percentile(pixels, [1, 99])
-    if hi <= lo:
-        return "almost no contrast (1st and 99th percentiles equal)"
-    return None
+def film_id(path: str | os.PathLike, digest: str) -> str:
+    """A film's name where its file name must not appear: from the content hash (a name-derived
+    hash could be reversed by guessing names), or the path's for a file that could not be read."""
+    return "film-" + (digest[:12] if digest else hashlib.sha256(f"unreadable\0{path}".encode()).hexdigest()[:12])
 
 
 # --------------------------------------------------------------------------- screening
 
 
 def _row(path: Path, digest: str, screener: Screener) -> dict:
-    row = {"file": str(path), "sha256": digest, "decision": "", "reason": "", "score": np.nan,
+    row = {"file": str(path), "film_id": film_id(path, digest), "sha256": digest, "decision": "", "reason": "", "score": np.nan,
            "threshold": screener.threshold, "top_finding": "", "top_probability": np.nan,
            "scope_flags": "", "ood_score": np.nan, "ood_flag": False}
     row.update({f"p_{f}": np.nan for f in screener.findings})
@@ -243,34 +217,40 @@ def _row(path: Path, digest: str, screener: Screener) -> dict:
 
 
 def screen_file(path: Path, screener: Screener, digest: str = "") -> tuple[dict, np.ndarray | None]:
-    """(row, preprocessed film or None) for one file; never raises for a bad file."""
-    from scxnn.dicom import ImageReadError, read_image
-    from scxnn.preprocess import preprocess_pixels
+    """(row, preprocessed film or None) for one file, all in this process; never raises for a bad
+    file. :func:`predict` does the reading in a worker process instead (a decoder may abort)."""
+    from scxnn.preprocess import ScreenJob, screening_pixels
 
-    row = _row(path, digest, screener)
+    _, pixels, why = screening_pixels(ScreenJob({"image_id": str(path)}, str(path), screener.cfg.preprocess))
+    return score_film(_row(path, digest, screener), pixels, why, screener)
+
+
+def score_film(row: dict, pixels: tuple | None, why: str | None, screener: Screener) -> tuple[dict, np.ndarray | None]:
+    """Fill ``row`` from the decoding stage's result (:func:`scxnn.preprocess.screening_pixels`) and
+    the models: rejected with ``why``, or scored and decided. Any failure while scoring (a
+    MemoryError, a bug) rejects this film with the reason; the batch goes on."""
+    if pixels is None:
+        why = why or "unreadable"
+        if not why.startswith(("unreadable", "implausible", "out of scope", "could not", "out of memory")):
+            why = f"unreadable: {why}"  # e.g. the worker's "the decoder crashed its process"
+        row.update(decision="rejected", reason=why)
+        if (why or "").startswith("out of scope"):
+            row["scope_flags"] = why.rsplit("this file is ", 1)[-1].replace(", ", ";")
+        return row, None
+    img8, _ = pixels
     try:
-        rad = read_image(path, voi_lut=screener.cfg.preprocess.voi_lut)
-    except ImageReadError as e:
-        row.update(decision="rejected", reason=f"unreadable: {e.reason}")
+        s = screener.score(img8)
+        top = max(s["p_target"], key=s["p_target"].get)
+        row.update({f"p_{f}": p for f, p in s["p_target"].items()})
+        row.update(score=s["score"], top_finding=top, top_probability=s["p_target"][top], ood_score=s["ood_score"], ood_flag=s["ood_flag"])
+        row.update(zip(("decision", "reason"), decide(row, screener)))
+    except MemoryError:
+        row.update(decision="rejected", reason="out of memory while scoring this film")
         return row, None
-    except OSError as e:
-        row.update(decision="rejected", reason=f"unreadable: {e.strerror or e}")
+    except Exception as e:  # noqa: BLE001 -- one film must never end the batch
+        log.debug("scoring %s failed", row["film_id"], exc_info=True)
+        row.update(decision="rejected", reason=f"could not be screened ({type(e).__name__}: {e})")
         return row, None
-    if rad.scope_flags:
-        row.update(decision="rejected", scope_flags=";".join(rad.scope_flags),
-                   reason="out of scope (the models screen chest PA/AP CR/DX films): " + ", ".join(rad.scope_flags))
-        return row, None
-    # Small profiles train on small films; a film below the models' own input side would be upsampled.
-    why = plausibility(rad.pixels, min(MIN_SIDE, screener.cfg.preprocess.size))
-    if why:
-        row.update(decision="rejected", reason=f"implausible: {why}")
-        return row, None
-    img8, _ = preprocess_pixels(rad.pixels, screener.cfg.preprocess)
-    s = screener.score(img8)
-    top = max(s["p_target"], key=s["p_target"].get)
-    row.update({f"p_{f}": p for f, p in s["p_target"].items()})
-    row.update(score=s["score"], top_finding=top, top_probability=s["p_target"][top], ood_score=s["ood_score"], ood_flag=s["ood_flag"])
-    row.update(zip(("decision", "reason"), decide(row, screener)))
     return row, img8
 
 
@@ -344,11 +324,14 @@ def _key(path: Path, digest: str) -> str:
 def predict(run_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
             threshold: str = "point", device: str = "auto", bf16: str = "auto", overlays: bool = True,
             progress: bool = True, screener: Screener | None = None, backend: str = "torch",
-            certificate: str | os.PathLike | None = None) -> pd.DataFrame:
+            certificate: str | os.PathLike | None = None, anonymise_names: bool = False,
+            names_in_report: bool = False) -> pd.DataFrame:
     """Screen ``inputs`` with the run in ``run_dir``; writes predictions.csv, overlays/, thumbnails/
     and report.html into ``out_dir``. Returns the predictions (one row per input, input order), with
     the decisions settled by the batch-level check (:func:`finalize`); ``table.attrs["batch"]`` is
-    its verdict. ``certificate``: a site certificate from ``scxnn certify``."""
+    its verdict. ``certificate``: a site certificate from ``scxnn certify``. ``anonymise_names``:
+    no input name in any output (``file`` holds the ``film_id``); ``names_in_report``: show the
+    file names in report.html (default: film ids only, as the page is meant to be shared)."""
     from tqdm.auto import tqdm
 
     from scxnn import html_report
@@ -357,9 +340,16 @@ def predict(run_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike], out
     # ONNX graphs go beside the predictions: the run folder may be read-only (a shared model store).
     screener = screener or Screener.from_run(run_dir, threshold, device, bf16, backend=backend, onnx_dir=out / "onnx",
                                              certificate=certificate)
+    from scxnn.dicom import find_images
+    from scxnn.preprocess import ScreenJob, run_isolated, screening_pixels
+
+    if anonymise_names and names_in_report:
+        raise ValueError("--anonymise-names and --names-in-report contradict each other; pick one")
     (out / "thumbnails").mkdir(parents=True, exist_ok=True)
-    files = collect_inputs(inputs)
-    if not files:
+    for folder in (out, out / "thumbnails", out / "overlays"):  # left by a kill -9 of an earlier run
+        remove_stale_temporaries(folder)
+    files, problems = find_images(inputs)
+    if not files and not problems:
         raise FileNotFoundError(f"no input files found in {', '.join(map(str, inputs))}")
     done: dict[tuple[str, str], dict] = {}
     if (out / PREDICTIONS_NAME).is_file():
@@ -369,51 +359,80 @@ def predict(run_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike], out
         else:
             done = {(r["file"], r["sha256"]): r for r in old.to_dict("records")}
     rows: list[dict] = []
+    ranks: list[int] = []  # each row's place in the input order
 
     def flush() -> None:
         atomic_write_text(out / PREDICTIONS_NAME, pd.DataFrame(rows).to_csv(index=False))
 
-    new = 0
-    for path in tqdm(files, desc="screening", unit="film", disable=not progress):
+    def named(row: dict) -> dict:
+        if anonymise_names:
+            row["file"] = row["film_id"]
+        return row
+
+    for path, why in problems:  # inputs that could not even be searched still get their row
+        row = _row(path, "", screener)
+        row.update(decision="rejected", reason=f"unreadable: {why}")
+        rows.append(named(row))
+        ranks.append(-1)
+    todo: dict[str, tuple[Path, str]] = {}  # key -> (path, digest) of the films to screen now
+    order = {str(p): i for i, p in enumerate(files)}
+    for path in files:
         try:
-            digest = _sha256(path)
+            digest = sha256_file(path)
         except OSError:
             digest = ""
-        if (str(path), digest) in done and digest:
-            rows.append(done[(str(path), digest)])
-            continue
-        row, img8 = screen_file(path, screener, digest)
-        key = _key(path, digest)
+        name = film_id(path, digest) if anonymise_names else str(path)
+        if (name, digest) in done and digest:
+            rows.append(done[(name, digest)])
+            ranks.append(order[str(path)])
+        else:
+            todo[_key(path, digest)] = (path, digest)
+    # Decoding runs in a worker process (scxnn.preprocess.run_isolated): a native decoder that
+    # aborts on a corrupt file (gdcm does, found by the fuzz test) costs that film, not the batch.
+    jobs = [ScreenJob({"image_id": key}, str(path), screener.cfg.preprocess) for key, (path, _) in todo.items()]
+    new = 0
+    results = run_isolated(jobs, workers=1, fn=screening_pixels)
+    for key, pixels, why in tqdm(results, total=len(jobs), desc="screening", unit="film", disable=not progress):
+        path, digest = todo.pop(key)
+        row, img8 = score_film(_row(path, digest, screener), pixels, why, screener)
         if img8 is not None:
             atomic_write_bytes(out / "thumbnails" / f"{key}.png", html_report.thumbnail_png(img8))
             if overlays and row["decision"] == "needs_review" and row["top_finding"]:
-                name = f"overlays/{path.stem}__{key[:8]}__{row['top_finding']}.png"
-                atomic_write_bytes(out / name, _overlay(screener, img8, row["top_finding"]))
-                row["overlay"] = name
-        rows.append(row)
+                overlay = f"overlays/{key}__{row['top_finding']}.png"  # hashed: a file name may hold a patient's name
+                try:
+                    atomic_write_bytes(out / overlay, _overlay(screener, img8, row["top_finding"]))
+                    row["overlay"] = overlay
+                except Exception as e:  # noqa: BLE001 -- a missing picture must not end the batch
+                    log.warning("no Grad-CAM overlay for %s: %s: %s", row["film_id"], type(e).__name__, e)
+        rows.append(named(row))
+        ranks.append(order[str(path)])
         new += 1
         if new % WRITE_EVERY == 0:
             flush()
     flush()
+    rows = [r for _, r in sorted(zip(ranks, rows), key=lambda x: x[0])]  # finished in any order; reported in input order
     table, batch = finalize(pd.DataFrame(rows), screener)
     atomic_write_text(out / PREDICTIONS_NAME, table.to_csv(index=False))
-    _write_report(table, out, screener, batch)
+    _write_report(table, out, screener, batch, names_in_report)
     table.attrs["batch"] = batch
     log.info("%d film(s): %s (%d scored now, %d kept from an earlier run); %s", len(table),
              ", ".join(f"{d} {int((table['decision'] == d).sum())}" for d in DECISIONS), new, len(table) - new, batch.describe())
     return table
 
 
-def _write_report(table: pd.DataFrame, out: Path, screener: Screener, batch) -> Path:
+def _write_report(table: pd.DataFrame, out: Path, screener: Screener, batch, names_in_report: bool = False) -> Path:
     from scxnn import __version__, html_report
 
     thumbs, overlays = {}, {}
-    for r in table.to_dict("records"):
+    shown = table.copy()
+    if not names_in_report:
+        shown["file"] = shown["film_id"]
+    for r, name in zip(table.to_dict("records"), shown["file"]):
         t = out / "thumbnails" / f"{_key(Path(r['file']), r['sha256'] if isinstance(r['sha256'], str) else '')}.png"
         if t.is_file():
-            thumbs[r["file"]] = t.read_bytes()
+            thumbs[name] = t.read_bytes()
         if isinstance(r.get("overlay"), str) and (out / r["overlay"]).is_file():
-            overlays[r["file"]] = (out / r["overlay"]).read_bytes()
+            overlays[name] = (out / r["overlay"]).read_bytes()
     meta = {
         "models": f"profile {screener.cfg.profile}, {len(screener.models)} finding models + SVM",
         "threshold": f"{screener.threshold_name} = {screener.threshold:.4f} (sensitivity target "
@@ -423,10 +442,5 @@ def _write_report(table: pd.DataFrame, out: Path, screener: Screener, batch) -> 
         "inference": f"{screener.device.type}, {'bf16' if screener.bf16 else 'fp32'}, channels_last, decoder off",
         "scxnn": __version__,
     }
-    return html_report.write_report(table, out / REPORT_NAME, thumbnails=thumbs, overlays=overlays, meta=meta)
-
-
-def decisions_agree(a: Iterable[str], b: Iterable[str]) -> float:
-    a, b = list(a), list(b)
-    return float(np.mean([x == y for x, y in zip(a, b)])) if a else float("nan")
+    return html_report.write_report(shown, out / REPORT_NAME, thumbnails=thumbs, overlays=overlays, meta=meta)
 

@@ -21,6 +21,7 @@ straightforward scikit-image version of the same steps (:func:`reference_pipelin
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import multiprocessing as mp
@@ -28,14 +29,14 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import cv2
 import numpy as np
 import pandas as pd
 
 from scxnn.config import Config, Preprocess
-from scxnn.utils import atomic_write_bytes, atomic_write_text, log, sha256_file
+from scxnn.utils import atomic_write_bytes, atomic_write_text, log, remove_stale_temporaries, sha256_file
 
 # Bump when the pixels this module produces change for the same settings: it invalidates caches.
 PREPROCESS_VERSION = 1
@@ -116,7 +117,11 @@ def percentiles(img: np.ndarray, lo: float, hi: float) -> tuple[float, float]:
     sample = img.ravel()[:: max(1, img.size // 4096)]
     integral = np.issubdtype(img.dtype, np.integer) or bool(np.all(np.modf(sample)[0] == 0))
     scale = 1.0 if integral and span < _HIST_BINS else (_HIST_BINS - 1) / span
-    u16 = ((img.astype(np.float32, copy=False) - mn) * scale).astype(np.uint16)
+    f32 = img.astype(np.float32, copy=False)
+    if scale < 1e30:
+        u16 = ((f32 - mn) * scale).astype(np.uint16)
+    else:  # a tiny span (a header rescaling by 1e-38): scale itself overflows float32, so divide first
+        u16 = ((f32 - np.float32(mn)) / np.float32(span) * np.float32(_HIST_BINS - 1)).astype(np.uint16)
     nbins = int(span * scale) + 1
     cdf = np.cumsum(cv2.calcHist([u16], [0], None, [nbins], [0, nbins]).ravel())
 
@@ -133,7 +138,8 @@ def clip_and_normalise(img: np.ndarray, p: Preprocess) -> np.ndarray:
     clipped = np.clip(f32, lo, hi)
     mn, mx = float(clipped.min()), float(clipped.max())
     if mx <= mn:
-        raise ValueError("image is constant after percentile clipping")
+        raise ValueError(f"no contrast left after the {p.clip_percentiles[0]:g}-{p.clip_percentiles[1]:g} percentile clip "
+                         "(almost every pixel has the same value)")
     alpha = 255.0 / (mx - mn)
     return cv2.convertScaleAbs(clipped, alpha=alpha, beta=-mn * alpha)
 
@@ -229,8 +235,17 @@ def _record_path(out_dir: Path, image_id: str) -> Path:
     return out_dir / "records" / f"{image_id}.json"
 
 
+def _gate_key(pre: Preprocess) -> list:
+    """What decides whether a film passes the gate; part of each record's key, so a record made
+    under another rule is checked again (the pixels, and so the fingerprint, do not change)."""
+    from scxnn.plausibility import GATE_VERSION
+
+    return [GATE_VERSION, pre.min_side, pre.max_aspect, pre.max_megapixels]
+
+
 def _process(job: _Job) -> tuple[str, dict | None, str | None]:
     """Worker: one image -> (image_id, output row or None, skip reason or None). Never raises."""
+    from scxnn import plausibility
     from scxnn.dicom import ImageReadError, read_image
 
     image_id = job.row["image_id"]
@@ -238,11 +253,15 @@ def _process(job: _Job) -> tuple[str, dict | None, str | None]:
     try:
         sha = sha256_file(job.source)
         rec_path = _record_path(out, image_id)
+        key = [sha, job.fp, _gate_key(job.pre)]
         if rec_path.is_file():  # resume: same source bytes and settings -> nothing to do
             rec = json.loads(rec_path.read_text())
-            if rec.get("key") == [sha, job.fp] and (out / rec["row"]["path"]).is_file():
+            if rec.get("key") == key and (out / rec["row"]["path"]).is_file():
                 return image_id, rec["row"], None
-        rad = read_image(job.source, voi_lut=job.pre.voi_lut)
+        rad = read_image(job.source, voi_lut=job.pre.voi_lut, max_megapixels=job.pre.max_megapixels)
+        why = plausibility.check(rad.pixels, job.pre, rad.scope_flags)
+        if why:
+            return image_id, None, why
         img, geo = preprocess_pixels(rad.pixels, job.pre)
         rel_img = f"images/{image_id}.png"
         atomic_write_bytes(out / rel_img, encode_png(img))
@@ -271,12 +290,50 @@ def _process(job: _Job) -> tuple[str, dict | None, str | None]:
             scope_flags=";".join(rad.scope_flags),
         )
         row = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items()}
-        atomic_write_text(rec_path, json.dumps({"key": [sha, job.fp], "row": row}, default=_json_default))
+        atomic_write_text(rec_path, json.dumps({"key": key, "row": row}, default=_json_default))
         return image_id, row, None
     except ImageReadError as e:
         return image_id, None, e.reason
+    except OSError as e:
+        return image_id, None, f"cannot read: {e.strerror or e}"
+    except MemoryError:
+        return image_id, None, "out of memory while preprocessing (lower preprocess.max_megapixels or data.workers)"
     except Exception as e:  # one bad file must never stop the batch
-        return image_id, None, f"{type(e).__name__}: {e}"
+        return image_id, None, f"cannot preprocess ({type(e).__name__}: {e})"
+
+
+@dataclass(frozen=True)
+class ScreenJob:
+    """One file for :func:`screening_pixels`: ``row["image_id"]`` is the caller's key."""
+
+    row: dict
+    source: str
+    pre: Preprocess
+
+
+def screening_pixels(job: ScreenJob) -> tuple[str, tuple[np.ndarray, tuple[str, ...]] | None, str | None]:
+    """Worker of ``scxnn predict``'s decoding stage: read, gate (:mod:`scxnn.plausibility`) and
+    preprocess one file -> (key, (uint8 film, scope flags) or None, rejection reason or None).
+    Never raises; run it through :func:`run_isolated` so that a decoder that aborts its process
+    costs one film, not the batch."""
+    from scxnn import plausibility
+    from scxnn.dicom import ImageReadError, read_image
+
+    key, pre = job.row["image_id"], job.pre
+    try:
+        rad = read_image(job.source, voi_lut=pre.voi_lut, max_megapixels=pre.max_megapixels)
+        why = plausibility.check(rad.pixels, pre, rad.scope_flags)
+        if why:
+            return key, None, why
+        return key, (preprocess_pixels(rad.pixels, pre)[0], rad.scope_flags), None
+    except ImageReadError as e:
+        return key, None, f"unreadable: {e.reason}"
+    except OSError as e:
+        return key, None, f"unreadable: {e.strerror or e}"
+    except MemoryError:
+        return key, None, "out of memory while reading this film (lower preprocess.max_megapixels)"
+    except Exception as e:  # noqa: BLE001 -- one film must never end the batch
+        return key, None, f"could not be screened ({type(e).__name__}: {e})"
 
 
 def _json_default(v):
@@ -303,37 +360,34 @@ def jobs_from_manifest(df: pd.DataFrame, base: Path, out_dir: Path, pre: Preproc
         yield _Job(row=row, source=_resolve(base, row["path"]), masks=masks, out_dir=str(out_dir), pre=pre, fp=fp)
 
 
-# Files beside images in a dataset folder that are not images; everything else is tried and, if it is
-# no DICOM / PNG / JPEG, listed in skipped.csv with the reason.
-_NOT_IMAGES = {".csv", ".md", ".txt", ".json", ".yaml", ".yml", ".py", ".html", ".pdf", ".zip", ".gz"}
-
-
-def jobs_from_paths(paths: Sequence[str | os.PathLike], out_dir: Path, pre: Preprocess, site: str = "external") -> list[_Job]:
-    """Jobs for loose files and folders (searched recursively). Such images carry no labels: they are
-    scored, not trained on. The image id hashes the file's path, so no file name (which may hold a
-    patient's name) reaches the manifest; each image counts as its own patient."""
+def jobs_from_paths(paths: Sequence[str | os.PathLike], out_dir: Path, pre: Preprocess, site: str = "external") -> tuple[list[_Job], list[dict]]:
+    """Jobs for loose files and folders (searched recursively, :func:`scxnn.dicom.find_images`), and
+    skipped rows for what could not be searched (unreadable folders, symbolic-link loops). Such
+    images carry no labels: they are scored, not trained on. The image id hashes the file's path, so
+    no file name (which may hold a patient's name) reaches the manifest; each image counts as its
+    own patient."""
     from scxnn.data import hash_patient
+    from scxnn.dicom import find_images
 
     fp = fingerprint(pre)
-    files: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".") and f.suffix.lower() not in _NOT_IMAGES)
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise FileNotFoundError(f"no such file or folder: {p}")
+    files, problems = find_images(paths)
+    missing = [str(p) for p, why in problems if str(p) in map(str, paths)]
+    if missing:
+        raise FileNotFoundError(f"no such file or folder: {', '.join(missing)}")
+    skipped = [{"image_id": "", "source": str(p), "reason": why} for p, why in problems]
     jobs = []
     for f in files:
         key = hashlib.sha256(str(f.resolve()).encode()).hexdigest()[:16]
         row = {"image_id": f"img-{key}", "patient_id": hash_patient(f"file:{key}"), "study_date": "", "site": site,
                "split": "test", "label_type": "weak", "masks": "", "view": "", "path": str(f.resolve()), "source_sha256": ""}
         jobs.append(_Job(row=row, source=str(f.resolve()), masks={}, out_dir=str(out_dir), pre=pre, fp=fp))
-    return jobs
+    return jobs, skipped
 
 
-def _results(jobs: Sequence[_Job], workers: int, fn=None) -> Iterator[tuple[str, dict | None, str | None]]:
-    """Yield :func:`_process` results, in any order, from a process pool.
+def run_isolated(jobs: Sequence, workers: int, fn=None) -> Iterator[tuple[str, object, str | None]]:
+    """Yield ``fn(job)`` results (default :func:`_process`), in any order, from a process pool; each
+    job has ``row["image_id"]`` and ``fn`` returns ``(image_id, result, reason)``. Also the decoding
+    stage of ``scxnn predict`` (:func:`screening_pixels`).
 
     A corrupt file can make a native decoder (gdcm, CharLS) abort its whole process, which no
     ``except`` catches and which makes ``multiprocessing.Pool`` wait forever. Here a dead worker
@@ -347,23 +401,28 @@ def _results(jobs: Sequence[_Job], workers: int, fn=None) -> Iterator[tuple[str,
 
     fn = fn or _process
     ctx = mp.get_context("spawn")
+    pool = functools.partial(ProcessPoolExecutor, mp_context=ctx, initializer=_exit_with_parent, initargs=(os.getpid(),))
     queue, suspects = deque(jobs), deque()
     while queue or suspects:
         if suspects:
             job = suspects.popleft()
-            with ProcessPoolExecutor(1, mp_context=ctx) as ex:
+            with pool(1) as ex:
                 try:
                     yield ex.submit(fn, job).result()
                 except BrokenProcessPool:
                     yield job.row["image_id"], None, "the decoder crashed its process (corrupt compressed data?)"
             continue
         inflight: dict = {}
-        ex = ProcessPoolExecutor(workers, mp_context=ctx)
+        ex = pool(workers)
         try:
             while queue or inflight:
                 while queue and len(inflight) < 4 * workers:
                     job = queue.popleft()
-                    inflight[ex.submit(fn, job)] = job
+                    try:
+                        inflight[ex.submit(fn, job)] = job
+                    except BrokenProcessPool:  # the pool broke since the last result: keep the job
+                        queue.appendleft(job)
+                        raise
                 done, _ = wait(inflight, return_when=FIRST_COMPLETED)
                 for fut in done:
                     result = fut.result()  # raises BrokenProcessPool if a worker died
@@ -375,14 +434,29 @@ def _results(jobs: Sequence[_Job], workers: int, fn=None) -> Iterator[tuple[str,
             ex.shutdown(wait=True, cancel_futures=True)
 
 
+def _exit_with_parent(parent: int) -> None:
+    """Pool-worker initializer: exit when the parent goes. A ``kill -9`` of ``scxnn preprocess``
+    otherwise left its workers running (nothing closes their job pipe for them while they decode)."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def run_batch(
     jobs: Sequence[_Job],
     out_dir: str | os.PathLike,
     workers: int = 0,
     progress: bool = True,
     desc: str = "preprocess",
+    skipped_before: Sequence[dict] = (),
 ) -> tuple[list[dict], pd.DataFrame]:
     """Run jobs with a progress bar; returns (output rows in input order, skipped rows).
+    ``skipped_before``: rows (image_id, source, reason) for inputs that never became jobs.
 
     Each finished image leaves a record, so a rerun after a kill redoes only unfinished images.
     """
@@ -392,14 +466,17 @@ def run_batch(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    for folder in (out, out / "images", out / "masks", out / "records"):  # left by a kill -9 of an earlier run
+        remove_stale_temporaries(folder)
     n = len(jobs)
     workers = min(workers or os.cpu_count() or 1, max(n, 1))
     by_id = {j.row["image_id"]: j for j in jobs}
     rows: dict[str, dict] = {}
-    skipped: list[dict] = []
+    skipped: list[dict] = list(skipped_before)
     # OpenCV's own threads would fight the process pool for the same cores.
     cv2.setNumThreads(1 if workers > 1 else 0)
-    results = map(_process, jobs) if workers == 1 else _results(jobs, workers)
+    # Always in worker processes, even for one: a native decoder's abort must end a worker, not the batch.
+    results = run_isolated(jobs, workers)
     try:
         with tqdm(total=n, desc=desc, unit="img", disable=not progress) as bar:
             for image_id, row, reason in results:
@@ -414,7 +491,7 @@ def run_batch(
     skipped_df = pd.DataFrame(skipped, columns=["image_id", "source", "reason"])
     write_manifest(skipped_df, out / SKIPPED_NAME)
     if skipped:
-        log.warning("%d of %d images skipped; reasons in %s", len(skipped), n, out / SKIPPED_NAME)
+        log.warning("%d of %d inputs skipped; reasons in %s", len(skipped), n + len(skipped_before), out / SKIPPED_NAME)
     return ordered, skipped_df
 
 
@@ -441,18 +518,20 @@ def preprocess_inputs(cfg: Config, inputs: Sequence[str | os.PathLike], out_dir:
 
     out = Path(out_dir)
     jobs: list[_Job] = []
-    loose = []
+    loose, skipped_before = [], []
     for item in map(Path, inputs):
         if item.is_file() and item.suffix.lower() == ".csv":
             df = read_manifest(item, list(cfg.findings), list(cfg.unseen_findings))
             jobs += jobs_from_manifest(df, item.parent, out, cfg.preprocess)
         else:
             loose.append(item)
-    jobs += jobs_from_paths(loose, out, cfg.preprocess, site=site)
+    if loose:
+        more, skipped_before = jobs_from_paths(loose, out, cfg.preprocess, site=site)
+        jobs += more
     ids = [j.row["image_id"] for j in jobs]
     if len(ids) != len(set(ids)):
         raise ValueError("the inputs name the same image twice (duplicate image_id); give each file or manifest once")
-    rows, skipped = run_batch(jobs, out, workers=cfg.data.workers, progress=progress)
+    rows, skipped = run_batch(jobs, out, workers=cfg.data.workers, progress=progress, skipped_before=skipped_before)
     df = new_manifest(rows, list(cfg.findings), list(cfg.unseen_findings))
     write_manifest(df, out / MANIFEST_NAME)
     save_resolved(cfg, out, extra={"step": "preprocess", "preprocess_fingerprint": fingerprint(cfg.preprocess), "images": len(df), "skipped": len(skipped)})

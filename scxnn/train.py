@@ -51,9 +51,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from scxnn.config import Config, config_from_dict, save_resolved
-from scxnn.data import MANIFEST_NAME, read_manifest
+from scxnn.data import MANIFEST_NAME, in_scope, read_manifest
 from scxnn.dataset import RadiographDataset, sample_seed
-from scxnn.utils import atomic_open, atomic_write_text, seed_everything
+from scxnn.pipeline import RunMismatch
+from scxnn.utils import atomic_open, atomic_write_text, remove_stale_temporaries, seed_everything
 
 log = logging.getLogger("scxnn")
 
@@ -324,9 +325,9 @@ def _load_manifest(cfg: Config, manifest) -> tuple[pd.DataFrame, Path]:
             raise FileNotFoundError(f"no preprocessed cache for profile {cfg.profile!r} at {path}; run the preprocessing step first (make preprocess PROFILE={cfg.profile})")
         manifest = path
     if isinstance(manifest, pd.DataFrame):
-        return manifest, cache_dir(cfg)
+        return in_scope(manifest, "training manifest")[0], cache_dir(cfg)
     path = Path(manifest)
-    return read_manifest(path, list(cfg.findings), list(cfg.unseen_findings)), path.parent
+    return in_scope(read_manifest(path, list(cfg.findings), list(cfg.unseen_findings)), str(path))[0], path.parent
 
 
 def training_sets(df: pd.DataFrame, cfg: Config, finding: str) -> dict[str, tuple[pd.DataFrame, np.ndarray]]:
@@ -656,7 +657,7 @@ def train_finding(cfg: Config, finding: str, out_dir=None, manifest=None, resume
             elif ckpt.get("preprocess_fingerprint") != pre_fp:
                 why = f"was trained on another preprocessing ({ckpt.get('preprocess_fingerprint')} != {pre_fp})"
             if why and resume != "auto":
-                raise RuntimeError(f"{last_path}: {why}; start over (CLI: --fresh) or use another output folder")
+                raise RunMismatch(f"{last_path}: {why}; start over (CLI: --fresh) or use another output folder")
             if why:
                 # The Make pipeline reruns a step because its settings changed: keep the old run
                 # aside (one generation) instead of deleting hours of training.
@@ -666,6 +667,9 @@ def train_finding(cfg: Config, finding: str, out_dir=None, manifest=None, resume
                 ckpt = None
         if dist_.main:
             out_dir.mkdir(parents=True, exist_ok=True)
+            # A kill -9 mid-write leaves atomic_open's temporary (a whole checkpoint); nothing else
+            # writes here while this finding trains.
+            remove_stale_temporaries(out_dir)
             if ckpt is None:
                 for name in (LAST_NAME, BEST_NAME, HISTORY_NAME):
                     (out_dir / name).unlink(missing_ok=True)

@@ -6,6 +6,7 @@ import hashlib
 import logging
 import os
 import random
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,6 +43,11 @@ def seed_everything(seed: int, deterministic: bool = True) -> np.random.Generato
     return np.random.default_rng(seed)
 
 
+_TMP_SUFFIX = ".tmp"
+# atomic_open's temporary names: "." + the final name + "." + mkstemp's random letters + ".tmp".
+_STALE_TMP = re.compile(r"^\..+\.[a-z0-9_]+" + re.escape(_TMP_SUFFIX) + "$")
+
+
 @contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator[IO]:
     """Open a temporary file beside ``path``; on success fsync it and ``os.replace`` it into place.
@@ -53,7 +59,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator[
         raise ValueError(f"atomic_open writes whole files; mode {mode!r} is not supported")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, mode, **kwargs) as fh:
             yield fh
@@ -66,6 +72,21 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator[
         except FileNotFoundError:
             pass
         raise
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> int:
+    """Delete the temporary files :func:`atomic_open` left in ``folder`` (not its sub-folders) when
+    its process was killed mid-write (``kill -9`` skips the cleanup); returns how many. Call it only
+    where no other process writes into ``folder`` at the same time, e.g. when resuming a step."""
+    folder = Path(folder)
+    stale = [p for p in folder.iterdir() if _STALE_TMP.match(p.name) and p.is_file() and not p.is_symlink()] if folder.is_dir() else []
+    size = 0
+    for p in stale:
+        size += p.stat().st_size
+        p.unlink(missing_ok=True)
+    if stale:
+        log.info("%s: removed %d temporary file(s) (%.1f MB) left by an interrupted write", folder, len(stale), size / 1e6)
+    return len(stale)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -3,6 +3,7 @@ file layout and CSV headers."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 from conftest import require_shared
 
 from scxnn import data
+from scxnn.adapters import _common as C
 from scxnn.adapters._common import opaque_id as oid
 from scxnn.adapters import ADAPTERS, build_manifest, kermany, nih, siim
 
@@ -23,8 +25,11 @@ U = ("pneumonia", "edema", "fracture")
 
 
 def _png(path: Path, h: int = 32, w: int = 40) -> Path:
+    """A film unique to ``path``: identical bytes would make its patients one for the split."""
+    img = (np.arange(h * w) % 251).reshape(h, w).astype(np.uint8)
+    img[0, :16] = np.frombuffer(hashlib.sha256(str(path).encode()).digest()[:16], np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), (np.arange(h * w) % 251).reshape(h, w).astype(np.uint8))
+    cv2.imwrite(str(path), img)
     return path
 
 
@@ -273,6 +278,26 @@ def test_tbx11k_fake(tmp_path):
     assert set(r.loc[[oid("tbx11k", "tb0003"), oid("tbx11k", "tb0004")], "split"]) == {"val"}
     m = cv2.imread(str(tmp_path / "out" / data.parse_masks(r.loc[oid("tbx11k", "tb0001"), "masks"])["active_tuberculosis"]), cv2.IMREAD_UNCHANGED)
     assert m.shape == (30, 30) and m[3:9, 2:7].all() and int((m > 0).sum()) == 30
+
+
+# ------------------------------------------------------------------ splits by patient and by image
+@pytest.mark.parametrize("official", [None, {"i00": "test", "i01": "test", "i02": "val"}])
+def test_patients_sharing_an_image_land_in_one_split(official, caplog):
+    def rows(copy: tuple[int, int] = (-1, -1)) -> list[dict]:
+        out = [{"_raw_id": f"i{i:02d}", "image_id": f"i{i:02d}", "patient_id": f"p{i:02d}", "source_sha256": f"h{copy[1] if i == copy[0] else i}"}
+               for i in range(30)]
+        C.assign_splits(out, (0.6, 0.2, 0.2), 0, official)
+        return out
+
+    plain = {r["patient_id"]: r["split"] for r in rows()}
+    a = next(int(p[1:]) for p, s in plain.items() if s == "train")
+    b = next(int(p[1:]) for p, s in plain.items() if s == "test")
+    linked = rows((a, b))  # a's film is a copy of b's, filed under patient a
+    assert linked[a]["split"] == linked[b]["split"] == ("test" if official else linked[a]["split"])
+    data.check_image_splits(pd.DataFrame(linked))
+    if official:  # the dataset's own split is kept; the copy's patient follows it, and the log says so
+        assert [r["split"] for r in linked[:3]] == ["test", "test", "val"]
+        assert "1 patient(s) of the official training pool" in caplog.text
 
 
 # ------------------------------------------------------------------ errors and registry

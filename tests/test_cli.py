@@ -122,3 +122,80 @@ def test_manifest_cli_on_the_real_kermany_sample(tmp_path, capsys):
     assert main(["manifest", "kermany", str(root), "--out", str(tmp_path), "--profile", "smoke"]) == 0
     assert "460 images from kermany" in capsys.readouterr().out
     assert (tmp_path / "manifest.csv").is_file() and (tmp_path / "skipped.csv").is_file()
+
+
+# --------------------------------------------------------------------------- bad input: one line, exit 2
+
+
+def _study(tmp_path, manifest: str):
+    """A smoke run under ``tmp_path``: each step's resolved config, every ``best.pt`` and ``last.pt``
+    junk bytes (a torn copy), and a cache ``manifest.csv`` that is valid, or ``"broken"``: patient
+    p0 in both train and val. Returns (the --set overrides, the manifest's path)."""
+    from scxnn.config import load_config, save_resolved
+    from scxnn.data import MANIFEST_NAME, new_manifest, write_manifest
+    from scxnn.preprocess import cache_dir
+
+    ov = {"paths.data": str(tmp_path / "data"), "paths.runs": str(tmp_path / "runs")}
+    cfg = load_config("smoke", ov)
+    for f in cfg.findings:
+        d = save_resolved(cfg, cfg.path("runs") / "02_train_disease_model" / f).parent
+        for name in ("best.pt", "last.pt"):
+            (d / name).write_bytes(b"\x00junk, not a torch checkpoint" * 8)
+    save_resolved(cfg, cfg.path("runs") / "03_svm_ensemble")
+    rows = [{"image_id": f"i{i}", "patient_id": f"p{i // 2}", "study_date": "", "site": "internal", "split": s,
+             "label_type": "hard", "masks": "", "view": "PA", "path": f"images/i{i}.png", "source_sha256": "",
+             **{f: int(f == "nodule" and i % 2) for f in cfg.findings}, **{f: 0 for f in cfg.unseen_findings}}
+            for i, s in enumerate(["train", "train", "val", "val", "test", "test"])]
+    if manifest == "broken":
+        rows[1]["split"] = "val"
+    path = cache_dir(cfg) / MANIFEST_NAME
+    write_manifest(new_manifest(rows, list(cfg.findings), list(cfg.unseen_findings)), path)
+    return [a for k, v in ov.items() for a in ("--set", f"{k}={v}")], path
+
+
+# (what is broken, argv given <tmp>, the manifest's path); the profile and overrides are appended
+BAD_INPUT = {
+    "preprocess-manifest": ("broken", lambda t, m: ["preprocess", str(m), "--out", str(t / "o"), "--no-progress"]),
+    "evaluate-manifest": ("broken", lambda t, m: ["evaluate", "--models", str(t / "runs"), "--manifest", str(m), "--out", str(t / "o"), "--no-progress"]),
+    "certify-manifest": ("broken", lambda t, m: ["certify", "--models", str(t / "runs"), "--manifest", str(m), "--out", str(t / "o"), "--no-progress"]),
+    "train-manifest": ("broken", lambda t, m: ["train", "--finding", "nodule", "--resume", "--no-progress"]),
+    "ensemble-manifest": ("broken", lambda t, m: ["ensemble", "--no-progress"]),
+    "ensemble-checkpoint": ("valid", lambda t, m: ["ensemble", "--no-progress"]),
+    "predict-checkpoint": ("valid", lambda t, m: ["predict", "--models", str(t / "runs"), str(m), "--out", str(t / "o"), "--device", "cpu", "--no-progress"]),
+    "gradcam-checkpoint": ("valid", lambda t, m: ["gradcam", "--models", str(t / "runs" / "02_train_disease_model"), str(m), "--out", str(t / "o")]),
+    "train-checkpoint": ("valid", lambda t, m: ["train", "--finding", "nodule", "--resume", "--no-progress"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUT))
+def test_bad_input_is_one_error_line_and_exit_2(case, tmp_path, capsys):
+    manifest, argv = BAD_INPUT[case]
+    ov, m = _study(tmp_path, manifest)
+    capsys.readouterr()
+    assert main([*argv(tmp_path, m), "--profile", "smoke", *ov]) == 2
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if " INFO scxnn: " not in ln and " WARNING scxnn: " not in ln]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    what = "patient" if manifest == "broken" else "checkpoint"
+    assert what in lines[0] and ("manifest.csv" in lines[0] or ".pt" in lines[0]), lines[0]
+
+
+def test_bad_input_from_the_console_is_exactly_one_line_and_debug_shows_the_traceback(tmp_path):
+    ov, m = _study(tmp_path, "broken")
+    cmd = [sys.executable, "-m", "scxnn", "preprocess", str(m), "--out", str(tmp_path / "o"), "--no-progress", "--profile", "smoke", *ov]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith("error: "), r.stderr
+    r = subprocess.run([*cmd, "--debug"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 1 and "Traceback" in r.stderr and "ManifestError" in r.stderr
+
+
+def test_an_error_a_library_raised_names_it_and_debug_raises_it(tmp_path, capsys):
+    import pandas as pd
+
+    (tmp_path / "m.csv").write_text('image_id,patient_id\n"unterminated\n')
+    argv = ["preprocess", str(tmp_path / "m.csv"), "--out", str(tmp_path / "o"), "--profile", "smoke", "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.rstrip().endswith("(ParserError from pandas; --debug shows the traceback)"), err
+    with pytest.raises(pd.errors.ParserError):
+        main([*argv, "--debug"])

@@ -7,13 +7,17 @@ import pytest
 
 from scxnn.data import (
     ManifestError,
+    check_image_splits,
     check_patient_splits,
     format_masks,
     hash_patient,
+    in_scope,
+    link_patients,
     new_manifest,
     parse_masks,
     read_manifest,
     split_by_patient,
+    validate_manifest,
     write_manifest,
 )
 
@@ -77,3 +81,64 @@ def test_split_by_patient_is_deterministic_and_complete():
     assert (counts["train"], counts["val"], counts["test"]) == (80, 10, 10)
     small = split_by_patient(["x", "y", "z"], (0.8, 0.1, 0.1), seed=0)
     assert sorted(small.values()) == ["test", "train", "val"]
+
+
+SHA_A, SHA_B = "a" * 64, "b" * 64
+
+
+def test_same_film_under_another_patient_in_two_splits_fails_loudly(tmp_path):
+    rows = [_row(0, "a", "train", source_sha256=SHA_A, path="img/DOE_JOHN.dcm"), _row(1, "b", "test", source_sha256=SHA_A),
+            _row(2, "c", "val", source_sha256=SHA_B)]
+    df = new_manifest(rows, FINDINGS, UNSEEN)
+    with pytest.raises(ManifestError, match=r"1 image\(s\) appear in more than one split under 2 image ids") as e:
+        validate_manifest(df, FINDINGS, UNSEEN)
+    assert "aaaaaaaaaaaa: i0 (train), i1 (test)" in str(e.value) and "DOE" not in str(e.value)  # hashed ids, never paths
+    write_manifest(df, tmp_path / "m.csv")
+    with pytest.raises(ManifestError, match="same source_sha256"):
+        read_manifest(tmp_path / "m.csv", FINDINGS, UNSEEN)
+
+
+@pytest.mark.parametrize("rows", [
+    [_row(0, "a", "train", source_sha256=""), _row(1, "b", "test", source_sha256="")],  # not hashed yet: nothing to compare
+    [_row(0, "a", "train", source_sha256=SHA_A), _row(1, "b", "train", source_sha256=SHA_A)],  # a copy in the same split
+    [_row(0, "a", "train", source_sha256=SHA_A), _row(1, "b", "test", source_sha256=SHA_B)],
+])
+def test_image_splits_pass_without_a_film_in_two_splits(rows):
+    check_image_splits(new_manifest(rows, FINDINGS, UNSEEN))
+
+
+def test_link_patients_joins_shared_images_transitively():
+    groups = link_patients(["d", "c", "b", "a", "e", "e"], ["h1", "h2", "h1", "h2", "", ""])
+    assert groups == {"d": "b", "b": "b", "c": "a", "a": "a", "e": "e"}
+    # z shares a film with y, y another with x: one group, whatever the row order
+    rows = [("z", "h2"), ("y", "h2"), ("y", "h1"), ("x", "h1")]
+    assert link_patients(*zip(*rows)) == link_patients(*zip(*rows[::-1])) == {"x": "x", "y": "x", "z": "x"}
+
+
+def test_split_by_patient_keeps_patients_with_one_image_together_and_others_unchanged():
+    patients = [f"p{i:02d}" for i in range(40)]
+    plain = split_by_patient(patients, (0.6, 0.2, 0.2), seed=3)
+    # distinct (or missing) hashes link no one: the split is exactly the one without images
+    assert split_by_patient(patients, (0.6, 0.2, 0.2), seed=3, images=[f"h{i}" for i in range(40)]) == plain
+    assert split_by_patient(patients, (0.6, 0.2, 0.2), seed=3, images=[""] * 40) == plain
+    a = next(p for p in patients if plain[p] == "train")
+    b = next(p for p in patients if plain[p] == "test")
+    c = next(p for p in patients if plain[p] == "val")
+    images = [f"h{i}" for i in range(40)]
+    images[patients.index(b)] = images[patients.index(c)] = images[patients.index(a)]  # one film under three patients
+    linked = split_by_patient(patients, (0.6, 0.2, 0.2), seed=3, images=images)
+    assert linked[a] == linked[b] == linked[c] and set(linked) == set(patients)
+
+
+@pytest.mark.parametrize("flags, kept, counts", [
+    (None, 4, {}),  # a manifest from before the column
+    (["", "", "", ""], 4, {}),
+    (["", "modality:CT", "lateral;non_chest:ABDOMEN", "lateral"], 1, {"lateral": 2, "modality:CT": 1, "non_chest:ABDOMEN": 1}),
+])
+def test_in_scope_leaves_out_flagged_films_and_counts_each_flag(flags, kept, counts, caplog):
+    rows = [_row(i, f"p{i}") if flags is None else _row(i, f"p{i}", scope_flags=flags[i]) for i in range(4)]
+    df = new_manifest(rows, FINDINGS, UNSEEN)
+    out, got = in_scope(df, "m.csv")
+    assert len(out) == kept and got == counts and (flags is None or out["scope_flags"].eq("").all())
+    assert list(out.index) == list(range(kept))
+    assert ("3 of 4 films left out as out of scope (lateral: 2, modality:CT: 1, non_chest:ABDOMEN: 1)" in caplog.text) == bool(counts)

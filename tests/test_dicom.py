@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import warnings
 from pathlib import Path
 
 import cv2
@@ -299,11 +300,14 @@ def test_constant_image_refused(tmp_path):
         read_dicom(_save(_dataset(arr), tmp_path / "c.dcm"))
 
 
-def test_non_finite_refused():
-    # Non-finite values can only come from a (corrupt) rescale.
-    with pytest.warns(UserWarning, match="Invalid value for VR DS"):
-        ds = _dataset(_ramp(), RescaleSlope="NaN", RescaleIntercept="0")
-    with pytest.raises(ImageReadError, match="non-finite pixels"):
+@pytest.mark.parametrize("slope, intercept", [("NaN", "0"), ("1e-38", "0"), ("0", "0"), ("1e9", "0"), ("1", "1e300")])
+def test_corrupt_rescale_refused_before_decoding(slope, intercept):
+    # Non-finite or absurd values can only come from a corrupt header; 1e-38 made every pixel the
+    # same float32 and used to end a whole predict batch in the percentile step.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns about "NaN" as a DS value
+        ds = _dataset(_ramp(), RescaleSlope=slope, RescaleIntercept=intercept)
+    with pytest.raises(ImageReadError, match="corrupt header: implausible Rescale"):
         radiograph_from_dataset(ds)
 
 

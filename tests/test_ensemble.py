@@ -84,6 +84,67 @@ def test_skops_roundtrip_and_untrusted_types_refused(tmp_path):
         load(tmp_path)
 
 
+def _svm_with(steps, X=None, y=None):
+    """A DefiniteNormalSVM around a pipeline of ``steps``, fitted when ``X`` is given."""
+    from sklearn.pipeline import Pipeline
+
+    m = DefiniteNormalSVM()
+    m.pipeline_ = Pipeline(steps) if X is None else Pipeline(steps).fit(X, y)
+    return m
+
+
+def _impostors():
+    """Files named svm.skops that `save` did not write: {case: (build(svm, X, y), what the refusal
+    names)}. skops trusts every estimator among them by default."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler as Scale
+    from sklearn.svm import SVC, LinearSVC
+
+    return {
+        "logistic_regression": (lambda svm, X, y: LogisticRegression().fit(X, y), "untrusted sklearn.linear_model._logistic.LogisticRegression"),
+        "linear_svc_step": (lambda svm, X, y: _svm_with([("scale", Scale()), ("svm", LinearSVC())], X, y), "untrusted sklearn.svm._classes.LinearSVC"),
+        "bare_pipeline": (lambda svm, X, y: svm.pipeline_, "found a Pipeline;"),
+        "extra_step": (lambda svm, X, y: _svm_with([("scale", Scale()), ("again", Scale()), ("svm", SVC())], X, y),
+                       r"pipeline is \[scale=StandardScaler, again=StandardScaler, svm=SVC\], expected \[scale=StandardScaler, svm=SVC\]"),
+        "renamed_step": (lambda svm, X, y: _svm_with([("scale", Scale()), ("clf", SVC())], X, y), r"pipeline is \[scale=StandardScaler, clf=SVC\]"),
+        "unfitted_svc": (lambda svm, X, y: _svm_with([("scale", Scale().fit(X)), ("svm", SVC())]), "not fitted"),
+        "other_classes": (lambda svm, X, y: _svm_with([("scale", Scale()), ("svm", SVC())], X, y + 1), r"classes \[1, 2\], expected \[0, 1\]"),
+        "not_a_zip": (lambda svm, X, y: b"PK\x03\x04 junk", "not a skops archive"),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_impostors()))
+def test_load_refuses_anything_but_the_saved_ensemble(case, tmp_path):
+    import skops.io as sio
+
+    X, y, patients = _data(120)
+    svm = DefiniteNormalSVM().fit(X, y)
+    save(svm, choose_thresholds(svm.decision_function(X), y, patients, 0.9, 50, 0), tmp_path)
+    build, names = _impostors()[case]
+    obj = build(svm, X, y)
+    (tmp_path / "svm.skops").write_bytes(obj if isinstance(obj, bytes) else sio.dumps(obj))
+    with pytest.raises(ValueError, match=names) as err:
+        load(tmp_path)
+    msg = str(err.value)
+    assert msg.startswith(f"{tmp_path / 'svm.skops'} is not an SCXNN ensemble: found ") and msg.endswith("re-run `make ensemble`")
+    assert "\n" not in msg
+
+
+@pytest.mark.parametrize("n_features, loads", [(39, True), (26, False)], ids=["13x3_logits", "13x2_logits"])
+def test_load_checks_the_logits_against_the_runs_findings_x_classes(n_features, loads, tmp_path):
+    from scxnn.config import load_config, save_resolved
+
+    save_resolved(load_config("smoke"), tmp_path)  # 13 findings x 3 classes
+    X, y, patients = _data(120)
+    svm = DefiniteNormalSVM().fit(X[:, :n_features], y)
+    save(svm, choose_thresholds(svm.decision_function(X[:, :n_features]), y, patients, 0.9, 50, 0), tmp_path)
+    if loads:
+        assert load(tmp_path)[0].n_features_in_ == 39
+    else:
+        with pytest.raises(ValueError, match="an SVC over 26 logits, expected 39"):
+            load(tmp_path)
+
+
 def test_logit_columns():
     cols = logit_columns(["nodule", "cardiomegaly"])
     assert cols == ["nodule__normal", "nodule__target", "nodule__others", "cardiomegaly__normal", "cardiomegaly__target", "cardiomegaly__others"]

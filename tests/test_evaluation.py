@@ -478,3 +478,38 @@ def test_published_comparison_two_points_with_cis_and_the_publication(table):
         assert r[f"{k}_lo"] <= r[k] <= r[f"{k}_hi"], k
     paper = out[out.source == "Paper 2018"].iloc[0]
     assert paper.auc == 0.95 and paper.accuracy == 0.9 and pd.isna(paper.set)
+
+
+# --------------------------------------------------------------------------- scxnn evaluate: films the run has seen
+
+
+def _seen_run(tmp_path: Path, with_sha: bool = True) -> Path:
+    step3 = tmp_path / "run" / "03_svm_ensemble"
+    step3.mkdir(parents=True)
+    t = pd.DataFrame({"patient_id": ["pa", "pb", "pc"], "split": ["train", "val", "test"], "source_sha256": ["ha", "hb", "hc"]})
+    (t if with_sha else t.drop(columns="source_sha256")).to_parquet(step3 / "logits.parquet")
+    return tmp_path / "run"
+
+
+def test_seen_films_are_the_runs_training_and_validation_patients_and_hashes(tmp_path, caplog):
+    from scxnn.external import seen_films
+
+    assert seen_films(_seen_run(tmp_path / "new")) == ({"pa", "pb"}, {"ha", "hb"})
+    assert "predates source_sha256" not in caplog.text
+    assert seen_films(_seen_run(tmp_path / "old", with_sha=False)) == ({"pa", "pb"}, set())
+    assert "predates source_sha256" in caplog.text and "cannot be checked" in caplog.text
+
+
+@pytest.mark.parametrize("drop_seen", [False, True])
+def test_copies_of_seen_films_under_new_patients_are_an_overlap(drop_seen):
+    from scxnn.external import PatientOverlap, leave_out_seen
+
+    df = pd.DataFrame({"image_id": [f"i{i}" for i in range(6)], "patient_id": ["pa", "pa", "new1", "new2", "new3", "new4"],
+                       "source_sha256": ["x1", "x2", "ha", "hb", "hc", ""]})
+    seen = ({"pa", "pb"}, {"ha", "hb"})
+    if not drop_seen:
+        with pytest.raises(PatientOverlap, match=r"1 patient\(s\) \(2 films\).* and 2 film\(s\) are identical .*image_id i2, i3.*--drop-seen"):
+            leave_out_seen(df, seen, False, "m.csv")
+        return
+    kept, n = leave_out_seen(df, seen, True, "m.csv")
+    assert list(kept["image_id"]) == ["i4", "i5"] and n == {"patients": 1, "images": 2}

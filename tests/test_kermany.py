@@ -124,6 +124,41 @@ def test_evaluate_refuses_patients_the_run_has_seen(kermany_run, tmp_path, capsy
     assert s["films"] == int((manifest["split"] == "test").sum()) and s["dropped_seen_patients"] > 0
 
 
+@pytest.mark.parametrize("hashed", [True, False])
+def test_evaluate_finds_training_films_copied_under_new_patients(kermany_run, tmp_path, capsys, hashed):
+    """Two training films, renamed and filed under new patient ids, are caught by their bytes: by the
+    manifest's source_sha256 before any preprocessing or, where the column is empty, by the hashes
+    preprocessing takes, before any scoring."""
+    from scxnn.data import hash_patient
+
+    _, tmp, *_ = kermany_run
+    raw_dir = tmp / "data" / "raw"
+    raw = pd.read_csv(raw_dir / "manifest.csv", dtype=str, keep_default_na=False)
+    raw["path"] = [p if Path(p).is_absolute() else str(raw_dir / p) for p in raw["path"]]
+    test, copies = raw[raw["split"] == "test"], raw[raw["split"] == "train"].head(2).copy()
+    (tmp_path / "films").mkdir()
+    for i, src in enumerate(copies["path"]):
+        shutil.copy(src, tmp_path / "films" / f"copy{i}{Path(src).suffix}")
+    copies["image_id"] = ids = ["copy-0", "copy-1"]
+    copies["patient_id"] = [hash_patient(f"someone-new:{i}") for i in ids]
+    copies["path"] = [str(tmp_path / "films" / f"copy{i}{Path(p).suffix}") for i, p in enumerate(copies["path"])]
+    copies["source_sha256"] = copies["source_sha256"] if hashed else ""
+    pd.concat([test, copies]).to_csv(tmp_path / "manifest.csv", index=False)
+    args = ["evaluate", "--models", str(tmp / "runs"), "--manifest", str(tmp_path / "manifest.csv"), "--no-progress", "--out"]
+
+    assert main([*args, str(tmp_path / "e1")]) == 2
+    err = capsys.readouterr().err
+    assert "2 film(s) are identical to training or validation films" in err and "copy-0, copy-1" in err and "--drop-seen" in err
+    assert "were in the run's training" not in err and not (tmp_path / "e1" / "summary.json").exists()
+
+    assert main([*args, str(tmp_path / "e2"), "--drop-seen"]) == 0
+    s = json.loads((tmp_path / "e2" / "summary.json").read_text())
+    assert s["films"] == len(test) and s["dropped_seen_images"] == 2 and s["dropped_seen_patients"] == 0
+    assert "2 identical film(s) under other patient ids" in capsys.readouterr().out
+    assert not pd.read_parquet(tmp_path / "e2" / "logits.parquet")["image_id"].isin(ids).any()
+    assert (tmp_path / "e2" / "png" / "images" / "copy-0.png").is_file() == (not hashed)  # preprocessed only when unhashed
+
+
 def test_evaluate_needs_a_manifest(kermany_run, tmp_path, capsys):
     _, tmp, *_ = kermany_run
     assert main(["evaluate", "--models", str(tmp / "runs"), "--manifest", str(tmp_path / "none.csv"), "--out", str(tmp_path / "o")]) == 2

@@ -18,7 +18,7 @@ import scxnn.predict as P
 from scxnn.config import load_config
 from scxnn.ensemble import Thresholds
 from scxnn.ood import batch_shift
-from scxnn.predict import DECISIONS, PENDING, Screener, collect_inputs, decide, plausibility, predict, screen_file
+from scxnn.predict import DECISIONS, PENDING, Screener, decide, predict, screen_file
 
 
 def _film(size=(320, 300), seed=0) -> np.ndarray:
@@ -82,25 +82,56 @@ class _FakeScreener:
         return {"logits": {}, "p_target": p, "score": score, "ood_score": ood, "ood_flag": ood > self.ood.threshold}
 
 
-def test_collect_inputs_recurses_filters_and_keeps_named_files(tmp_path):
+def test_find_images_recurses_filters_and_says_what_it_could_not_search(tmp_path, monkeypatch):
+    import os
+
+    from scxnn.dicom import find_images
+
     a = _png(tmp_path / "in" / "a.png", _film())
     b = _png(tmp_path / "in" / "sub" / "b.jpg", _film())
     (tmp_path / "in" / "notes.txt").write_text("x")
     (tmp_path / "in" / "scan").write_bytes(b"DICM")  # extension-less files are DICOM candidates
+    (tmp_path / "in" / "scan.bmp").write_bytes(b"BM")  # unknown formats are tried, and rejected with the reason
     _png(tmp_path / "in" / ".hidden" / "c.png", _film())
+    (tmp_path / "in" / "sub" / "loop").symlink_to(tmp_path / "in")  # a symbolic-link loop
+    (tmp_path / "in" / "dangling.dcm").symlink_to(tmp_path / "gone.dcm")
+    (tmp_path / "in" / "locked").mkdir()
+    _png(tmp_path / "in" / "locked" / "d.png", _film())
+    real_scandir = os.scandir
+
+    def scandir(path):  # tests run as root in CI, where chmod 000 would not lock anything
+        if str(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied")
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
     named = tmp_path / "other.txt"
     named.write_text("named explicitly, so it is read (and rejected) whatever its name")
-    got = collect_inputs([tmp_path / "in", named, a])
-    assert got == [a, tmp_path / "in" / "scan", b, named]
+    files, problems = find_images([tmp_path / "in", named, a, tmp_path / "missing.dcm"])
+    assert files == [a, tmp_path / "in" / "scan", tmp_path / "in" / "scan.bmp", b, named]
+    why = {p.name: reason for p, reason in problems}
+    assert set(why) == {"loop", "dangling.dcm", "locked", "missing.dcm"}
+    assert "loop" in why["loop"] and "Permission denied" in why["locked"] and "broken" in why["dangling.dcm"]
 
 
-def test_plausibility_refuses_what_cannot_be_a_chest_film():
-    assert plausibility(_film((320, 300))) is None
-    assert "smaller than a radiograph" in plausibility(_film((100, 80)))
-    assert "aspect ratio" in plausibility(_film((300, 900)))
-    flat = np.full((300, 300), 7.0)
-    flat[0, 0] = 9.0
-    assert "contrast" in plausibility(flat)
+def test_predict_gives_unsearchable_inputs_a_row_and_hides_names_when_asked(tmp_path):
+    s = _FakeScreener(score_value=-1.0)
+    s.models, s.threshold_name, s.device, s.bf16 = {}, "point", type("D", (), {"type": "cpu"})(), False
+    inputs = tmp_path / "in"
+    _png(inputs / "DOE_JOHN_1970.png", _film())
+    (inputs / "sub" / "loop").parent.mkdir(parents=True)
+    (inputs / "sub" / "loop").symlink_to(inputs)
+    t = predict(None, [inputs], tmp_path / "out", overlays=False, progress=False, screener=s)
+    assert len(t) == 2 and set(t["decision"]) == {"rejected", "definite_normal"}
+    assert "loop" in t.loc[t["decision"] == "rejected", "reason"].iloc[0]
+    # report.html is the page meant to be shared: film ids, never file names, unless asked.
+    assert "DOE_JOHN" not in (tmp_path / "out" / "report.html").read_text()
+    assert "DOE_JOHN" in (tmp_path / "out" / "predictions.csv").read_text()
+    t = predict(None, [inputs], tmp_path / "anon", overlays=False, progress=False, screener=s, anonymise_names=True)
+    assert not any("DOE_JOHN" in p.read_text(errors="ignore") for p in (tmp_path / "anon").rglob("*") if p.is_file())
+    assert all(f.startswith("film-") for f in t["file"])
+    predict(None, [inputs], tmp_path / "named", overlays=False, progress=False, screener=s, names_in_report=True)
+    assert "DOE_JOHN" in (tmp_path / "named" / "report.html").read_text()
 
 
 @pytest.mark.parametrize("score, ood, expected", [
@@ -169,13 +200,13 @@ def test_the_batch_check_withholds_every_normal_call_from_a_shifted_batch(tmp_pa
     by_name = {f"f{i:02d}.png": (-1.0, 5.0 if i % 2 else 0.0) for i in range(12)}
     s = _FakeScreener(by_name=by_name)
     s.models, s.threshold_name, s.device, s.bf16 = {}, "point", type("D", (), {"type": "cpu"})(), False
-    original = P.screen_file
+    original = P.score_film
 
-    def tracked(path, screener, digest=""):
-        screener.current = Path(path).name
-        return original(path, screener, digest)
+    def tracked(row, pixels, why, screener):
+        screener.current = Path(row["file"]).name
+        return original(row, pixels, why, screener)
 
-    P.screen_file, saved = tracked, P.screen_file
+    P.score_film, saved = tracked, P.score_film
     try:
         t = predict(None, [shifted], tmp_path / "out1", overlays=False, progress=False, screener=s)
         ok = tmp_path / "ok"
@@ -183,7 +214,7 @@ def test_the_batch_check_withholds_every_normal_call_from_a_shifted_batch(tmp_pa
             _png(ok / f"f{i:02d}.png", _film(seed=i))
         t_ok = predict(None, [ok], tmp_path / "out2", overlays=False, progress=False, screener=s)
     finally:
-        P.screen_file = saved
+        P.score_film = saved
     assert t.attrs["batch"].shifted and (t["decision"] == "needs_review").all()
     calm = t[~t["ood_flag"].astype(bool)]
     assert len(calm) == 6 and calm["reason"].str.contains("batch out of distribution: 50% of 12 films").all()
@@ -245,7 +276,7 @@ def test_predict_writes_csv_thumbnails_report_and_resumes(tmp_path, monkeypatch)
     assert len(csv) == 4 and {"file", "decision", "reason", "score", "threshold", "p_nodule", "ood_flag"} <= set(csv.columns)
     assert len(list((out / "thumbnails").glob("*.png"))) == 3
     html = (out / "report.html").read_text()
-    assert "f0.png" in html and "definite" in html
+    assert "f0.png" not in html and t["film_id"].iloc[0] in html and "definite" in html
     # A rerun scores only what is new or changed.
     calls = s.calls
     _png(inputs / "f9.png", _film(seed=9))

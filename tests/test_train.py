@@ -98,6 +98,17 @@ def test_finding_labels_normal_target_other_na_and_two_class_folding():
         T.finding_labels(df, "nodule", 4)
 
 
+@pytest.mark.parametrize("as_file", [False, True])
+def test_out_of_scope_films_neither_train_nor_validate(as_file, tmp_path, caplog):
+    from scxnn.data import write_manifest
+
+    df, cfg = _manifest([{"split": "train", "scope_flags": ""}, {"split": "train", "scope_flags": "modality:CT"},
+                         {"split": "val", "scope_flags": "lateral"}, {"split": "val", "scope_flags": ""}])
+    got, _ = T._load_manifest(cfg, write_manifest(df, tmp_path / "manifest.csv") if as_file else df)
+    assert list(got["image_id"]) == ["i0", "i3"]
+    assert "2 of 4 films left out as out of scope (lateral: 1, modality:CT: 1)" in caplog.text
+
+
 def test_finding_seed_is_stable_and_differs_per_finding():
     assert T.finding_seed(1, "nodule") == T.finding_seed(1, "nodule") != T.finding_seed(1, "cardiomegaly")
 
@@ -270,6 +281,23 @@ def test_killed_then_resumed_equals_uninterrupted(reference_run, smoke_cache, mo
     # A finished run resumes to the same result without training again.
     r2 = T.train_finding(_cfg(smoke_cache), FINDING, out_dir=out, resume=True, progress=False)
     pd.testing.assert_frame_equal(r2.history, r.history)
+
+
+def test_resume_removes_the_temporary_of_a_checkpoint_write_killed_midway(reference_run, smoke_cache):
+    import shutil
+
+    from scxnn.utils import sha256_file
+
+    out = smoke_cache / "runs" / "torn_write"
+    shutil.copytree(reference_run.out_dir, out)
+    # What kill -9 during save_checkpoint leaves: atomic_open's temporary, never renamed.
+    torn = out / f".{T.BEST_NAME}.abc123.tmp"
+    torn.write_bytes(b"\x00" * 4096)
+    kept = {n: sha256_file(out / n) for n in (T.BEST_NAME, T.LAST_NAME)}
+    r = T.train_finding(_cfg(smoke_cache), FINDING, out_dir=out, resume=True, progress=False)
+    assert not torn.exists() and not list(out.glob(".*.tmp"))
+    assert {n: sha256_file(out / n) for n in kept} == kept
+    pd.testing.assert_frame_equal(_metrics(r.history), _metrics(reference_run.history))
 
 
 def test_shorter_budget_then_longer_budget_equals_uninterrupted(reference_run, smoke_cache):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from scxnn.utils import atomic_open, atomic_write_text, seed_everything, sha256_file
+from scxnn.utils import atomic_open, atomic_write_text, remove_stale_temporaries, seed_everything, sha256_file
 
 
 def _draw():
@@ -43,3 +43,35 @@ def test_atomic_open_refuses_append(tmp_path):
     with pytest.raises(ValueError):
         with atomic_open(tmp_path / "x", "a"):
             pass
+
+
+def test_a_kill_9_mid_write_leaves_a_temporary_that_the_sweep_removes(tmp_path):
+    import subprocess
+    import sys
+
+    atomic_write_text(tmp_path / "best.pt", "the previous checkpoint")
+    write_then_die = ("import os, signal, sys\nfrom scxnn.utils import atomic_open\n"
+                      "with atomic_open(sys.argv[1], 'wb') as fh:\n"
+                      "    fh.write(b'x' * 4096); fh.flush(); os.kill(os.getpid(), signal.SIGKILL)\n")
+    r = subprocess.run([sys.executable, "-c", write_then_die, str(tmp_path / "best.pt")])
+    assert r.returncode == -9
+    left = [p.name for p in tmp_path.iterdir() if p.name != "best.pt"]
+    assert len(left) == 1 and left[0].startswith(".best.pt.") and left[0].endswith(".tmp")
+    assert remove_stale_temporaries(tmp_path) == 1
+    assert os.listdir(tmp_path) == ["best.pt"] and (tmp_path / "best.pt").read_text() == "the previous checkpoint"
+
+
+@pytest.mark.parametrize("name, removed", [
+    (".best.pt.abc123.tmp", True),
+    (".history.csv.k2_9zq1x.tmp", True),
+    ("best.pt", False),
+    ("best.pt.tmp", False),  # not a dotfile
+    (".notes.tmp", False),  # no random part
+    (".best.pt.ABC123.tmp", False),  # mkstemp draws lower case only
+])
+def test_the_sweep_takes_only_atomic_open_temporaries(name, removed, tmp_path):
+    (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / ".best.pt.abc123.tmp").write_bytes(b"x")  # other folders are another step's
+    assert remove_stale_temporaries(tmp_path) == int(removed)
+    assert (tmp_path / name).exists() is not removed and (tmp_path / "sub" / ".best.pt.abc123.tmp").exists()

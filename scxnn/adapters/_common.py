@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from scxnn import data
-from scxnn.utils import sha256_file
+from scxnn.utils import log, sha256_file
 
 MASK_DIR = "masks"
 
@@ -121,14 +121,17 @@ def path_for_manifest(path: Path, out_dir: Path) -> str:
 def assign_splits(
     rows: list[dict], fractions: Sequence[float], seed: int, official: Mapping[str, str] | None = None
 ) -> None:
-    """Fill row["split"] in place, always by patient.
+    """Fill row["split"] in place, always by patient, and patients who share an identical image
+    (``source_sha256``) as one: a copy under another patient id must not cross splits.
 
     Without ``official`` (image_id -> train/val/test) patients are split with the given fractions.
     With it the official assignment is kept and its train pool is re-split by patient into the splits
     the dataset does not provide (e.g. NIH train_val -> train/val, CheXpert train -> train/test),
-    using the fractions renormalised over those splits."""
+    using the fractions renormalised over those splits. A pool patient linked to the dataset's own
+    val or test films (by an identical image, or their own film there) follows them."""
+    patients, images = [r["patient_id"] for r in rows], [r["source_sha256"] for r in rows]
     if not official:
-        sp = data.split_by_patient([r["patient_id"] for r in rows], fractions, seed)
+        sp = data.split_by_patient(patients, fractions, seed, images)
         for r in rows:
             r["split"] = sp[r["patient_id"]]
         return
@@ -136,20 +139,32 @@ def assign_splits(
     bad = given - set(data.SPLITS)
     if bad:
         raise ValueError(f"official split values must be in {data.SPLITS}, got {sorted(bad)}")
+    group = data.link_patients(patients, images)
+    held: dict[str, set[str]] = {}
+    for r in rows:
+        if official.get(r["_raw_id"], "train") != "train":
+            held.setdefault(group[r["patient_id"]], set()).add(official[r["_raw_id"]])
+    # linked to both official val and test: left as is, so validate_manifest names the dataset's own leak
+    held = {g: s.pop() for g, s in held.items() if len(s) == 1}
     frac = dict(zip(data.SPLITS, fractions))
     targets = ["train", *[s for s in ("val", "test") if s not in given]]
     pool = [r for r in rows if official.get(r["_raw_id"], "train") == "train"]
+    moved = {r["patient_id"] for r in pool if group[r["patient_id"]] in held}
+    if moved:
+        log.warning("%d patient(s) of the official training pool share films or identical images with the official "
+                    "val/test films: moved to that split", len(moved))
+    pool = [r for r in pool if r["patient_id"] not in moved]
     if len(targets) > 1:
         tot = sum(frac[s] for s in targets)
         f3 = [frac[s] / tot if s in targets else 0.0 for s in data.SPLITS]
-        sp = data.split_by_patient([r["patient_id"] for r in pool], f3, seed)
+        sp = data.split_by_patient([r["patient_id"] for r in pool], f3, seed, [r["source_sha256"] for r in pool])
         # split_by_patient guarantees a patient in every split; move the absent split's share back.
         sp = {p: (s if s in targets else "train") for p, s in sp.items()}
     else:
         sp = {r["patient_id"]: "train" for r in pool}
     for r in rows:
         o = official.get(r["_raw_id"], "train")
-        r["split"] = sp[r["patient_id"]] if o == "train" else o
+        r["split"] = o if o != "train" else held.get(group[r["patient_id"]]) or sp[r["patient_id"]]
 
 
 def finish(
