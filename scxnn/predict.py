@@ -229,15 +229,10 @@ def score_film(row: dict, pixels: tuple | None, why: str | None, screener: Scree
     """Fill ``row`` from the decoding stage's result (:func:`scxnn.preprocess.screening_pixels`) and
     the models: rejected with ``why``, or scored and decided. Any failure while scoring (a
     MemoryError, a bug) rejects this film with the reason; the batch goes on."""
-    if pixels is None:
-        why = why or "unreadable"
-        if not why.startswith(("unreadable", "implausible", "out of scope", "could not", "out of memory")):
-            why = f"unreadable: {why}"  # e.g. the worker's "the decoder crashed its process"
-        row.update(decision="rejected", reason=why)
-        if (why or "").startswith("out of scope"):
-            row["scope_flags"] = why.rsplit("this file is ", 1)[-1].replace(", ", ";")
+    img8, flags = pixels if pixels is not None else (None, ())
+    if img8 is None:
+        row.update(decision="rejected", reason=why or "unreadable", scope_flags=";".join(flags))
         return row, None
-    img8, _ = pixels
     try:
         s = screener.score(img8)
         top = max(s["p_target"], key=s["p_target"].get)
@@ -391,7 +386,8 @@ def predict(run_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike], out
     # aborts on a corrupt file (gdcm does, found by the fuzz test) costs that film, not the batch.
     jobs = [ScreenJob({"image_id": key}, str(path), screener.cfg.preprocess) for key, (path, _) in todo.items()]
     new = 0
-    results = run_isolated(jobs, workers=1, fn=screening_pixels)
+    results = run_isolated(jobs, workers=1, fn=screening_pixels,
+                           crashed="unreadable: the decoder crashed its process (corrupt compressed data?)")
     for key, pixels, why in tqdm(results, total=len(jobs), desc="screening", unit="film", disable=not progress):
         path, digest = todo.pop(key)
         row, img8 = score_film(_row(path, digest, screener), pixels, why, screener)

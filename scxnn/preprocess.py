@@ -311,9 +311,10 @@ class ScreenJob:
     pre: Preprocess
 
 
-def screening_pixels(job: ScreenJob) -> tuple[str, tuple[np.ndarray, tuple[str, ...]] | None, str | None]:
+def screening_pixels(job: ScreenJob) -> tuple[str, tuple[np.ndarray | None, tuple[str, ...]] | None, str | None]:
     """Worker of ``scxnn predict``'s decoding stage: read, gate (:mod:`scxnn.plausibility`) and
-    preprocess one file -> (key, (uint8 film, scope flags) or None, rejection reason or None).
+    preprocess one file -> (key, (uint8 film or None if the gate refused it, scope flags) or None if
+    unreadable, rejection reason or None).
     Never raises; run it through :func:`run_isolated` so that a decoder that aborts its process
     costs one film, not the batch."""
     from scxnn import plausibility
@@ -324,7 +325,7 @@ def screening_pixels(job: ScreenJob) -> tuple[str, tuple[np.ndarray, tuple[str, 
         rad = read_image(job.source, voi_lut=pre.voi_lut, max_megapixels=pre.max_megapixels)
         why = plausibility.check(rad.pixels, pre, rad.scope_flags)
         if why:
-            return key, None, why
+            return key, (None, rad.scope_flags), why
         return key, (preprocess_pixels(rad.pixels, pre)[0], rad.scope_flags), None
     except ImageReadError as e:
         return key, None, f"unreadable: {e.reason}"
@@ -384,7 +385,8 @@ def jobs_from_paths(paths: Sequence[str | os.PathLike], out_dir: Path, pre: Prep
     return jobs, skipped
 
 
-def run_isolated(jobs: Sequence, workers: int, fn=None) -> Iterator[tuple[str, object, str | None]]:
+def run_isolated(jobs: Sequence, workers: int, fn=None,
+                 crashed: str = "the decoder crashed its process (corrupt compressed data?)") -> Iterator[tuple[str, object, str | None]]:
     """Yield ``fn(job)`` results (default :func:`_process`), in any order, from a process pool; each
     job has ``row["image_id"]`` and ``fn`` returns ``(image_id, result, reason)``. Also the decoding
     stage of ``scxnn predict`` (:func:`screening_pixels`).
@@ -410,7 +412,7 @@ def run_isolated(jobs: Sequence, workers: int, fn=None) -> Iterator[tuple[str, o
                 try:
                     yield ex.submit(fn, job).result()
                 except BrokenProcessPool:
-                    yield job.row["image_id"], None, "the decoder crashed its process (corrupt compressed data?)"
+                    yield job.row["image_id"], None, crashed
             continue
         inflight: dict = {}
         ex = pool(workers)
