@@ -226,7 +226,20 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
         cfg = load_config(args.profile, args.set)
         for size in args.size or [cfg.preprocess.size, 1024]:
-            print(format_bench_predict(bench_predict(backbone=cfg.model.backbone, size=size, n_models=args.models or len(cfg.findings), images=args.images, batch=args.batch or 1, device=args.device, compile=args.compile)), flush=True)
+            print(format_bench_predict(bench_predict(backbone=cfg.model.backbone, size=size, n_models=args.models or len(cfg.findings), images=2 if args.images is None else args.images, batch=args.batch or 1, device=args.device, compile=args.compile)), flush=True)
+        return 0
+    if args.what == "realism":
+        import json
+
+        from scxnn.synth.realism import N_DEFAULT, bench_realism, format_bench_realism
+        from scxnn.utils import atomic_write_text
+
+        cfg = load_config(args.profile, args.set)
+        r = bench_realism(cfg, n=N_DEFAULT if args.images is None else args.images, real=args.real, progress=not args.no_progress)
+        print(format_bench_realism(r), flush=True)
+        if args.out:
+            atomic_write_text(args.out, json.dumps(r, indent=1) + "\n")
+            print(f"-> {_rel(args.out)}")
         return 0
     if args.what == "train":
         from scxnn.bench import bench_train, format_bench_train
@@ -370,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finding", help="only this finding's model (default: all)")
 
     p = add("bench", "benchmarks: measure the project against a named baseline and print the ratio", _cmd_bench)
-    p.add_argument("what", choices=["predict", "train", "preprocess"], help="which benchmark")
+    p.add_argument("what", choices=["predict", "train", "preprocess", "realism"], help="which benchmark (realism: how separable synthetic normal films are from real NIH normals at 64 px)")
     p.add_argument("--height", type=int, default=3000, help="preprocess: source image height (default 3000)")
     p.add_argument("--width", type=int, default=2500, help="preprocess: source image width (default 2500)")
     p.add_argument("--bits", type=int, default=12, help="preprocess: bits stored (default 12)")
@@ -378,10 +391,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, action="append", help="train/predict: image side, repeatable (default: the profile's preprocess.size; predict: that and 1024)")
     p.add_argument("--batch", type=int, default=0, help="train: batch size (default: the profile's train.batch_size); predict: images per batch (default 1, as on CPU)")
     p.add_argument("--steps", type=int, default=5, help="train: timed steps per variant (default 5)")
-    p.add_argument("--images", type=int, default=2, help="predict: timed images per variant (default 2)")
+    p.add_argument("--images", type=int, default=None, help="predict: timed images per variant (default 2); realism: synthetic normal films to render (default 500)")
     p.add_argument("--models", type=int, default=0, help="predict: models per image (default: the profile's findings, 13)")
     p.add_argument("--device", default="cpu", help="train/predict: cpu, cuda or auto (default cpu)")
     p.add_argument("--compile", action="store_true", help="train/predict: also measure torch.compile (slow to start)")
+    p.add_argument("--real", metavar="PATH", help="realism: the NIH ChestX-ray14 mini folder holding labels.csv (default: ../shared/realdata/nih_cxr14_mini beside the checkout)")
+    p.add_argument("--out", metavar="FILE", help="realism: also write the result as JSON to FILE")
+    p.add_argument("--no-progress", action="store_true", help="realism: no progress bar")
     return parser
 
 

@@ -1,9 +1,27 @@
-"""A normal PA chest, rendered as an attenuation map (higher = denser = brighter in MONOCHROME2).
+"""A normal chest, built as 3-D structures and projected: the attenuation a PA (or AP) film records.
 
-Geometry lives in thorax-normalised coordinates: X in [-1, 1] across the thoracic cage (negative =
-image left = patient's right), Y in [0, 1] from the lung apices to the lateral costophrenic angles.
-Working in these units lets one parameter set describe the same patient at any image size or aspect,
-which is how follow-up images of one patient keep their anatomy.
+Each structure is a solid with a density; what the film sees is its chord, the length of the ray
+through it, computed in closed form for the shapes used here (ellipsoids, superellipse slabs,
+tubes around a centre line). A chord thins to zero at the edge of the solid, so every edge fades as
+the structure runs out, and overlapping structures add up as on a real film. The attenuation map is
+the sum of chord × density (Beer-Lambert in the log domain); :func:`scxnn.synth.sites.acquire`
+turns it into a detector image.
+
+Units. In-plane geometry lives in thorax-normalised coordinates: X in [-1, 1] across the thoracic
+cage (negative = image left = the patient's right), Y in [0, 1] from the lung apices to the lateral
+costophrenic angles. Chords are measured in half thoracic widths (about 15 cm); densities are
+relative to water (soft tissue 1, aerated lung 0.25, bone up to 2.7). Working in these units lets one
+parameter set describe the same patient at any image size or aspect, which is how follow-up images
+of one patient keep their anatomy.
+
+What is drawn: soft tissue of the neck, shoulders, arms, chest wall, breasts and abdomen; both lungs
+with their depth, apices, lateral costophrenic angles and the posterior recesses behind the domes;
+the heart (right atrium, left ventricle, the right ventricle between them), the upper mediastinum
+with the superior vena cava, the aortic knob, the pulmonary trunk and the descending aorta; the
+trachea and main bronchi; hila and pulmonary vessels that taper and branch towards the periphery
+(larger in the lower zones, as on an upright film); ribs as hollow tubes (posterior ribs dense,
+anterior ribs faint, ending at the unseen costal cartilage); vertebral bodies with pedicles and
+spinous processes; clavicles; scapulae; humeral heads; the gastric bubble with its fluid level.
 """
 
 from __future__ import annotations
@@ -16,45 +34,59 @@ import numpy as np
 
 SIDES = (-1, 1)  # -1: image left (patient's right lung), +1: image right (patient's left lung)
 
+# Densities relative to water (what one unit of chord adds to the log-domain attenuation).
+AIR_IN_LUNG = 0.75  # aerated lung is ~0.25 g/ml: its air removes three quarters of the tissue
+BONE = 1.7  # cortical bone adds ~1.7 water equivalents per unit of chord at diagnostic energies
+TRABECULAR = 0.55
+
 
 def sample_anatomy(rng: np.random.Generator) -> dict:
     """Patient-level parameters (stable across a patient's images)."""
+    breast = rng.uniform(0.15, 0.45) if rng.random() < 0.45 else 0.0
     return {
-        "width": rng.uniform(0.74, 0.84),  # thoracic cage width / image width (portrait reference)
-        "height": rng.uniform(0.85, 0.98),  # lung height / thoracic width
-        "top": rng.uniform(0.08, 0.13),  # apex row / image height
+        "width": rng.uniform(0.62, 0.88),  # thoracic cage width / image width (portrait reference)
+        "height": rng.uniform(0.80, 1.04),  # lung height / thoracic width
+        "top": rng.uniform(0.04, 0.19),  # apex row / image height
         "lat": {-1: rng.uniform(0.90, 0.97), 1: rng.uniform(0.90, 0.97)},
-        "dome": {-1: rng.uniform(0.76, 0.82), 1: rng.uniform(0.80, 0.87)},  # right dome sits higher
+        "dome": {-1: rng.uniform(0.74, 0.82), 1: rng.uniform(0.79, 0.87)},  # right dome sits higher
         "ctr": float(np.clip(rng.normal(0.44, 0.03), 0.36, 0.50)),  # cardiothoracic ratio, normal
-        "heart_cx": rng.uniform(0.12, 0.20),
-        "heart_tilt": rng.uniform(30, 50),
-        "heart_ratio": rng.uniform(0.70, 0.80),
-        "med_w": rng.uniform(0.12, 0.16),  # upper mediastinum half width
-        "knob": rng.uniform(0.04, 0.08),  # aortic knob radius
-        "body": rng.uniform(1.10, 1.25),  # soft-tissue half width (thorax units)
-        "breast": rng.uniform(0.0, 0.35) if rng.random() < 0.5 else 0.0,
-        "rib_start": rng.uniform(-0.04, 0.01),
-        "rib_gap": rng.uniform(0.088, 0.102),
-        "rib_drop": rng.uniform(0.08, 0.14),
-        "clav": rng.uniform(-0.06, 0.0),
-        "hila": {-1: (rng.uniform(0.20, 0.26), rng.uniform(0.40, 0.46)), 1: (rng.uniform(0.18, 0.24), rng.uniform(0.36, 0.42))},
+        "heart_cx": rng.uniform(-0.04, 0.04),  # horizontal offset of the heart
+        "heart_tilt": rng.uniform(25, 45),  # long axis of the left ventricle, degrees
+        "heart_ratio": rng.uniform(0.66, 0.78),
+        "med_w": rng.uniform(0.11, 0.15),  # upper mediastinum half width
+        "knob": rng.uniform(0.03, 0.055),  # aortic knob radius
+        "body": rng.uniform(1.22, 1.42),  # soft-tissue half width (thorax units): build
+        "ap": rng.uniform(0.52, 0.95),  # chest half depth: build
+        "breast": breast,
+        "arms": rng.uniform(0.1, 1.0),  # how far the arms project beside the chest
+        "scapula": rng.uniform(0.0, 0.12),  # how far the scapulae overlap the lungs
+        "rib_start": rng.uniform(-0.05, 0.0),
+        "rib_gap": rng.uniform(0.086, 0.100),
+        "rib_drop": rng.uniform(0.14, 0.24),
+        "clav": rng.uniform(-0.07, 0.0),
+        "scoliosis": rng.normal(0, 0.012),
+        "hila": {-1: (rng.uniform(0.20, 0.26), rng.uniform(0.40, 0.46)), 1: (rng.uniform(0.18, 0.24), rng.uniform(0.35, 0.41))},
         "vessel_seed": int(rng.integers(2**31)),
         "texture_seed": int(rng.integers(2**31)),
-        "density": rng.uniform(0.9, 1.15),  # body habitus: soft-tissue attenuation
+        "density": rng.uniform(0.88, 1.15),  # soft-tissue attenuation: fat vs muscle
+        "lung_depth": rng.uniform(0.6, 1.25),
         "gastric": rng.uniform(0.0, 1.0),
         # Lesion-driven edits (set by findings' ``pre`` hooks, absent in a normal chest)
         "apex_drop": {-1: 0.0, 1: 0.0},
+        "volume_loss": {-1: 0.0, 1: 0.0},  # lift of a hemidiaphragm and shift of the mediastinum
         "fracture": None,
     }
 
 
 def jitter(p: dict, rng: np.random.Generator) -> dict:
-    """Per-image variation of the same patient: inspiration depth and positioning."""
+    """Per-image variation of the same patient: inspiration, rotation and positioning."""
     q = copy.deepcopy(p)
-    insp = rng.normal(0, 0.015)
+    insp = rng.normal(0, 0.035)
     q["dome"] = {s: v + insp for s, v in p["dome"].items()}
-    q["shift"] = rng.normal(0, 0.015)
-    q["top"] = p["top"] + rng.normal(0, 0.008)
+    q["shift"] = rng.normal(0, 0.025)
+    q["top"] = p["top"] + rng.normal(0, 0.01)
+    q["rot"] = rng.normal(0, 0.025)  # rotation about the long axis: anterior vs posterior structures
+    q["tilt"] = rng.normal(0, 1.2)  # in-plane tilt, degrees
     return q
 
 
@@ -72,25 +104,36 @@ class Geometry:
     p: dict
     layers: dict = field(default_factory=dict)
 
+    @property
+    def unit(self) -> float:
+        """Pixels per X unit (half the thoracic width); also the pixel size of one chord unit."""
+        return self.tw / 2
+
     def px(self, x: float, y: float) -> tuple[int, int]:
         return int(round(self.cx + x * self.tw / 2)), int(round(self.y0 + y * self.lh))
 
+    def pxf(self, x, y) -> tuple[np.ndarray, np.ndarray]:
+        return self.cx + np.asarray(x) * self.tw / 2, self.y0 + np.asarray(y) * self.lh
+
     def dome(self, s: int, u: np.ndarray) -> np.ndarray:
-        """Y of the lung base of side s at lateral coordinate u = s * X."""
-        d, lat = self.p["dome"][s], self.p["lat"][s]
+        """Y of the top of the hemidiaphragm of side s at lateral coordinate u = s * X."""
+        d, lat = self.p["dome"][s] - self.p["volume_loss"][s], self.p["lat"][s]
         lateral = d + (1.02 - d) * np.clip((u - 0.4) / (lat - 0.4), 0, None) ** 2
-        return np.where(u > 0.4, lateral, d + 0.4 * (0.4 - u) ** 2)
+        return np.where(u > 0.4, lateral, d + 0.35 * (0.4 - u) ** 2)
 
 
 def make_geometry(p: dict, H: int, W: int, spacing_mm: float) -> Geometry:
     # Fit the thorax inside the canvas whatever the aspect ratio (landscape films show more shoulder).
-    tw = min(p["width"] * W, 0.80 * H / p["height"] / 1.05)
+    tw = min(p["width"] * W, 0.78 * H / p["height"] / 1.05)
     lh = tw * p["height"]
     cx = W / 2 + p.get("shift", 0.0) * W
     y0 = p["top"] * H
     X = ((np.arange(W, dtype=np.float32) - cx) / (tw / 2))[None, :]
     Y = ((np.arange(H, dtype=np.float32) - y0) / lh)[:, None]
     return Geometry(H, W, cx, y0, tw, lh, X, Y, spacing_mm, p)
+
+
+# --------------------------------------------------------------------------- primitives
 
 
 def smooth_noise(rng: np.random.Generator, H: int, W: int, cells: int) -> np.ndarray:
@@ -109,210 +152,416 @@ def blur(a: np.ndarray, sigma: float) -> np.ndarray:
     return cv2.GaussianBlur(a, (0, 0), sigma)
 
 
-def heart_mask(g: Geometry, ctr: float) -> np.ndarray:
+def ellipsoid(g: Geometry, x: float, y: float, a: float, b: float, c: float, angle_deg: float = 0.0, k: float = 2.0, out: np.ndarray | None = None, op: str = "max") -> np.ndarray:
+    """Chord of an ellipsoid (superellipsoid for k > 2) centred at (x, y) in thorax units.
+
+    ``a``, ``b``: in-plane semi-axes in X units (isotropic pixels), ``c``: half depth in chord units;
+    the chord is 2c (1 - r^k)^(1/k), computed over the bounding box only.
+    """
+    if out is None:
+        out = np.zeros((g.H, g.W), np.float32)
+    cx, cy = g.pxf(x, y)
+    A, B = a * g.unit, b * g.unit
+    R = max(A, B) + 1
+    x0, x1 = int(max(0, np.floor(cx - R))), int(min(g.W, np.ceil(cx + R) + 1))
+    y0, y1 = int(max(0, np.floor(cy - R))), int(min(g.H, np.ceil(cy + R) + 1))
+    if x0 >= x1 or y0 >= y1 or A < 0.5 or B < 0.5:
+        return out
+    xs = np.arange(x0, x1, dtype=np.float32)[None, :] - cx
+    ys = np.arange(y0, y1, dtype=np.float32)[:, None] - cy
+    t = np.deg2rad(angle_deg)
+    u = (xs * np.cos(t) + ys * np.sin(t)) / A
+    v = (-xs * np.sin(t) + ys * np.cos(t)) / B
+    r = np.abs(u) ** k + np.abs(v) ** k
+    chord = 2 * c * np.clip(1 - r, 0, None) ** (1 / k)
+    region = out[y0:y1, x0:x1]
+    if op == "max":
+        np.maximum(region, chord, out=region)
+    else:
+        region += chord
+    return out
+
+
+def tubes(g: Geometry, polylines, radius: float, depth: float, shell: float = 0.0) -> np.ndarray:
+    """Chord through tubes of ``radius`` px around centre lines (pixel coordinates).
+
+    ``depth``: half thickness of the tube along the ray, in chord units; ``shell`` > 0 makes it
+    hollow (cortical bone), with the inner radius ``(1 - shell) * radius``: the edges seen end-on
+    are then brighter than the middle, as on a rib. Overlaps within one call count once.
+    """
+    out = np.zeros((g.H, g.W), np.float32)
+    lines = [np.asarray(pts, np.float64) for pts in polylines if len(pts) >= 2]
+    if not lines:
+        return out
+    r = max(radius, 0.6)
+    # Work in the bounding box of the centre lines only: most tubes are small next to the film.
+    allp = np.concatenate(lines)
+    pad = r + 2
+    x0, y0 = int(max(0, np.floor(allp[:, 0].min() - pad))), int(max(0, np.floor(allp[:, 1].min() - pad)))
+    x1, y1 = int(min(g.W, np.ceil(allp[:, 0].max() + pad) + 1)), int(min(g.H, np.ceil(allp[:, 1].max() + pad) + 1))
+    if x0 >= x1 or y0 >= y1:
+        return out
+    img = np.full((y1 - y0, x1 - x0), 255, np.uint8)
+    for pts in lines:
+        cv2.polylines(img, [np.round(pts - (x0, y0)).astype(np.int32)], False, 0, 1, cv2.LINE_8)
+    if img.min() == 255:
+        return out
+    d = cv2.distanceTransform(img, cv2.DIST_L2, 5)
+    chord = 2 * depth * np.sqrt(np.clip(1 - (d / r) ** 2, 0, None))
+    if shell > 0:
+        ri = r * (1 - shell)
+        chord -= 2 * depth * (1 - shell) * 0.85 * np.sqrt(np.clip(1 - (d / ri) ** 2, 0, None))
+    out[y0:y1, x0:x1] = chord
+    return out
+
+
+def smoothstep(x, lo, hi):
+    t = np.clip((x - lo) / (hi - lo), 0, 1)
+    return t * t * (3 - 2 * t)
+
+
+# --------------------------------------------------------------------------- structures
+
+
+def body_chord(g: Geometry) -> np.ndarray:
+    """Soft tissue of neck, shoulders, chest wall and abdomen: a boxy ellipse per row."""
     p = g.p
-    hw = ctr * (p["lat"][-1] + p["lat"][1]) / 2 * g.tw / 2  # half the transverse heart diameter, px
-    th = np.deg2rad(p["heart_tilt"])
-    r = p["heart_ratio"]
-    a = hw / np.sqrt(np.cos(th) ** 2 + (r * np.sin(th)) ** 2)
-    b = a * r
-    hcx = g.cx + p["heart_cx"] * g.tw / 2
-    hcy = g.y0 + (min(p["dome"].values()) - 0.10) * g.lh
-    xs = np.arange(g.W, dtype=np.float32)[None, :] - hcx
-    ys = np.arange(g.H, dtype=np.float32)[:, None] - hcy
-    xr = xs * np.cos(th) + ys * np.sin(th)
-    yr = -xs * np.sin(th) + ys * np.cos(th)
-    return (xr / a) ** 2 + (yr / b) ** 2 <= 1.0
+    Y = g.Y[:, 0]
+    half = np.interp(Y, [-0.7, -0.2, -0.02, 0.1, 0.4, 1.0, 2.0], [0.5, 0.58, 1.40, 1.32, p["body"], p["body"] * 1.04, p["body"] * 1.02])[:, None]
+    depth = p["ap"] * np.interp(Y, [-0.7, -0.2, 0.05, 0.5, 1.1, 2.0], [0.55, 0.62, 0.85, 1.0, 1.05, 1.05])[:, None]
+    t = np.abs(g.X) / half
+    k = 3.5
+    out = 2 * depth * np.clip(1 - t**k, 0, None) ** (1 / k)
+    # Shoulder muscles (trapezius, sternocleidomastoid) over the apices and the neck.
+    for s in SIDES:
+        ellipsoid(g, s * 0.45, -0.1, 0.6, 0.22, 0.12 * p["ap"], s * 8, k=2.0, out=out, op="add")
+    # Arms held beside the chest: columns of soft tissue in the upper corners.
+    for s in SIDES:
+        ax = s * (p["body"] + 0.05 + 0.15 * p["arms"])
+        ellipsoid(g, ax, 0.25, 0.3 + 0.1 * p["arms"], 1.1, 0.34, s * -4, k=3.0, out=out, op="add")
+    return out.astype(np.float32)
 
 
-def mediastinum_mask(g: Geometry, med_w: float) -> np.ndarray:
+def _lung_edges(g: Geometry, s: int) -> tuple[np.ndarray, np.ndarray]:
     p = g.p
     Y = g.Y
-    # Slight upward taper, an aortic knob on the patient's left.
-    half = med_w * (0.9 + 0.15 * np.clip(Y / 0.6, 0, 1))
-    band = np.abs(g.X) < half
-    kx, ky = med_w + 0.01, 0.22
-    knob = ((g.X - kx) * g.tw / 2) ** 2 + ((Y - ky) * g.lh) ** 2 < (p["knob"] * g.tw / 2) ** 2
-    return (band | knob) & (Y < 0.9)
+    lateral = p["lat"][s] * (0.66 + 0.34 * smoothstep(Y, -0.05, 0.7))
+    medial = np.full_like(Y, -0.03 + 0.02 * s * p.get("rot", 0.0))
+    return medial, lateral
 
 
-def lung_region(g: Geometry, s: int) -> np.ndarray:
-    """The hemithorax air space of side s before the heart and mediastinum are cut out."""
+def cavity_chord(g: Geometry, s: int) -> tuple[np.ndarray, np.ndarray]:
+    """Chord of the hemithorax of side s, before the heart and mediastinum, and where it lies
+    below the top of the diaphragm (only the recesses behind and in front of the dome)."""
     p = g.p
     u = s * g.X
     Y = g.Y
-    apex = 0.3 * ((u - 0.45) / 0.5) ** 2 + p["apex_drop"][s]
-    lateral = p["lat"][s] * (0.80 + 0.20 * np.clip(Y / 0.5, 0, 1))
-    return (Y > apex) & (u < lateral) & (u > 0.06) & (Y < g.dome(s, u))
+    med, lat = _lung_edges(g, s)
+    t = np.clip((u - med) / (lat - med), 0, 1)
+    t = t**0.75  # the lung is deepest medially, in the paravertebral gutter, and thins laterally
+    k = 2.0
+    prof = np.clip(1 - np.abs(2 * t - 1) ** k, 0, None) ** (1 / k)
+    depth = 0.95 * p["lung_depth"] * p["ap"] / 0.72 * (0.3 + 0.7 * smoothstep(Y, -0.05, 0.85))
+    apex = 0.28 * ((u - 0.45) / 0.5) ** 2 - 0.02 + p["apex_drop"][s]
+    cap = np.sqrt(np.clip((Y - apex) / 0.09, 0, 1))
+    # The diaphragm: the dome cuts the cavity; below its top, lung remains only in the posterior
+    # recess (deep) and in front (shallow). The excluded z-interval grows as sqrt of the depth below
+    # the dome, which gives the sharp dome outline and the fading recess beneath it.
+    r = np.clip(Y - g.dome(s, np.clip(u, 0, None)), 0, None)
+    z0 = -0.25
+    wp = (1 - z0) * np.sqrt(r / 0.17)
+    wa = (1 + z0) * np.sqrt(r / 0.035)
+    frac = (np.clip(1 - (z0 + wp), 0, None) + np.clip((z0 - wa) + 1, 0, None)) / 2
+    frac = frac * np.where(r > 0, 0.6, 1.0)  # the recesses are shallow: liver and spleen fill the dome
+    inside = (u > med) & (u < lat)
+    return (depth * prof * cap * frac * inside).astype(np.float32), r > 0
 
 
-def _draw(shape, polylines, thickness: int, value: int = 255) -> np.ndarray:
-    img = np.zeros(shape, np.uint8)
-    for pts in polylines:
-        cv2.polylines(img, [np.round(pts).astype(np.int32)], False, value, max(1, thickness), cv2.LINE_AA)
-    return img.astype(np.float32) / 255.0
+def heart_chord(g: Geometry, ctr: float | None = None) -> np.ndarray:
+    """The cardiac silhouette: right atrium, right ventricle, left ventricle (chord, unit depth)."""
+    p = g.p
+    ctr = p["ctr"] if ctr is None else ctr
+    inner = p["lat"][-1] + p["lat"][1]
+    wh = ctr * inner  # transverse diameter, X units
+    off = p["heart_cx"] + p.get("rot", 0.0) + 0.5 * (p["volume_loss"][1] - p["volume_loss"][-1])
+    xr = -0.34 * wh + off
+    xl = xr + wh
+    out = np.zeros((g.H, g.W), np.float32)
+    yunit = g.lh / g.unit  # Y units in X units
+    # Left ventricle: a tilted ellipse whose left edge is the left heart border.
+    a = 0.50 * wh
+    b = a * p["heart_ratio"]
+    th = np.deg2rad(p["heart_tilt"])
+    ext_x = np.sqrt((a * np.cos(th)) ** 2 + (b * np.sin(th)) ** 2)
+    ext_y = np.sqrt((a * np.sin(th)) ** 2 + (b * np.cos(th)) ** 2)
+    lvx = xl - ext_x
+    base_l = p["dome"][1] - p["volume_loss"][1]
+    lvy = base_l - 0.6 * ext_y / yunit
+    ellipsoid(g, lvx, lvy, a, b, 0.5, p["heart_tilt"], k=2.8, out=out)
+    # Base of the heart (left atrium, outflow tracts): joins the silhouette to the mediastinum.
+    ellipsoid(g, off + 0.08 * wh, lvy - 0.95 * ext_y / yunit, 0.30 * wh, 0.28 * wh, 0.45, 0, k=2.8, out=out)
+    # Right atrium: the convex right heart border above the right dome.
+    ra = 0.19 * wh
+    base_r = p["dome"][-1] - p["volume_loss"][-1]
+    ellipsoid(g, xr + ra, base_r - 0.7 * ra * 1.15 / yunit, ra, ra * 1.25, 0.42, 0, k=2.6, out=out)
+    # Right ventricle, anterior, fills the silhouette between them.
+    ellipsoid(g, (xr + xl) / 2 - 0.03, (lvy + base_r) / 2 - 0.03, 0.33 * wh, 0.24 * wh, 0.45, 10, k=2.6, out=out)
+    return blur(out, 0.006 * g.tw)  # the chambers merge into one smooth silhouette
 
 
-def _ribs(g: Geometry) -> np.ndarray:
+def mediastinum_chord(g: Geometry, med_w: float | None = None) -> np.ndarray:
+    """Upper mediastinum (great vessels, trachea, oesophagus) as a slab, with the aortic knob and
+    pulmonary trunk on the left and the superior vena cava forming the right border."""
+    p = g.p
+    med_w = p["med_w"] if med_w is None else med_w
+    Y = g.Y
+    shift = p.get("rot", 0.0) * 0.6 + 0.5 * (p["volume_loss"][1] - p["volume_loss"][-1])
+    half = med_w * (0.92 + 0.18 * smoothstep(Y, 0.0, 0.5))
+    t = np.abs(g.X - 0.01 - shift) / half
+    k = 4.0
+    slab = 0.6 * np.clip(1 - t**k, 0, None) ** (1 / k) * (1 - smoothstep(Y, 0.62, 0.8))
+    out = slab.astype(np.float32)
+    ellipsoid(g, med_w * 0.6 + shift, 0.21, p["knob"] * 1.2 + 0.05, p["knob"] + 0.03, 0.45, 0, out=out)  # aortic knob
+    ellipsoid(g, med_w * 0.6 + shift, 0.35, 0.07, 0.05, 0.35, 0, out=out)  # pulmonary trunk
+    ellipsoid(g, -med_w * 0.75 + shift, 0.30, 0.06, 0.17, 0.35, 0, k=2.4, out=out)  # SVC / ascending aorta
+    # Descending aorta: a faint tube beside the spine, seen through the heart.
+    floor = min(p["dome"].values())
+    out = np.maximum(out, tubes(g, [np.stack(g.pxf([0.09 + shift, 0.07 + shift, 0.06], [0.22, 0.6, floor]), 1)], 0.05 * g.unit, 0.14))
+    return out
+
+
+def airway_chord(g: Geometry) -> np.ndarray:
+    p = g.p
+    shift = p.get("rot", 0.0) * 0.6
+    carina = (0.0 + shift, 0.30)
+    lines = [np.stack(g.pxf([-0.01 + shift, -0.01 + shift, carina[0]], [-0.7, 0.1, carina[1]]), 1)]
+    trachea = tubes(g, lines, 0.06 * g.unit, 0.08)
+    bron = []
+    for s in SIDES:
+        hx, hy = p["hila"][s]
+        ex = s * hx * 0.85 + shift * 0.5
+        bron.append(np.stack(g.pxf([carina[0], (carina[0] + ex) / 2, ex], [carina[1], carina[1] + 0.04 + (0.03 if s < 0 else 0.0), hy - 0.01]), 1))
+    return np.maximum(trachea, tubes(g, bron, 0.035 * g.unit, 0.04))
+
+
+def _rib_curve(g: Geometry, s: int, k: int, n: int = 32):
+    """Centre lines (posterior, anterior) of rib k on side s, thorax units."""
+    p = g.p
+    t = np.linspace(0, 1, n)
+    yk = p["rib_start"] + k * p["rib_gap"] - 0.015 * s * p.get("rot", 0.0)
+    lat = p["lat"][s] * (0.80 + 0.22 * min(1.0, (yk + 0.1) / 0.6)) * 1.04
+    u = 0.07 + t * (lat - 0.07)
+    y = yk - 0.045 * np.sin(np.pi * t * 0.9) + (p["rib_drop"] + 0.004 * k) * t**2.4
+    ta = np.linspace(0, 1, 20)
+    ua = lat - ta * (lat - (0.28 + 0.02 * k)) + 0.01
+    ya = y[-1] + 0.015 + (0.20 + 0.01 * k) * ta**1.15
+    return (s * u, y), (s * ua, ya)
+
+
+def ribs_chord(g: Geometry) -> tuple[np.ndarray, np.ndarray]:
+    """(posterior, anterior) rib chords; cortical tubes."""
     p = g.p
     post, ant = [], []
-    t = np.linspace(0, 1, 28)
     for s in SIDES:
-        lat = p["lat"][s] * 1.03
-        for k in range(10):
-            yk = p["rib_start"] + k * p["rib_gap"]
-            u = 0.06 + t * (lat - 0.06)
-            y = yk - 0.05 * np.sin(np.pi * t) + (p["rib_drop"] + 0.004 * k) * t**2.5
-            pts = np.stack([g.cx + s * u * g.tw / 2, g.y0 + y * g.lh], 1)
+        for k in range(11):
+            (x, y), (xa, ya) = _rib_curve(g, s, k)
+            pts = np.stack(g.pxf(x, y), 1)
             fr = p["fracture"]
             if fr is not None and fr["side"] == s and fr["rib"] == k:
-                i = int(fr["t"] * len(t))
-                step = fr["step"] * g.tw
-                a, b = pts[: i - 1], pts[i:] + np.array([0.0, step])
-                post += [a, b]
+                i = int(fr["t"] * len(x))
+                step = fr["step"] * g.lh
+                post += [pts[: i - 1], pts[i:] + np.array([fr["step"] * g.tw * 0.3 * s, step])]
             else:
                 post.append(pts)
-            # Anterior rib: from the lateral end back down towards the sternum, fading medially.
-            ua = lat - t[:20] * (lat - 0.3)
-            ya = y[-1] + 0.02 + 0.24 * t[:20] ** 1.2
-            ant.append(np.stack([g.cx + s * ua * g.tw / 2, g.y0 + ya * g.lh], 1))
-    w = max(1, int(round(0.026 * g.lh)))
-    shape = (g.H, g.W)
-    cortex = _draw(shape, post, w) - 0.55 * _draw(shape, post, max(1, w - 2 * max(1, w // 4)))
-    anterior = _draw(shape, ant, max(1, int(w * 0.8)))
-    return cortex + 0.45 * anterior
+            if k < 9:
+                ant.append(np.stack(g.pxf(xa, ya), 1))
+    r = 0.018 * g.lh
+    posterior = tubes(g, post, r, 0.028, shell=0.4)
+    anterior = tubes(g, ant, r * 1.2, 0.009, shell=0.5)
+    # The costal cartilage does not show: anterior ribs fade towards the sternum.
+    anterior *= smoothstep(np.abs(g.X), 0.3, 0.75)
+    return posterior, anterior
 
 
-def _clavicles(g: Geometry) -> np.ndarray:
+def spine_chord(g: Geometry) -> np.ndarray:
+    """Vertebral bodies (boxy, with end plates), pedicles and spinous processes, C7 to L2."""
     p = g.p
+    out = np.zeros((g.H, g.W), np.float32)
+    gap = p["rib_gap"]
+    shift = -0.5 * p.get("rot", 0.0)
+    # The column of vertebral bodies, continuous through the discs; the bodies add their end plates.
+    col = np.clip(1 - (np.abs(g.X - shift) / (0.09 + 0.03 * np.clip(g.Y, 0, 1.5))) ** 3, 0, None) ** (1 / 3)
+    out += (0.05 * TRABECULAR * col).astype(np.float32)
+    for k in range(-2, 16):
+        yc = p["rib_start"] + (k + 0.15) * gap
+        if yc > (g.H - g.y0) / g.lh + 0.1:
+            break
+        xc = shift + p["scoliosis"] * np.sin(np.pi * (yc + 0.1) / 1.2)
+        w = 0.085 + 0.004 * k
+        h = 0.5 * gap * g.lh / g.unit
+        ellipsoid(g, xc, yc, w, h, 0.012 * TRABECULAR, 0, k=4.0, out=out, op="add")
+        for sx in (-1, 1):  # pedicles: small cortical rings (the "eyes" of the vertebra)
+            ellipsoid(g, xc + sx * 0.72 * w, yc - 0.12 * gap, 0.022, 0.03, 0.025, out=out, op="add")
+            ellipsoid(g, xc + sx * 0.72 * w, yc - 0.12 * gap, 0.013, 0.019, -0.025, out=out, op="add")  # hollow
+        ellipsoid(g, xc, yc + 0.35 * gap, 0.018, 0.045, 0.025, 0, out=out, op="add")  # spinous process
+    return out
+
+
+def shoulder_girdle_chord(g: Geometry) -> np.ndarray:
+    """Clavicles, scapulae and humeral heads."""
+    p = g.p
+    rot = p.get("rot", 0.0)
     lines = []
     for s in SIDES:
-        uu = np.array([0.07, 0.25, 0.5, 0.75, 0.95])
-        yy = np.array([0.02, -0.02, -0.03, -0.07, -0.05]) + p["clav"]
-        lines.append(np.stack([g.cx + s * uu * g.tw / 2, g.y0 + yy * g.lh], 1))
-    return _draw((g.H, g.W), lines, max(1, int(round(0.035 * g.lh))))
+        uu = np.array([0.10, 0.28, 0.5, 0.72, 0.92, 1.02])
+        yy = np.array([0.03, -0.01, -0.025, -0.05, -0.09, -0.08]) + p["clav"]
+        lines.append(np.stack(g.pxf(s * uu + rot * 1.2, yy), 1))
+    out = tubes(g, lines, 0.028 * g.lh, 0.05, shell=0.3)
+    for s in SIDES:
+        # Scapula: a thin plate with a thick lateral border; on a good PA film it is rotated off the lung.
+        ov = p["scapula"]
+        poly = np.stack(g.pxf(s * np.array([0.98 - ov, 0.80 - ov, 0.95, 1.12, 1.15]), [-0.04, 0.50, 0.42, 0.05, -0.05]), 1)
+        plate = np.zeros((g.H, g.W), np.float32)
+        cv2.fillPoly(plate, [np.round(poly).astype(np.int32)], 0.02)
+        out += blur(plate, 0.03 * g.unit)
+        out += blur(tubes(g, [poly[2:4]], 0.02 * g.lh, 0.03, shell=0.3), 0.01 * g.unit)
+        ellipsoid(g, s * 1.30, -0.08, 0.21, 0.21, 0.08, 0, out=out, op="add")  # humeral head
+    return out
 
 
-def _vessels(g: Geometry) -> np.ndarray:
-    rng = np.random.default_rng(g.p["vessel_seed"])
-    img = np.zeros((g.H, g.W), np.uint8)
-    t0 = 0.014 * g.tw
-    segs = []
+def vessel_tree(g: Geometry, lung: np.ndarray) -> np.ndarray:
+    """Pulmonary arteries and veins: tapering, branching tubes from the hila towards the periphery.
 
-    def branch(x, y, ang, length, thick, depth):
-        x2, y2 = x + np.cos(ang) * length, y + np.sin(ang) * length
-        segs.append((x, y, x2, y2, thick))
-        if depth == 0:
+    Radii fall by 2^(-1/3) per branching (Murray's law); lower-zone vessels are larger (gravity).
+    Growth stops where the lung ends.
+    """
+    p = g.p
+    rng = np.random.default_rng(p["vessel_seed"])
+    n_gen = 6
+    segs: list[list] = [[] for _ in range(n_gen)]
+    H, W = lung.shape
+
+    def inside(x, y):
+        xi, yi = int(x), int(y)
+        return 0 <= xi < W and 0 <= yi < H and lung[yi, xi] > 0.05
+
+    def grow(x, y, ang, length, gen):
+        if gen >= n_gen:
             return
-        for sgn in (-1, 1):
-            branch(x2, y2, ang + sgn * rng.uniform(0.25, 0.6), length * rng.uniform(0.68, 0.82), thick * 0.72, depth - 1)
+        pts = [(x, y)]
+        a = ang
+        for _ in range(3):  # gently curving segment
+            a += rng.normal(0, 0.08)
+            x, y = x + np.cos(a) * length / 3, y + np.sin(a) * length / 3
+            if gen > 0 and not inside(x, y):
+                break
+            pts.append((x, y))
+        if len(pts) < 2:
+            return
+        segs[gen].append(np.array(pts))
+        for sg in (-1, 1):
+            grow(x, y, a + sg * rng.uniform(0.25, 0.55), length * rng.uniform(0.72, 0.86), gen + 1)
 
     for s in SIDES:
-        hx, hy = g.px(s * g.p["hila"][s][0], g.p["hila"][s][1])
-        # Angles in image space; 0 = towards +x. Mirror for the right lung.
-        for base in (-1.35, -0.75, -0.1, 0.55, 1.05):
-            a = base + rng.normal(0, 0.12)
-            ang = a if s == 1 else np.pi - a
-            branch(hx, hy, ang, 0.10 * g.tw * rng.uniform(0.8, 1.2), t0, 5)
-    for x, y, x2, y2, th in segs:
-        val = int(np.clip(90 + 165 * th / t0, 0, 255))
-        cv2.line(img, (int(x), int(y)), (int(x2), int(y2)), val, max(1, int(round(th))), cv2.LINE_AA)
-    return blur(img.astype(np.float32) / 255.0, 0.0025 * g.tw)
+        hx, hy = g.pxf(s * p["hila"][s][0], p["hila"][s][1])
+        for base in (-1.45, -0.95, -0.45, 0.05, 0.55, 0.95, 1.3):
+            ab = base + rng.normal(0, 0.1)
+            ang = ab if s == 1 else np.pi - ab
+            grow(hx, hy, ang, 0.085 * g.tw * rng.uniform(0.8, 1.2), 0)
+    Y = g.Y
+    gravity = 0.85 + 0.3 * smoothstep(Y, 0.2, 0.9)
+    out = np.zeros((g.H, g.W), np.float32)
+    r0 = 0.026 * g.unit
+    for gen in range(n_gen):
+        r = r0 * 2 ** (-gen / 3)
+        # Deeper than a single vessel: the tree stands for the many vessels along each ray.
+        out = np.maximum(out, tubes(g, segs[gen], max(r, 0.7), 0.045 * 2 ** (-gen / 4)))
+    return out * gravity
 
 
 def render_layers(g: Geometry) -> dict:
-    """Anatomical layers as float32 arrays; :func:`compose` sums them into attenuation."""
+    """The chords of every structure; :func:`compose` weighs them into attenuation."""
     p = g.p
-    H, W = g.H, g.W
-    X, Y = g.X, g.Y
-    soft_sigma = 0.006 * g.tw
-    # Body outline: neck, shoulders, chest wall, abdomen.
-    half = np.interp(Y[:, 0], [-0.6, -0.17, -0.04, 0.06, 0.4, 1.0, 2.0], [0.32, 0.36, 1.45, 1.3, p["body"], p["body"] * 1.03, p["body"]])[:, None]
-    body = np.sqrt(np.clip(1 - (X / half) ** 2, 0, 1)).astype(np.float32)
-    body = blur(body, soft_sigma)
-
-    heart = heart_mask(g, p["ctr"])
-    med = mediastinum_mask(g, p["med_w"])
-    lungs = {}
-    for s in SIDES:
-        lungs[s] = lung_region(g, s) & ~heart & ~med
-    lung = (lungs[-1] | lungs[1]).astype(np.uint8)
-    dist = cv2.distanceTransform(lung, cv2.DIST_L2, 3)
-    depth = np.sqrt(np.clip(dist / (0.10 * g.tw), 0, 1)).astype(np.float32)
-    depth = blur(depth, soft_sigma)
-    lung_soft = blur(lung.astype(np.float32), soft_sigma)
-
-    below = np.zeros((H, W), bool)
-    for s in SIDES:
-        u = s * X
-        side = u >= 0
-        below |= side & (Y > g.dome(s, u))
-    abdomen = blur((below & (body > 0)).astype(np.float32), soft_sigma * 1.5)
-
-    # Gastric bubble under the left hemidiaphragm (not every patient shows one).
-    gx, gy = g.px(0.45, p["dome"][1] + 0.09)
-    gr = g.tw * 0.06 * p["gastric"]
-    gas = np.zeros((H, W), np.float32)
-    if gr > 2:
-        cv2.ellipse(gas, (gx, gy), (int(gr * 1.3), int(gr * 0.8)), 0, 180, 360, 1.0, -1)
-        cv2.ellipse(gas, (gx, gy), (int(gr * 1.3), int(gr * 0.3)), 0, 0, 180, 1.0, -1)
-        gas = blur(gas, soft_sigma)
-
-    spine = (np.abs(X) < 0.075).astype(np.float32)
-    discs = 1 - 0.2 * np.cos(np.pi * (Y - p["rib_start"]) / p["rib_gap"]) ** 8
-    spine = blur(spine * discs, soft_sigma)
-    trachea = ((np.abs(X + 0.01) < 0.045) & (Y < 0.30)).astype(np.float32)
-    bronchi = _draw((H, W), [np.array([g.px(0, 0.30), g.px(s * p["hila"][s][0] * 0.8, p["hila"][s][1] - 0.03)], float) for s in SIDES], max(1, int(0.04 * g.tw)))
-    airway = blur(np.maximum(trachea, bronchi), soft_sigma)
-
-    hila = np.zeros((H, W), np.float32)
-    for s in SIDES:
-        hx, hy = g.px(s * p["hila"][s][0], p["hila"][s][1])
-        cv2.circle(hila, (hx, hy), max(1, int(0.05 * g.tw)), 1.0, -1)
-    hila = blur(hila, 0.025 * g.tw)
-
-    breast = np.zeros((H, W), np.float32)
+    body = body_chord(g)
+    cav = {s: cavity_chord(g, s) for s in SIDES}
+    heart = heart_chord(g)
+    med = mediastinum_chord(g)
+    occupied = np.maximum(heart, med)
+    # The heart and mediastinum sit above the diaphragm: the recesses below the dome keep their air.
+    lung_s = {s: np.clip(cav[s][0] - occupied * ~cav[s][1], 0, None) for s in SIDES}
+    lung = lung_s[-1] + lung_s[1]
+    # Gastric bubble under the left dome: gas above a fluid level when upright.
+    gas = np.zeros((g.H, g.W), np.float32)
+    if p["gastric"] > 0.25:
+        gx, gy = 0.42, p["dome"][1] + 0.075
+        ellipsoid(g, gx, gy, 0.14 * p["gastric"] + 0.04, 0.07 * p["gastric"] + 0.03, 0.12 * p["gastric"], 0, out=gas)
+        gas[g.Y[:, 0] > gy + 0.01] = 0
+        gas = blur(gas, 0.6)
+    # Bowel gas: the splenic flexure and loops beneath the left dome, a few small pockets elsewhere.
+    grng = np.random.default_rng([p["texture_seed"], 5])
+    for _ in range(int(grng.integers(0, 16))):
+        side = 1 if grng.random() < 0.7 else -1
+        x = side * grng.uniform(0.15, 0.85)
+        y = p["dome"][side] + grng.uniform(0.12, 0.45)
+        r = grng.uniform(0.04, 0.14)
+        ellipsoid(g, x, y, r * grng.uniform(0.8, 1.8), r, grng.uniform(0.01, 0.06), grng.uniform(0, 180), out=gas, op="add")
+    post, ant = ribs_chord(g)
+    lmax = float(lung.max()) or 1.0
+    lung_soft = np.clip(lung / (0.12 * lmax), 0, 1)
+    vessels = vessel_tree(g, lung_soft)
+    tex_rng = np.random.default_rng(p["texture_seed"])
+    texture = (0.6 * smooth_noise(tex_rng, g.H, g.W, 14) + 0.4 * smooth_noise(tex_rng, g.H, g.W, 60)) * lung
+    breast = np.zeros((g.H, g.W), np.float32)
     if p["breast"] > 0:
         for s in SIDES:
-            bx, by = g.px(s * 0.62, 0.92)
-            cv2.ellipse(breast, (bx, by), (int(0.45 * g.tw / 2), int(0.22 * g.lh)), 0, 0, 360, 1.0, -1)
-        breast = blur(breast, 0.04 * g.tw) * p["breast"]
-
-    tex_rng = np.random.default_rng(p["texture_seed"])
-    texture = 0.6 * smooth_noise(tex_rng, H, W, 10) + 0.4 * smooth_noise(tex_rng, H, W, 40)
-
+            ellipsoid(g, s * 0.58, 0.86, 0.46, 0.26, 0.3 * p["breast"], s * 12, out=breast)
+        breast *= (body > 0).astype(np.float32)
+    thr = 0.2 * lmax  # where the lung holds enough air to be called lung
     return {
         "body": body,
+        "cavity": {s: cav[s][0] for s in SIDES},
+        "lung_chord": lung_s,
+        "lung_bool": {s: lung_s[s] > thr for s in SIDES},
         "lung": lung_soft,
-        "lung_bool": lungs,
-        "depth": depth,
-        "heart": blur(heart.astype(np.float32), soft_sigma) * (1 - abdomen),
-        "heart_bool": heart,
-        "med": blur(med.astype(np.float32), soft_sigma) * (1 - abdomen),
-        "med_bool": med,
-        "abdomen": abdomen,
+        "depth": np.clip(lung / lmax, 0, 1),
+        "heart": heart,
+        "heart_bool": heart > 0.05,
+        "med": med,
+        "med_bool": med > 0.05,
+        "airway": airway_chord(g),
         "gas": gas,
-        "spine": spine,
-        "airway": airway * (body > 0.2),
-        "hila": hila * lung_soft,
+        "ribs": post + ant,
+        "ribs_post": post,
+        "spine": spine_chord(g),
+        "girdle": shoulder_girdle_chord(g),
         "breast": breast,
-        "ribs": blur(_ribs(g), 0.002 * g.tw),
-        "clavicles": blur(_clavicles(g), 0.002 * g.tw),
-        "vessels": _vessels(g) * lung_soft,
-        "texture": texture * lung_soft,
+        "vessels": vessels * lung_soft,
+        "texture": texture,
     }
 
 
 def air(layers: dict) -> np.ndarray:
     """Attenuation the lung air removes; a lesion that fills the airspace adds (part of) this back."""
-    return 0.65 * layers["depth"] * layers["lung"]
+    return AIR_IN_LUNG * (layers["lung_chord"][-1] + layers["lung_chord"][1])
+
+
+def lung_region(g: Geometry, s: int) -> np.ndarray:
+    """The hemithorax air space of side s before the heart and mediastinum are taken out."""
+    return cavity_chord(g, s)[0] > 0.02
+
+
+def heart_mask(g: Geometry, ctr: float) -> np.ndarray:
+    return heart_chord(g, ctr) > 0.05
+
+
+def mediastinum_mask(g: Geometry, med_w: float) -> np.ndarray:
+    return mediastinum_chord(g, med_w) > 0.05
 
 
 def compose(layers: dict, p: dict) -> np.ndarray:
     L = layers
-    a = p["density"] * (1.0 * L["body"] + 0.25 * L["abdomen"] + 0.35 * L["breast"])
-    a = a - air(L) + 0.22 * L["heart"] + 0.2 * L["med"] - 0.25 * L["airway"] - 0.5 * L["gas"] * L["abdomen"]
-    # The spine and ribs are barely seen through the heart and the upper abdomen on a PA film.
-    a = a + (0.12 * L["spine"] + 0.13 * L["ribs"]) * (1 - 0.6 * np.maximum(L["heart"], L["abdomen"])) + 0.22 * L["clavicles"]
-    a = a + 0.15 * L["vessels"] + 0.15 * L["hila"] + 0.03 * L["texture"]
+    a = p["density"] * (L["body"] + L["breast"])
+    a = a - air(L) - L["airway"] - L["gas"]
+    a = a + BONE * (L["ribs"] + L["girdle"]) + L["spine"] * BONE
+    a = a + AIR_IN_LUNG * L["vessels"] + 0.012 * L["texture"]
     return a.astype(np.float32)

@@ -27,7 +27,7 @@ from scxnn.synth.anatomy import compose, jitter, make_geometry, render_layers, s
 from scxnn.synth.findings import FINDINGS, sample_severity
 from scxnn.utils import atomic_write_bytes, atomic_write_text, sha256_file
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 META_NAME = "synth.json"
 SECOND_FINDING = 0.2  # share of abnormal images with a second target finding
 UNSEEN_SHARE = 0.12  # share of abnormal evaluation images with an unseen finding
@@ -152,26 +152,45 @@ def plan(cfg) -> list[dict]:
 def render(job: dict, difficulty: float) -> tuple[np.ndarray, dict]:
     """(image in [0, 1], {finding: bool mask}) for one planned job."""
     p = sample_anatomy(np.random.default_rng(job["anat_seed"]))
-    rng = np.random.default_rng(job["image_seed"])
+    rng = np.random.default_rng(job["image_seed"])  # positioning and acquisition
+    # Lesions draw from their own stream: the same job without findings renders the same film
+    # without the lesions (the gallery's "same patient, normal" twin).
+    lrng = np.random.default_rng([*job["image_seed"], 7])
     p = jitter(p, rng)
+    p["view"] = job.get("view", "PA")  # AP films are taken supine or semi-erect: fluid layers, air rises anteriorly
     names = job["findings"] + job["unseen"]
-    sev = {f: sample_severity(rng, difficulty) for f in names}
+    sev = {f: sample_severity(lrng, difficulty) for f in names}
     for f in names:
         pre = FINDINGS[f][0]
         if pre is not None:
-            pre(p, rng, sev[f])
+            pre(p, lrng, sev[f])
     H, W = job["shape"]
     g = make_geometry(p, H, W, job["spacing"])
     layers = render_layers(g)
     att = compose(layers, p)
     masks = {}
     for f in names:
-        delta, mask = FINDINGS[f][1](g, layers, rng, sev[f])
+        delta, mask = FINDINGS[f][1](g, layers, lrng, sev[f])
         att += delta
         if not mask.any():  # guarantee a non-empty mask for every positive
             mask = np.abs(delta) > 0.5 * np.abs(delta).max() if np.abs(delta).max() > 0 else mask
         masks[f] = mask
+    att, masks = _tilt(att, masks, p["tilt"])
     return sites.acquire(att, job["site"], rng, g.tw), masks
+
+
+def _tilt(att: np.ndarray, masks: dict, degrees: float) -> tuple[np.ndarray, dict]:
+    """Positioning: the patient stands a little askew on the detector (lesion masks follow)."""
+    if abs(degrees) < 0.05:
+        return att, masks
+    H, W = att.shape
+    m = cv2.getRotationMatrix2D((W / 2, H / 2), degrees, 1.0)
+    att = cv2.warpAffine(att, m, (W, H), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    out = {}
+    for f, mk in masks.items():
+        w = cv2.warpAffine(mk.astype(np.uint8), m, (W, H), flags=cv2.INTER_NEAREST, borderValue=0) > 0
+        out[f] = w if w.any() else mk
+    return att, out
 
 
 def _work(job: dict, root: str, difficulty: float, seed: int, findings: list, unseen: list) -> dict:

@@ -1,73 +1,294 @@
-"""One example per finding (plus a normal) with its lesion mask outlined: a quick visual check that
-the generator draws what the labels say."""
+"""Visual checks of the generator.
+
+``plot_gallery``: every finding beside the same patient's film without it (the "normal twin" that
+:func:`scxnn.synth.build.render` gives for the job without findings), lesion mask outlined, so one
+sees what the labels say and how subtle a sign is. ``plot_real_comparison``: synthetic normals next
+to real normal films (NIH ChestX-ray14, Kermany) at the same size, when ``../shared/realdata`` is
+there.
+"""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
 
-from scxnn.data import parse_masks
+from scxnn.utils import atomic_write_bytes
+
+PANEL_IN = 2.3  # inches per gallery panel
+DPI = 130
+PAIRS_PER_ROW = 4
+TITLE_IN = 0.45  # room for a panel's two-line title
+CONTOUR = dict(colors="yellow", linewidths=0.6, alpha=0.7)
+REAL_NOTE = "real films not present (../shared/realdata)"
+
+
+def display_norm(a: np.ndarray, ref: np.ndarray | None = None) -> np.ndarray:
+    """Display-ready float32 in [0, 1]: percentile clip 0.5 / 99.5 (of ``ref`` when given, so two
+    panels share one grey scale), then min-max."""
+    from scxnn.preprocess import percentiles
+
+    def prep(x):
+        x = np.asarray(x)
+        return x if x.dtype == np.float32 or np.issubdtype(x.dtype, np.integer) else x.astype(np.float32)
+
+    lo, hi = percentiles(prep(a if ref is None else ref), 0.5, 99.5)
+    return np.clip((np.asarray(a, dtype=np.float32) - lo) / max(hi - lo, 1e-6), 0, 1)
 
 
 def read_image(path) -> np.ndarray:
     """Display-ready float image in [0, 1], dense = bright, through the project's reader."""
     from scxnn.dicom import read_image as read_radiograph
-    from scxnn.preprocess import percentiles
 
-    a = read_radiograph(path).pixels
-    lo, hi = percentiles(a, 0.5, 99.5)
-    return np.clip((a - lo) / max(hi - lo, 1e-6), 0, 1)
+    return display_norm(read_radiograph(path).pixels)
 
 
-def _example(manifest: pd.DataFrame, finding: str | None, findings) -> pd.Series | None:
-    if finding is None:
-        rows = manifest[(manifest[list(findings)].fillna(0).sum(axis=1) == 0) & (manifest["label_type"] == "hard")]
-        if "pneumonia" in manifest:
-            rows = rows[rows[[c for c in ("pneumonia", "edema", "fracture") if c in manifest]].fillna(0).sum(axis=1) == 0]
-        return rows.iloc[0] if len(rows) else None
-    rows = manifest[(manifest[finding] == 1) & manifest["masks"].str.contains(f"{finding}=", regex=False)]
-    if not len(rows):
-        return None
-    # Prefer an internal, single-finding example: the cleanest illustration of the label.
-    single = rows[rows[list(findings)].fillna(0).sum(axis=1) == 1]
-    rows = single if len(single) else rows
-    internal = rows[rows["site"] == "internal"]
-    rows = internal if len(internal) else rows
-    return rows.iloc[len(rows) // 2]
-
-
-def plot_gallery(manifest: pd.DataFrame, root, out_path, findings) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    root, out_path = Path(root), Path(out_path)
-    panels = [(None, "normal")] + [(f, f) for f in findings]
-    cols = 5
-    rows = int(np.ceil(len(panels) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 3.0, rows * 3.4))
-    for ax in np.ravel(axes):
-        ax.axis("off")
-    for ax, (f, title) in zip(np.ravel(axes), panels):
-        row = _example(manifest, f, findings)
-        if row is None:
-            ax.set_title(f"{title}\n(no example)", fontsize=8)
-            continue
-        img = read_image(root / row["path"])
-        ax.imshow(img, cmap="gray", vmin=0, vmax=1)
-        if f is not None:
-            m = cv2.imread(str(root / parse_masks(row["masks"])[f]), cv2.IMREAD_GRAYSCALE)
-            contours, _ = cv2.findContours((m > 0).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-            for c in contours:
-                c = c[:, 0, :]
-                ax.plot(np.r_[c[:, 0], c[:1, 0]], np.r_[c[:, 1], c[:1, 1]], color="red", lw=0.8)
-        ax.set_title(f"{title}\n{row['image_id']} ({row['site']})", fontsize=8)
-    fig.tight_layout()
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=110)
-    plt.close(fig)
+def _save(fig, out_path, dpi: int) -> Path:
+    out_path = Path(out_path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    atomic_write_bytes(out_path, buf.getvalue())
+    if not out_path.is_file():
+        raise OSError(f"figure not written: {out_path}")
     return out_path
+
+
+def _blank(ax) -> None:
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for s in ax.spines.values():
+        s.set_visible(False)
+
+
+# --------------------------------------------------------------------------- gallery
+
+
+def _pretty(name: str) -> str:
+    return name.replace("_", " ")
+
+
+def _example_id(manifest: pd.DataFrame, finding: str, findings: list, unseen: list) -> str | None:
+    """The image_id of a clean example of ``finding``: a hard-labelled internal film with that one
+    finding (an unseen finding: an evaluation-site film with it alone); failing that, a hard-labelled
+    film with it alone, any film with it alone, any film with it. The middle candidate, so the choice
+    is deterministic."""
+    if finding not in manifest:
+        return None
+    cols = [c for c in [*findings, *unseen] if c in manifest]
+    has = manifest[finding].fillna(0).astype(int) == 1
+    alone = has & (manifest[cols].fillna(0).astype(int).sum(axis=1) == 1)
+    hard = manifest["label_type"] == "hard"
+    where = manifest["site"] != "internal" if finding in unseen else manifest["site"] == "internal"
+    for rows in (manifest[alone & hard & where], manifest[alone & hard], manifest[alone], manifest[has]):
+        if len(rows):
+            return str(rows["image_id"].iloc[len(rows) // 2])
+    return None
+
+
+def _plan_manifest(jobs: list[dict], findings: list, unseen: list) -> pd.DataFrame:
+    """The columns :func:`_example_id` needs, straight from the plan."""
+    return pd.DataFrame(
+        [dict(image_id=j["image_id"], site=j["site"], label_type=j["label_type"],
+              **{f: int(f in j["findings"]) for f in findings}, **{f: int(f in j["unseen"]) for f in unseen})
+         for j in jobs],
+        columns=["image_id", "site", "label_type", *findings, *unseen],
+    )
+
+
+def gallery_examples(cfg, manifest: pd.DataFrame | None = None) -> list[tuple[str, dict | None]]:
+    """``[(finding, job or None)]`` for every target and unseen finding: the planned job the gallery
+    shows (None when ``manifest`` has no example, or its example is not a film of this plan)."""
+    from scxnn.synth.build import plan
+
+    findings, unseen = list(cfg.findings), list(cfg.unseen_findings)
+    jobs = plan(cfg)
+    if manifest is None:
+        manifest = _plan_manifest(jobs, findings, unseen)
+    by_id = {j["image_id"]: j for j in jobs}
+    out = []
+    for f in findings + unseen:
+        job = by_id.get(_example_id(manifest, f, findings, unseen))
+        # A manifest from another source (an adapter's real films) shares no films with the plan.
+        if job is not None and f not in job["findings"] + job["unseen"]:
+            job = None
+        out.append((f, job))
+    return out
+
+
+def _placeholder(axes, name: str, text: str) -> None:
+    for ax, title in zip(axes, ("normal (same patient)", name)):
+        ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=8, color="0.4", transform=ax.transAxes)
+        ax.set_title(title, fontsize=8)
+
+
+def plot_gallery(cfg, manifest: pd.DataFrame | None, out_path) -> Path:
+    """Every finding (targets, then unseen ones) beside the same patient's normal film: 4 pairs a
+    row, left the normal twin, right the film with the finding and its lesion mask outlined.
+
+    ``manifest`` only chooses the examples (by image_id; None: choose from ``plan(cfg)``); the films
+    are rendered from the plan with ``cfg.data.synth_difficulty``. Returns ``out_path`` (PNG).
+    """
+    from matplotlib.figure import Figure
+
+    from scxnn.synth.build import render
+
+    examples = gallery_examples(cfg, manifest)
+    unseen = set(cfg.unseen_findings)
+    difficulty = cfg.data.synth_difficulty
+    cols = 2 * PAIRS_PER_ROW
+    rows = max(1, int(np.ceil(len(examples) / PAIRS_PER_ROW)))
+    fig = Figure(figsize=(cols * PANEL_IN, rows * (PANEL_IN + TITLE_IN)))
+    axes = np.asarray(fig.subplots(rows, cols, squeeze=False))
+    for ax in axes.ravel():
+        ax.axis("off")
+    for k, (f, job) in enumerate(examples):
+        a_twin, a_find = axes[k // PAIRS_PER_ROW, 2 * (k % PAIRS_PER_ROW)], axes[k // PAIRS_PER_ROW, 2 * (k % PAIRS_PER_ROW) + 1]
+        name = _pretty(f) + (" (unseen)" if f in unseen else "")
+        if job is None:
+            _placeholder((a_twin, a_find), name, "(no example)")
+            continue
+        try:
+            img, masks = render(job, difficulty)
+        except KeyError:  # a finding the generator does not draw (an adapter profile's label)
+            _placeholder((a_twin, a_find), name, "(not drawn by the generator)")
+            continue
+        twin, _ = render(dict(job, findings=[], unseen=[]), difficulty)
+        a_twin.imshow(display_norm(twin), cmap="gray", vmin=0, vmax=1)
+        a_twin.set_title(f"normal (same patient)\n{job['image_id']}", fontsize=8)
+        a_find.imshow(display_norm(img, ref=twin), cmap="gray", vmin=0, vmax=1)  # one grey scale per pair
+        m = masks.get(f)
+        if m is not None and np.any(m):
+            a_find.contour(np.asarray(m, dtype=np.float32), levels=[0.5], **CONTOUR)
+        a_find.set_title(f"{name}\n{job['site']}", fontsize=8)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.3 / (rows * (PANEL_IN + TITLE_IN)), wspace=0.04, hspace=0.25)
+    return _save(fig, out_path, DPI)
+
+
+# --------------------------------------------------------------------------- synthetic vs real
+
+
+def default_realdata() -> Path:
+    import scxnn
+
+    return Path(scxnn.__file__).resolve().parents[1].parent / "shared" / "realdata"
+
+
+def _grey(path: Path) -> np.ndarray | None:
+    img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)  # RGB -> grey
+    return img if img is not None and img.size else None
+
+
+def _long_side(img: np.ndarray, side: int) -> np.ndarray:
+    h, w = img.shape[:2]
+    s = side / max(h, w)
+    size = (max(1, round(w * s)), max(1, round(h * s)))
+    return cv2.resize(img, size, interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+
+
+def _to64(img: np.ndarray) -> np.ndarray:
+    return cv2.resize(img, (64, 64), interpolation=cv2.INTER_AREA)
+
+
+def _read_labels(folder: Path) -> pd.DataFrame | None:
+    try:
+        return pd.read_csv(folder / "labels.csv")
+    except (OSError, ValueError):
+        return None
+
+
+def _load_all(folder: Path, rels) -> list[np.ndarray]:
+    out = []
+    for rel in rels:
+        img = _grey(folder / rel)
+        if img is not None:
+            out.append(img)
+    return out
+
+
+def real_normals(realdata, n: int = 6, seed: int = 0) -> dict[str, list[np.ndarray]]:
+    """Real normal films as uint8 grey arrays, as read: ``nih_64`` (n NIH "No Finding" 64-px films),
+    ``nih_full`` (the NIH full-resolution normals), ``kermany`` (n Kermany normals); a key is absent
+    when its folder or labels are."""
+    root = Path(realdata)
+    rng = np.random.default_rng(seed)
+    out: dict[str, list[np.ndarray]] = {}
+    nih = _read_labels(root / "nih_cxr14_mini")
+    if nih is not None and {"path", "no_finding"} <= set(nih.columns):
+        normal = nih[nih["no_finding"] == 1]
+        small = normal[normal["path"].astype(str).str.startswith("images/nih1000_64px/")]["path"].tolist()
+        if small:
+            pick = sorted(rng.choice(len(small), size=min(n, len(small)), replace=False))
+            out["nih_64"] = _load_all(root / "nih_cxr14_mini", [small[i] for i in pick])
+        full = normal[normal["path"].astype(str).str.startswith("images/full_res/")]["path"].tolist()
+        out["nih_full"] = _load_all(root / "nih_cxr14_mini", sorted(full))
+    ker = _read_labels(root / "kermany_dev")
+    if ker is not None and {"path", "normal"} <= set(ker.columns):
+        normal = ker[ker["normal"] == 1]["path"].tolist()
+        if normal:
+            pick = sorted(rng.choice(len(normal), size=min(n, len(normal)), replace=False))
+            out["kermany"] = _load_all(root / "kermany_dev", [normal[i] for i in pick])
+    return {k: v for k, v in out.items() if v}
+
+
+def synthetic_normals(cfg, n: int = 6) -> list[np.ndarray]:
+    """The first ``n`` normal films of ``plan(cfg)`` (no target or unseen finding), rendered and
+    quantised to uint8."""
+    from scxnn.synth.build import plan, render
+
+    jobs = [j for j in plan(cfg) if not j["findings"] and not j["unseen"]][:n]
+    return [np.round(render(j, cfg.data.synth_difficulty)[0] * 255).clip(0, 255).astype(np.uint8) for j in jobs]
+
+
+def plot_real_comparison(cfg, out_path, realdata=None, n: int = 6, seed: int = 0) -> Path:
+    """Synthetic normals next to real normals at the same size: a "64 px" block (every film resized
+    to 64x64, shown nearest-neighbour) and a "full size" block (long side 512 px). Rows: synthetic
+    (the plan's first ``n`` normals), NIH ChestX-ray14 "No Finding" and Kermany normals (``n`` each,
+    chosen with ``seed``) from ``realdata`` (None: ``<repo>/../shared/realdata``). Without the real
+    folders only the synthetic rows are drawn, with a note. Returns ``out_path`` (PNG)."""
+    from matplotlib.figure import Figure
+
+    folder = default_realdata() if realdata is None else Path(realdata)
+    n_full = min(n, 4)
+    synth = synthetic_normals(cfg, n)
+    real = real_normals(folder, n, seed)
+    small = [("synthetic\nnormals", [_to64(a) for a in synth])]
+    full = [("synthetic\nnormals", [_long_side(a, 512) for a in synth[:n_full]])]
+    if "nih_64" in real:
+        small.append(("NIH ChestX-ray14\nNo Finding", [_to64(a) for a in real["nih_64"]]))
+    if "nih_full" in real:
+        full.append(("NIH ChestX-ray14\nNo Finding", [_long_side(a, 512) for a in real["nih_full"][:n_full]]))
+    if "kermany" in real:
+        small.append(("Kermany pediatric\nAP, normal", [_to64(a) for a in real["kermany"]]))
+        full.append(("Kermany pediatric\nAP, normal", [_long_side(a, 512) for a in real["kermany"][:n_full]]))
+    absent = [name for key, name in (("nih_64", "NIH"), ("kermany", "Kermany")) if key not in real]
+    blocks = [("64 px: every film resized to 64 x 64 (nearest-neighbour display)", small, 1.5, "nearest"),
+              ("full size: long side 512 px", full, 2.6, "antialiased")]
+    ncols = [max(1, max(len(r) for _, r in rows)) for _, rows, _, _ in blocks]
+    width = max(c * p for c, (_, _, p, _) in zip(ncols, blocks)) + 1.0
+    heights = [len(rows) * p + 0.5 for _, rows, p, _ in blocks]
+    if absent:
+        heights.append(0.35)
+    fig = Figure(figsize=(width, sum(heights)))
+    subs = np.atleast_1d(fig.subfigures(len(heights), 1, height_ratios=heights))
+    for sub, h, (title, rows, _, interp), nc in zip(subs, heights, blocks, ncols):
+        sub.suptitle(title, fontsize=10, x=0.01, ha="left")
+        axes = np.asarray(sub.subplots(len(rows), nc, squeeze=False))
+        for r, (label, imgs) in enumerate(rows):
+            for c in range(nc):
+                ax = axes[r, c]
+                if c >= len(imgs):
+                    ax.axis("off")
+                    continue
+                _blank(ax)
+                ax.imshow(display_norm(imgs[c]), cmap="gray", vmin=0, vmax=1, interpolation=interp)
+                if c == 0:
+                    ax.set_ylabel(f"{label}\n(n={len(imgs)})", fontsize=7)
+        sub.subplots_adjust(left=1.0 / width, right=0.99, bottom=0.02, top=1 - 0.4 / h, wspace=0.05, hspace=0.08)
+    if absent:
+        where = "../shared/realdata" if realdata is None else str(folder)
+        note = REAL_NOTE if len(absent) == 2 and realdata is None else f"real films not present ({where}): {', '.join(absent)}"
+        subs[-1].text(0.01, 0.5, note, fontsize=9, color="firebrick", ha="left", va="center")
+    return _save(fig, out_path, 110)

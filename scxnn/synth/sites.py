@@ -58,15 +58,18 @@ DEVICES = {
     ],
 }
 
-# Imaging chain per site. ``n0``: photons per pixel (quantum noise), ``gamma``: tone curve,
-# ``usm``: unsharp-mask gain of the vendor's processing, ``scale``: resolution relative to
+# Imaging chain per site. ``n0``: photons per pixel at 400 px thoracic width (quantum noise),
+# ``scatter``: scatter-to-primary ratio (no grid on bedside AP films: more), ``eq``: the vendor's
+# dynamic-range equalisation, ``usm``: unsharp-mask gain, ``tone``: slope of the sigmoid tone curve,
+# ``gradation``: weight of the histogram-based LUT, ``mtf``: detector blur, ``collimate``: share of films with visible collimation (white or black
+# shutters), ``marker``: share with a lead side marker, ``scale``: resolution relative to
 # synth_size, ``aspect``: (H/W range, landscape probability), ``ap``: share of AP films,
 # ``device_boost``: multiplier on support-device prevalence (ICU-heavy sources).
 STYLES = {
-    "internal": dict(n0=(1500, 4000), gamma=(0.85, 1.15), usm=(0.2, 0.6), mtf=(0.6, 0.9), scale=1.0, aspect=((1.0, 1.25), 0.15), ap=0.05, device_boost=1.0),
-    "temporal": dict(n0=(500, 1100), gamma=(1.25, 1.5), usm=(0.9, 1.3), mtf=(0.3, 0.5), scale=1.0, aspect=((0.95, 1.1), 0.3), ap=0.1, device_boost=1.0),
-    "external1": dict(n0=(800, 2000), gamma=(0.9, 1.1), usm=(0.3, 0.7), mtf=(0.6, 1.0), scale=1.0, aspect=((1.0, 1.22), 0.35), ap=0.5, device_boost=2.0),
-    "external2": dict(n0=(700, 1800), gamma=(0.8, 1.2), usm=(0.1, 0.4), mtf=(0.9, 1.3), scale=0.625, aspect=((1.0, 1.25), 0.2), ap=0.6, device_boost=4.0),
+    "internal": dict(n0=(15000, 40000), scatter=(0.6, 1.0), eq=(0.2, 0.35), usm=(0.3, 0.6), tone=(4.0, 5.5), mtf=(0.5, 0.8), gradation=(0.2, 0.95), collimate=0.3, shutter="white", marker=0.7, scale=1.0, aspect=((1.0, 1.25), 0.15), ap=0.05, device_boost=1.0),
+    "temporal": dict(n0=(6000, 12000), scatter=(0.7, 1.2), eq=(0.3, 0.45), usm=(0.7, 1.1), tone=(5.5, 7.0), mtf=(0.3, 0.5), gradation=(0.3, 0.6), collimate=0.5, shutter="black", marker=0.9, scale=1.0, aspect=((0.95, 1.1), 0.3), ap=0.1, device_boost=1.0),
+    "external1": dict(n0=(10000, 25000), scatter=(0.7, 1.4), eq=(0.15, 0.3), usm=(0.3, 0.7), tone=(3.5, 5.0), mtf=(0.6, 1.0), gradation=(0.2, 0.95), collimate=0.6, shutter="white", marker=0.8, scale=1.0, aspect=((1.0, 1.22), 0.35), ap=0.5, device_boost=2.0),
+    "external2": dict(n0=(8000, 20000), scatter=(0.8, 1.6), eq=(0.1, 0.25), usm=(0.1, 0.4), tone=(3.0, 4.5), mtf=(0.9, 1.3), gradation=(0.4, 0.8), collimate=0.5, shutter="white", marker=0.6, scale=0.625, aspect=((1.0, 1.25), 0.2), ap=0.6, device_boost=4.0),
 }
 
 CR_SOP = "1.2.840.10008.5.1.4.1.1.1"
@@ -99,22 +102,88 @@ def image_shape(site: str, size: int, rng: np.random.Generator) -> tuple[int, in
     return (short, side) if rng.random() < st["aspect"][1] else (side, short)
 
 
+def _low_pass(a: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur with a large sigma, computed on a reduced copy (scatter, equalisation)."""
+    f = max(1, int(sigma // 4))
+    small = cv2.resize(a, (max(1, a.shape[1] // f), max(1, a.shape[0] // f)), interpolation=cv2.INTER_AREA)
+    small = cv2.GaussianBlur(small, (0, 0), sigma / f)
+    return cv2.resize(small, (a.shape[1], a.shape[0]), interpolation=cv2.INTER_LINEAR)
+
+
+def _marker(shape, rng: np.random.Generator, tw: float) -> np.ndarray:
+    """A lead side marker ("L" or "R") near an upper corner: dense metal, so bright on the film."""
+    H, W = shape
+    img = np.zeros(shape, np.uint8)
+    scale = max(0.3, tw / 400 * rng.uniform(0.8, 1.3))
+    x = int(rng.uniform(0.03, 0.12) * W) if rng.random() < 0.5 else int(rng.uniform(0.80, 0.9) * W)
+    y = int(rng.uniform(0.06, 0.16) * H)
+    cv2.putText(img, "L" if rng.random() < 0.6 else "R", (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, 255, max(1, int(2 * scale)), cv2.LINE_AA)
+    return img.astype(np.float32) / 255.0
+
+
 def acquire(att: np.ndarray, site: str, rng: np.random.Generator, tw: float) -> np.ndarray:
-    """Attenuation -> processed detector image in [0, 1] (MONOCHROME2 sense: dense = bright)."""
+    """Attenuation -> processed detector image in [0, 1] (MONOCHROME2 sense: dense = bright).
+
+    The chain: markers on the cassette; primary transmission exp(-mu * att); scatter (a broad
+    blur of the transmitted field, which lifts the dense regions and flattens contrast behind the
+    heart); quantum noise for the site's dose; detector blur; the log; the vendor's processing
+    (dynamic-range equalisation, unsharp masking, a sigmoid tone curve) and collimation shutters.
+    """
     st = STYLES[site]
-    mu = rng.uniform(1.6, 2.4)  # beam hardness / exposure latitude
-    n0 = rng.uniform(*st["n0"]) * (tw / 400.0) ** -0.5  # bigger pixels at low resolution collect more photons
-    t = np.exp(-mu * att) * n0
-    counts = t + np.sqrt(t) * rng.standard_normal(att.shape).astype(np.float32)
-    sig = -np.log(np.maximum(counts, 1.0) / n0) / mu
+    H, W = att.shape
+    if rng.random() < st["marker"]:
+        att = att + 4.0 * _marker(att.shape, rng, tw)
+    collimated = np.zeros(att.shape, bool)
+    if rng.random() < st["collimate"]:
+        m = rng.uniform(0.0, 0.05, 4)
+        top, bottom, left, right = int(m[0] * H), int(m[1] * H), int(m[2] * W), int(m[3] * W)
+        collimated[:top] = True
+        collimated[H - bottom :] = True
+        collimated[:, :left] = True
+        collimated[:, W - right :] = True
+    mu = rng.uniform(2.6, 3.3)  # effective attenuation per unit chord: beam quality
+    primary = np.exp(-mu * att).astype(np.float32)
+    primary[collimated] = 0.0
+    scatter = rng.uniform(*st["scatter"]) * _low_pass(primary, 0.12 * tw)
+    n0 = rng.uniform(*st["n0"]) * (tw / 400.0) ** -1.0  # bigger pixels at low resolution collect more photons
+    mean = n0 * (primary + scatter)
+    counts = mean + np.sqrt(mean) * rng.standard_normal(att.shape).astype(np.float32)
+    sig = -np.log(np.maximum(counts, 0.5) / n0)
     sig = blur(sig.astype(np.float32), rng.uniform(*st["mtf"]) * tw / 500)
-    lo, hi = np.percentile(sig, [rng.uniform(0.5, 3), rng.uniform(99.0, 99.9)])
-    v = np.clip((sig - lo) / max(hi - lo, 1e-6), 0, 1)
-    v = v ** rng.uniform(*st["gamma"])
+    # Vendor processing: compress the large-scale range (lungs vs abdomen), sharpen the detail.
+    eq = rng.uniform(*st["eq"])
+    sig = sig - eq * _low_pass(sig, 0.07 * tw)
     usm = rng.uniform(*st["usm"])
-    v = v + usm * (v - blur(v, 0.03 * tw))
-    # Exposure / heel effect: a gentle vertical gradient.
-    v = v * (1 + rng.normal(0, 0.04) * np.linspace(-1, 1, v.shape[0], dtype=np.float32)[:, None])
+    sig = sig + usm * (sig - blur(sig, 0.012 * tw))
+    # The window comes from the anatomy's histogram: direct exposure beside the body is left black.
+    exposed = ~collimated
+    top = np.percentile(sig[::2, ::2][exposed[::2, ::2]], 99.5)  # every 4th pixel: as good, 4x faster
+    anatomy = exposed & (sig > 0.3 * top)
+    ref = anatomy if anatomy.sum() > 100 else exposed
+    lo, hi = np.percentile(sig[::2, ::2][ref[::2, ::2]], [rng.uniform(0.5, 4.0), rng.uniform(99.0, 99.8)])
+    v = np.clip((sig - lo) / max(hi - lo, 1e-6), 0, 1)
+    tone = rng.uniform(*st["tone"])
+    mid = rng.uniform(0.25, 0.65)
+    s = 1 / (1 + np.exp(-tone * (v - mid)))
+    s0, s1 = 1 / (1 + np.exp(tone * mid)), 1 / (1 + np.exp(-tone * (1 - mid)))
+    v = (s - s0) / (s1 - s0)
+    # Histogram-based gradation (as vendors' "auto LUT" processing does): the anatomy's grey levels
+    # are pulled towards a target distribution that puts the lungs mid-dark and the soft tissue and
+    # bone bright. The target is a Beta distribution; its shape varies by device.
+    hist_w = rng.uniform(*st["gradation"])
+    if hist_w > 0:
+        from scipy.stats import beta as beta_dist
+
+        qs = np.linspace(0, 100, 65)
+        src = np.percentile(v[::2, ::2][ref[::2, ::2]], qs)
+        a_, b_ = rng.uniform(1.2, 2.2), rng.uniform(0.9, 1.4)
+        dst = beta_dist.ppf(qs / 100, a_, b_)
+        src, keep = np.unique(src, return_index=True)
+        mapped = np.interp(v, src, dst[keep]).astype(np.float32)
+        v = (1 - hist_w) * v + hist_w * mapped
+    v = v * (1 + rng.normal(0, 0.03) * np.linspace(-1, 1, H, dtype=np.float32)[:, None])  # heel effect
+    if collimated.any():
+        v[collimated] = 1.0 if st["shutter"] == "white" else 0.0
     return np.clip(v, 0, 1).astype(np.float32)
 
 
