@@ -44,7 +44,7 @@ def sample_anatomy(rng: np.random.Generator) -> dict:
     """Patient-level parameters (stable across a patient's images)."""
     breast = rng.uniform(0.15, 0.45) if rng.random() < 0.45 else 0.0
     return {
-        "width": rng.uniform(0.62, 0.88),  # thoracic cage width / image width (portrait reference)
+        "width": rng.uniform(0.6, 0.9),  # thoracic cage width / image width (portrait reference)
         "height": rng.uniform(0.80, 1.04),  # lung height / thoracic width
         "top": rng.uniform(0.04, 0.19),  # apex row / image height
         "lat": {-1: rng.uniform(0.90, 0.97), 1: rng.uniform(0.90, 0.97)},
@@ -83,10 +83,10 @@ def jitter(p: dict, rng: np.random.Generator) -> dict:
     q = copy.deepcopy(p)
     insp = rng.normal(0, 0.035)
     q["dome"] = {s: v + insp for s, v in p["dome"].items()}
-    q["shift"] = rng.normal(0, 0.025)
-    q["top"] = p["top"] + rng.normal(0, 0.01)
+    q["shift"] = rng.normal(0, 0.04)
+    q["top"] = p["top"] + rng.normal(0, 0.02)
     q["rot"] = rng.normal(0, 0.025)  # rotation about the long axis: anterior vs posterior structures
-    q["tilt"] = rng.normal(0, 1.2)  # in-plane tilt, degrees
+    q["tilt"] = rng.normal(0, 2.5)  # in-plane tilt, degrees
     return q
 
 

@@ -158,6 +158,11 @@ def render(job: dict, difficulty: float) -> tuple[np.ndarray, dict]:
     lrng = np.random.default_rng([*job["image_seed"], 7])
     p = jitter(p, rng)
     p["view"] = job.get("view", "PA")  # AP films are taken supine or semi-erect: fluid layers, air rises anteriorly
+    if p["view"] == "AP":  # bedside film: the heart magnified, a shallower breath, scapulae over the lungs
+        p["ctr"] = p["ctr"] * 1.1
+        p["dome"] = {s: d - 0.04 for s, d in p["dome"].items()}
+        p["clav"] = p["clav"] - 0.04
+        p["scapula"] = p["scapula"] + 0.12
     names = job["findings"] + job["unseen"]
     sev = {f: sample_severity(lrng, difficulty) for f in names}
     for f in names:

@@ -135,7 +135,7 @@ def acquire(att: np.ndarray, site: str, rng: np.random.Generator, tw: float) -> 
         att = att + 4.0 * _marker(att.shape, rng, tw)
     collimated = np.zeros(att.shape, bool)
     if rng.random() < st["collimate"]:
-        m = rng.uniform(0.0, 0.05, 4)
+        m = rng.uniform(0.0, 0.09, 4)
         top, bottom, left, right = int(m[0] * H), int(m[1] * H), int(m[2] * W), int(m[3] * W)
         collimated[:top] = True
         collimated[H - bottom :] = True
