@@ -23,7 +23,7 @@ from sklearn.metrics import roc_auc_score
 
 from scxnn.config import RISK_GROUPS
 from scxnn.ensemble import Thresholds, certified_threshold, logit_columns, point_threshold
-from scxnn.metrics import outward, patient_bootstrap, proportion_ci, screening_metrics, screening_with_ci, separation_auc_ci
+from scxnn.metrics import auc_variance_ci, outward, patient_bootstrap, proportion_ci, screening_metrics, screening_with_ci, separation_auc_ci
 
 SITE_ORDER = ("internal", "temporal", "external1", "external2")
 DECISIONS = ("normal", "target", "others")  # index = the value of ``<finding>__pred``
@@ -317,7 +317,8 @@ def _softmax_target(table: pd.DataFrame, finding: str) -> np.ndarray:
 def _auc_row(y: np.ndarray, p: np.ndarray, patients: np.ndarray, n_boot: int, seed: int, ci: float) -> dict:
     """AUC with a patient-bootstrap interval; at perfect separation (AUC 0 or 1), where every
     resample agrees and the bootstrap collapses, the exact bound of
-    :func:`scxnn.metrics.separation_auc_ci` instead."""
+    :func:`scxnn.metrics.separation_auc_ci` instead, and where the bootstrap collapses at another
+    value (tied scores) the distribution-free bound of :func:`scxnn.metrics.auc_variance_ci`."""
     lo, hi = (np.nan, np.nan)
     auc = _auc(y, p)
     if auc in (0.0, 1.0):
@@ -325,6 +326,10 @@ def _auc_row(y: np.ndarray, p: np.ndarray, patients: np.ndarray, n_boot: int, se
         lo, hi = separation_auc_ci(len(np.unique(pid[y == 1])), len(np.unique(pid[y == 0])), auc, ci)
     elif np.isfinite(auc):
         lo, hi = patient_bootstrap(patients, lambda idx: {"auc": _auc(y[idx], p[idx])}, n_boot, seed, ci)["auc"]
+        if not lo < hi:  # every resample agreed (tied scores, one positive patient): the exact-variance bound
+            pid = np.asarray(patients)
+            vlo, vhi = auc_variance_ci(auc, len(np.unique(pid[y == 1])), len(np.unique(pid[y == 0])), ci)
+            lo, hi = min(lo, vlo), max(hi, vhi)
     return {"n_pos": int(y.sum()), "n_neg": int(len(y) - y.sum()), "auc": auc, "auc_lo": lo, "auc_hi": hi}
 
 

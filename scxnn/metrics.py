@@ -114,6 +114,20 @@ def separation_auc_ci(n_pos_patients: int, n_neg_patients: int, auc: float, ci: 
     return (bound, 1.0) if auc >= 0.5 else (0.0, 1.0 - bound)
 
 
+def auc_variance_ci(auc: float, n_pos_patients: int, n_neg_patients: int, ci: float = 0.95) -> tuple[float, float]:
+    """A distribution-free interval for a ROC AUC from the bound Var(AUC) <= AUC (1 - AUC) /
+    min(n_pos, n_neg) (Birnbaum and Klose 1957), patients as the units: the fallback where a
+    bootstrap collapses to one value (tied scores, a single positive patient) without the AUC being
+    0 or 1. At AUC 0 or 1 it has no width: use :func:`separation_auc_ci` there."""
+    from scipy.stats import norm
+
+    n = min(n_pos_patients, n_neg_patients)
+    if n <= 0 or not np.isfinite(auc):
+        return float("nan"), float("nan")
+    half = float(norm.ppf(1 - (1 - ci) / 2)) * math.sqrt(auc * (1 - auc) / n)
+    return max(0.0, auc - half), min(1.0, auc + half)
+
+
 def outward(v: float, digits: int, rounding: str | None) -> float:
     """``v`` rounded to ``digits`` decimals; a lower bound ("down") is floored and an upper bound
     ("up") ceiled, so a printed interval is never narrower than the computed one (a lower bound of

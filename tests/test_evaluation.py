@@ -513,3 +513,11 @@ def test_copies_of_seen_films_under_new_patients_are_an_overlap(drop_seen):
         return
     kept, n = leave_out_seen(df, seen, True, "m.csv")
     assert list(kept["image_id"]) == ["i4", "i5"] and n == {"patients": 1, "images": 2}
+
+
+def test_auc_whose_bootstrap_collapses_still_gets_an_interval():
+    """Tied scores (an untrained model) give AUC 0.5 in every resample: the interval must still
+    say how little 1 positive and 4 negative patients tell (the smoke run's nodule row)."""
+    y = np.r_[1, 0, 0, 0, 0]
+    row = E._auc_row(y, np.full(5, 0.3), np.arange(5), 200, 0, 0.95)
+    assert row["auc"] == 0.5 and row["auc_lo"] < 0.1 and row["auc_hi"] > 0.9
