@@ -44,9 +44,9 @@ def sample_anatomy(rng: np.random.Generator) -> dict:
     """Patient-level parameters (stable across a patient's images)."""
     breast = rng.uniform(0.15, 0.45) if rng.random() < 0.45 else 0.0
     return {
-        "width": rng.uniform(0.6, 0.9),  # thoracic cage width / image width (portrait reference)
+        "width": rng.uniform(0.7, 0.9),  # thoracic cage width / image width (portrait reference)
         "height": rng.uniform(0.80, 1.04),  # lung height / thoracic width
-        "top": rng.uniform(0.04, 0.19),  # apex row / image height
+        "top": rng.uniform(0.04, 0.16),  # apex row / image height
         "lat": {-1: rng.uniform(0.90, 0.97), 1: rng.uniform(0.90, 0.97)},
         "dome": {-1: rng.uniform(0.74, 0.82), 1: rng.uniform(0.79, 0.87)},  # right dome sits higher
         "ctr": float(np.clip(rng.normal(0.44, 0.03), 0.36, 0.50)),  # cardiothoracic ratio, normal

@@ -66,10 +66,10 @@ DEVICES = {
 # synth_size, ``aspect``: (H/W range, landscape probability), ``ap``: share of AP films,
 # ``device_boost``: multiplier on support-device prevalence (ICU-heavy sources).
 STYLES = {
-    "internal": dict(n0=(15000, 40000), scatter=(0.6, 1.0), eq=(0.2, 0.35), usm=(0.3, 0.6), tone=(4.0, 5.5), mtf=(0.5, 0.8), gradation=(0.2, 0.95), collimate=0.3, shutter="white", marker=0.7, scale=1.0, aspect=((1.0, 1.25), 0.15), ap=0.05, device_boost=1.0),
-    "temporal": dict(n0=(6000, 12000), scatter=(0.7, 1.2), eq=(0.3, 0.45), usm=(0.7, 1.1), tone=(5.5, 7.0), mtf=(0.3, 0.5), gradation=(0.3, 0.6), collimate=0.5, shutter="black", marker=0.9, scale=1.0, aspect=((0.95, 1.1), 0.3), ap=0.1, device_boost=1.0),
-    "external1": dict(n0=(10000, 25000), scatter=(0.7, 1.4), eq=(0.15, 0.3), usm=(0.3, 0.7), tone=(3.5, 5.0), mtf=(0.6, 1.0), gradation=(0.2, 0.95), collimate=0.6, shutter="white", marker=0.8, scale=1.0, aspect=((1.0, 1.22), 0.35), ap=0.5, device_boost=2.0),
-    "external2": dict(n0=(8000, 20000), scatter=(0.8, 1.6), eq=(0.1, 0.25), usm=(0.1, 0.4), tone=(3.0, 4.5), mtf=(0.9, 1.3), gradation=(0.4, 0.8), collimate=0.5, shutter="white", marker=0.6, scale=0.625, aspect=((1.0, 1.25), 0.2), ap=0.6, device_boost=4.0),
+    "internal": dict(n0=(15000, 40000), scatter=(0.6, 1.0), eq=(0.2, 0.35), usm=(0.3, 0.6), tone=(4.0, 5.5), mtf=(0.5, 0.8), gradation=(0.2, 0.95), collimate=0.15, shutter="white", marker=0.7, scale=1.0, aspect=((1.0, 1.25), 0.15), ap=0.05, device_boost=1.0),
+    "temporal": dict(n0=(6000, 12000), scatter=(0.7, 1.2), eq=(0.3, 0.45), usm=(0.7, 1.1), tone=(5.5, 7.0), mtf=(0.3, 0.5), gradation=(0.3, 0.6), collimate=0.3, shutter="black", marker=0.9, scale=1.0, aspect=((0.95, 1.1), 0.3), ap=0.1, device_boost=1.0),
+    "external1": dict(n0=(10000, 25000), scatter=(0.7, 1.4), eq=(0.15, 0.3), usm=(0.3, 0.7), tone=(3.5, 5.0), mtf=(0.6, 1.0), gradation=(0.2, 0.95), collimate=0.3, shutter="white", marker=0.8, scale=1.0, aspect=((1.0, 1.22), 0.35), ap=0.5, device_boost=2.0),
+    "external2": dict(n0=(8000, 20000), scatter=(0.8, 1.6), eq=(0.1, 0.25), usm=(0.1, 0.4), tone=(3.0, 4.5), mtf=(0.9, 1.3), gradation=(0.4, 0.8), collimate=0.25, shutter="white", marker=0.6, scale=0.625, aspect=((1.0, 1.25), 0.2), ap=0.6, device_boost=4.0),
 }
 
 CR_SOP = "1.2.840.10008.5.1.4.1.1.1"
@@ -135,7 +135,7 @@ def acquire(att: np.ndarray, site: str, rng: np.random.Generator, tw: float) -> 
         att = att + 4.0 * _marker(att.shape, rng, tw)
     collimated = np.zeros(att.shape, bool)
     if rng.random() < st["collimate"]:
-        m = rng.uniform(0.0, 0.09, 4)
+        m = rng.uniform(0.0, 0.05, 4) * (rng.random(4) < 0.5)  # not every blade shows
         top, bottom, left, right = int(m[0] * H), int(m[1] * H), int(m[2] * W), int(m[3] * W)
         collimated[:top] = True
         collimated[H - bottom :] = True
@@ -163,7 +163,7 @@ def acquire(att: np.ndarray, site: str, rng: np.random.Generator, tw: float) -> 
     lo, hi = np.percentile(sig[::2, ::2][ref[::2, ::2]], [rng.uniform(0.5, 4.0), rng.uniform(99.0, 99.8)])
     v = np.clip((sig - lo) / max(hi - lo, 1e-6), 0, 1)
     tone = rng.uniform(*st["tone"])
-    mid = rng.uniform(0.25, 0.65)
+    mid = rng.uniform(0.3, 0.6)
     s = 1 / (1 + np.exp(-tone * (v - mid)))
     s0, s1 = 1 / (1 + np.exp(tone * mid)), 1 / (1 + np.exp(-tone * (1 - mid)))
     v = (s - s0) / (s1 - s0)
