@@ -67,7 +67,7 @@ DEVICES = {
 # ``device_boost``: multiplier on support-device prevalence (ICU-heavy sources).
 STYLES = {
     "internal": dict(n0=(15000, 40000), scatter=(0.6, 1.0), eq=(0.2, 0.35), usm=(0.3, 0.6), tone=(4.0, 5.5), mtf=(0.5, 0.8), gradation=(0.2, 0.95), collimate=0.15, shutter="white", marker=0.7, scale=1.0, aspect=((1.0, 1.25), 0.15), ap=0.05, device_boost=1.0),
-    "temporal": dict(n0=(6000, 12000), scatter=(0.7, 1.2), eq=(0.3, 0.45), usm=(0.7, 1.1), tone=(5.5, 7.0), mtf=(0.3, 0.5), gradation=(0.3, 0.6), collimate=0.3, shutter="black", marker=0.9, scale=1.0, aspect=((0.95, 1.1), 0.3), ap=0.1, device_boost=1.0),
+    "temporal": dict(n0=(15000, 30000), scatter=(0.7, 1.2), eq=(0.3, 0.45), usm=(0.5, 0.8), tone=(5.5, 7.0), mtf=(0.3, 0.5), gradation=(0.3, 0.6), collimate=0.3, shutter="black", marker=0.9, scale=1.0, aspect=((0.95, 1.1), 0.3), ap=0.1, device_boost=1.0),
     "external1": dict(n0=(10000, 25000), scatter=(0.7, 1.4), eq=(0.15, 0.3), usm=(0.3, 0.7), tone=(3.5, 5.0), mtf=(0.6, 1.0), gradation=(0.2, 0.95), collimate=0.3, shutter="white", marker=0.8, scale=1.0, aspect=((1.0, 1.22), 0.35), ap=0.5, device_boost=2.0),
     "external2": dict(n0=(8000, 20000), scatter=(0.8, 1.6), eq=(0.1, 0.25), usm=(0.1, 0.4), tone=(3.0, 4.5), mtf=(0.9, 1.3), gradation=(0.4, 0.8), collimate=0.25, shutter="white", marker=0.6, scale=0.625, aspect=((1.0, 1.25), 0.2), ap=0.6, device_boost=4.0),
 }
