@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from scxnn.synth.realism import default_realdata, normal_jobs, squash_64
 from scxnn.utils import atomic_write_bytes
 
 PANEL_IN = 2.3  # inches per gallery panel
@@ -170,10 +171,6 @@ def plot_gallery(cfg, manifest: pd.DataFrame | None, out_path) -> Path:
 # --------------------------------------------------------------------------- synthetic vs real
 
 
-def default_realdata() -> Path:
-    import scxnn
-
-    return Path(scxnn.__file__).resolve().parents[1].parent / "shared" / "realdata"
 
 
 def _grey(path: Path) -> np.ndarray | None:
@@ -188,8 +185,6 @@ def _long_side(img: np.ndarray, side: int) -> np.ndarray:
     return cv2.resize(img, size, interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
 
 
-def _to64(img: np.ndarray) -> np.ndarray:
-    return cv2.resize(img, (64, 64), interpolation=cv2.INTER_AREA)
 
 
 def _read_labels(folder: Path) -> pd.DataFrame | None:
@@ -236,9 +231,9 @@ def real_normals(realdata, n: int = 6, seed: int = 0) -> dict[str, list[np.ndarr
 def synthetic_normals(cfg, n: int = 6) -> list[np.ndarray]:
     """The first ``n`` normal films of ``plan(cfg)`` (no target or unseen finding), rendered and
     quantised to uint8."""
-    from scxnn.synth.build import plan, render
+    from scxnn.synth.build import render
 
-    jobs = [j for j in plan(cfg) if not j["findings"] and not j["unseen"]][:n]
+    jobs = normal_jobs(cfg)[:n]
     return [np.round(render(j, cfg.data.synth_difficulty)[0] * 255).clip(0, 255).astype(np.uint8) for j in jobs]
 
 
@@ -254,14 +249,14 @@ def plot_real_comparison(cfg, out_path, realdata=None, n: int = 6, seed: int = 0
     n_full = min(n, 4)
     synth = synthetic_normals(cfg, n)
     real = real_normals(folder, n, seed)
-    small = [("synthetic\nnormals", [_to64(a) for a in synth])]
+    small = [("synthetic\nnormals", [squash_64(a) for a in synth])]
     full = [("synthetic\nnormals", [_long_side(a, 512) for a in synth[:n_full]])]
     if "nih_64" in real:
-        small.append(("NIH ChestX-ray14\nNo Finding", [_to64(a) for a in real["nih_64"]]))
+        small.append(("NIH ChestX-ray14\nNo Finding", [squash_64(a) for a in real["nih_64"]]))
     if "nih_full" in real:
         full.append(("NIH ChestX-ray14\nNo Finding", [_long_side(a, 512) for a in real["nih_full"][:n_full]]))
     if "kermany" in real:
-        small.append(("Kermany pediatric\nAP, normal", [_to64(a) for a in real["kermany"]]))
+        small.append(("Kermany pediatric\nAP, normal", [squash_64(a) for a in real["kermany"]]))
         full.append(("Kermany pediatric\nAP, normal", [_long_side(a, 512) for a in real["kermany"][:n_full]]))
     absent = [name for key, name in (("nih_64", "NIH"), ("kermany", "Kermany")) if key not in real]
     blocks = [("64 px: every film resized to 64 x 64 (nearest-neighbour display)", small, 1.5, "nearest"),

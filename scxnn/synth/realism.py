@@ -70,11 +70,16 @@ REAL_SUBDIR = "images/nih1000_64px/"
 REAL_RELPATH = Path("realdata") / "nih_cxr14_mini"
 
 
-def default_real_root() -> Path:
-    """``<repo root>/../shared/realdata/nih_cxr14_mini``, the repo root being the package's parent."""
+def default_realdata() -> Path:
+    """``<repo root>/../shared/realdata``, the repo root being the package's parent."""
     import scxnn
 
-    return Path(scxnn.__file__).resolve().parents[1].parent / "shared" / REAL_RELPATH
+    return Path(scxnn.__file__).resolve().parents[1].parent / "shared" / "realdata"
+
+
+def default_real_root() -> Path:
+    """``<repo root>/../shared/realdata/nih_cxr14_mini``: the NIH films the benchmark compares with."""
+    return default_realdata().parent / REAL_RELPATH
 
 
 # --------------------------------------------------------------------------- images
