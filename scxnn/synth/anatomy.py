@@ -46,7 +46,7 @@ def sample_anatomy(rng: np.random.Generator) -> dict:
     return {
         "width": rng.uniform(0.7, 0.9),  # thoracic cage width / image width (portrait reference)
         "height": rng.uniform(0.80, 1.04),  # lung height / thoracic width
-        "top": rng.uniform(0.04, 0.16),  # apex row / image height
+        "top": rng.uniform(0.05, 0.17),  # apex row / image height
         "lat": {-1: rng.uniform(0.90, 0.97), 1: rng.uniform(0.90, 0.97)},
         "dome": {-1: rng.uniform(0.74, 0.82), 1: rng.uniform(0.79, 0.87)},  # right dome sits higher
         "ctr": float(np.clip(rng.normal(0.44, 0.03), 0.36, 0.50)),  # cardiothoracic ratio, normal
@@ -227,8 +227,8 @@ def body_chord(g: Geometry) -> np.ndarray:
     """Soft tissue of neck, shoulders, chest wall and abdomen: a boxy ellipse per row."""
     p = g.p
     Y = g.Y[:, 0]
-    half = np.interp(Y, [-0.7, -0.2, -0.02, 0.1, 0.4, 1.0, 2.0], [0.5, 0.58, 1.40, 1.32, p["body"], p["body"] * 1.04, p["body"] * 1.02])[:, None]
-    depth = p["ap"] * np.interp(Y, [-0.7, -0.2, 0.05, 0.5, 1.1, 2.0], [0.55, 0.62, 0.85, 1.0, 1.05, 1.05])[:, None]
+    half = np.interp(Y, [-0.7, -0.25, -0.12, 0.0, 0.1, 0.4, 1.0, 2.0], [0.5, 0.58, 0.95, 1.40, 1.32, p["body"], p["body"] * 1.04, p["body"] * 1.02])[:, None]
+    depth = p["ap"] * np.interp(Y, [-0.7, -0.2, 0.05, 0.5, 1.1, 2.0], [0.7, 0.82, 0.93, 1.0, 1.05, 1.05])[:, None]
     t = np.abs(g.X) / half
     k = 3.5
     out = 2 * depth * np.clip(1 - t**k, 0, None) ** (1 / k)
@@ -238,7 +238,7 @@ def body_chord(g: Geometry) -> np.ndarray:
     # Arms held beside the chest: columns of soft tissue in the upper corners.
     for s in SIDES:
         ax = s * (p["body"] + 0.05 + 0.15 * p["arms"])
-        ellipsoid(g, ax, 0.25, 0.3 + 0.1 * p["arms"], 1.1, 0.34, s * -4, k=3.0, out=out, op="add")
+        ellipsoid(g, ax, 0.25, 0.3 + 0.1 * p["arms"], 1.1, 0.34, s * -4, k=2.0, out=out, op="add")
     return out.astype(np.float32)
 
 
@@ -258,10 +258,10 @@ def cavity_chord(g: Geometry, s: int) -> tuple[np.ndarray, np.ndarray]:
     Y = g.Y
     med, lat = _lung_edges(g, s)
     t = np.clip((u - med) / (lat - med), 0, 1)
-    t = t**0.75  # the lung is deepest medially, in the paravertebral gutter, and thins laterally
+    t = t**0.9  # the lung is deepest a little medial of its middle, and thins laterally
     k = 2.0
     prof = np.clip(1 - np.abs(2 * t - 1) ** k, 0, None) ** (1 / k)
-    depth = 0.95 * p["lung_depth"] * p["ap"] / 0.72 * (0.3 + 0.7 * smoothstep(Y, -0.05, 0.85))
+    depth = 0.95 * p["lung_depth"] * p["ap"] / 0.72 * (0.5 + 0.5 * smoothstep(Y, -0.05, 0.5))
     apex = 0.28 * ((u - 0.45) / 0.5) ** 2 - 0.02 + p["apex_drop"][s]
     cap = np.sqrt(np.clip((Y - apex) / 0.09, 0, 1))
     # The diaphragm: the dome cuts the cavity; below its top, lung remains only in the posterior
@@ -277,8 +277,32 @@ def cavity_chord(g: Geometry, s: int) -> tuple[np.ndarray, np.ndarray]:
     return (depth * prof * cap * frac * inside).astype(np.float32), r > 0
 
 
-def heart_chord(g: Geometry, ctr: float | None = None) -> np.ndarray:
-    """The cardiac silhouette: right atrium, right ventricle, left ventricle (chord, unit depth)."""
+def _closed_spline(pts: np.ndarray, rounds: int = 4) -> np.ndarray:
+    """A smooth closed curve through the corners of ``pts`` (Chaikin's corner cutting)."""
+    for _ in range(rounds):
+        nxt = np.roll(pts, -1, axis=0)
+        pts = np.stack([0.75 * pts + 0.25 * nxt, 0.25 * pts + 0.75 * nxt], 1).reshape(-1, 2)
+    return pts
+
+
+def solid_from_outline(g: Geometry, outline_px: np.ndarray, depth: float, edge: float) -> np.ndarray:
+    """Chord through a solid whose silhouette is ``outline_px`` (closed, pixel coordinates):
+    ``depth`` (chord units) in the middle, rounding off like a cylinder's over ``edge`` pixels at the
+    border, so the border is sharp where the surface is tangent to the ray, as a heart border is."""
+    mask = np.zeros((g.H, g.W), np.uint8)
+    cv2.fillPoly(mask, [np.round(outline_px).astype(np.int32)], 1)
+    if not mask.any():
+        return np.zeros((g.H, g.W), np.float32)
+    d = cv2.distanceTransform(mask, cv2.DIST_L2, 5)
+    t = np.clip(d / max(edge, 1.0), 0, 1)
+    return (depth * np.sqrt(1 - (1 - t) ** 2)).astype(np.float32)
+
+
+def heart_outline(g: Geometry, ctr: float | None = None) -> np.ndarray:
+    """The cardiac silhouette's outline (pixels): the right atrium's convex right border above the
+    right dome, the left ventricle's long curve down to the apex on the left dome, and the concave
+    waist (left atrial appendage) below the pulmonary trunk. Below the domes it merges with the
+    liver, so its lower edge is drawn under them."""
     p = g.p
     ctr = p["ctr"] if ctr is None else ctr
     inner = p["lat"][-1] + p["lat"][1]
@@ -286,27 +310,34 @@ def heart_chord(g: Geometry, ctr: float | None = None) -> np.ndarray:
     off = p["heart_cx"] + p.get("rot", 0.0) + 0.5 * (p["volume_loss"][1] - p["volume_loss"][-1])
     xr = -0.34 * wh + off
     xl = xr + wh
-    out = np.zeros((g.H, g.W), np.float32)
-    yunit = g.lh / g.unit  # Y units in X units
-    # Left ventricle: a tilted ellipse whose left edge is the left heart border.
-    a = 0.50 * wh
-    b = a * p["heart_ratio"]
-    th = np.deg2rad(p["heart_tilt"])
-    ext_x = np.sqrt((a * np.cos(th)) ** 2 + (b * np.sin(th)) ** 2)
-    ext_y = np.sqrt((a * np.sin(th)) ** 2 + (b * np.cos(th)) ** 2)
-    lvx = xl - ext_x
-    base_l = p["dome"][1] - p["volume_loss"][1]
-    lvy = base_l - 0.6 * ext_y / yunit
-    ellipsoid(g, lvx, lvy, a, b, 0.5, p["heart_tilt"], k=2.8, out=out)
-    # Base of the heart (left atrium, outflow tracts): joins the silhouette to the mediastinum.
-    ellipsoid(g, off + 0.08 * wh, lvy - 0.95 * ext_y / yunit, 0.30 * wh, 0.28 * wh, 0.45, 0, k=2.8, out=out)
-    # Right atrium: the convex right heart border above the right dome.
-    ra = 0.19 * wh
     base_r = p["dome"][-1] - p["volume_loss"][-1]
-    ellipsoid(g, xr + ra, base_r - 0.7 * ra * 1.15 / yunit, ra, ra * 1.25, 0.42, 0, k=2.6, out=out)
-    # Right ventricle, anterior, fills the silhouette between them.
-    ellipsoid(g, (xr + xl) / 2 - 0.03, (lvy + base_r) / 2 - 0.03, 0.33 * wh, 0.24 * wh, 0.45, 10, k=2.6, out=out)
-    return blur(out, 0.006 * g.tw)  # the chambers merge into one smooth silhouette
+    base_l = p["dome"][1] - p["volume_loss"][1]
+    # Long axis tilt and the apex' height: a horizontal heart has its apex lower and further out.
+    lean = (p["heart_tilt"] - 35) / 10  # -1 .. 1
+    hh = wh * p["heart_ratio"] * 0.62  # height of the silhouette above the domes, Y units
+    top = min(base_r, base_l) - hh
+    pts = np.array([
+        [off - 0.16, top - 0.06],  # superior vena cava joins the right atrium
+        [xr + 0.05 * wh, top + 0.35 * hh],
+        [xr, base_r - 0.30 * hh],  # right atrium: furthest right
+        [xr + 0.06 * wh, base_r + 0.02],  # right cardiophrenic angle
+        [off + 0.1 * wh, base_l + 0.12],
+        [xl - 0.12 * wh, base_l + 0.10],
+        [xl + 0.01, base_l - (0.10 + 0.04 * lean) * hh],  # apex
+        [xl - 0.04 * wh, base_l - (0.55 - 0.1 * lean) * hh],  # left ventricle
+        [off + 0.30 * wh, top + 0.12 * hh],  # left atrial appendage: the waist
+        [off + 0.22, top - 0.06],  # under the pulmonary trunk
+    ])
+    x, y = g.pxf(pts[:, 0], pts[:, 1])
+    return _closed_spline(np.stack([x, y], 1))
+
+
+def heart_chord(g: Geometry, ctr: float | None = None) -> np.ndarray:
+    """The cardiac silhouette (chord): one smooth solid in the front two thirds of the chest, so the
+    lower lobes still hold air behind it (the retrocardiac lung)."""
+    # Half as deep as the lungs beside it (~0.95 * lung_depth * ap / 0.72 in cavity_chord).
+    depth = 0.66 * g.p["lung_depth"] * g.p["ap"]
+    return solid_from_outline(g, heart_outline(g, ctr), depth, 0.12 * g.unit)
 
 
 def mediastinum_chord(g: Geometry, med_w: float | None = None) -> np.ndarray:
@@ -316,9 +347,9 @@ def mediastinum_chord(g: Geometry, med_w: float | None = None) -> np.ndarray:
     med_w = p["med_w"] if med_w is None else med_w
     Y = g.Y
     shift = p.get("rot", 0.0) * 0.6 + 0.5 * (p["volume_loss"][1] - p["volume_loss"][-1])
-    half = med_w * (0.92 + 0.18 * smoothstep(Y, 0.0, 0.5))
+    half = med_w * (0.92 + 0.6 * smoothstep(Y, 0.1, 0.55))
     t = np.abs(g.X - 0.01 - shift) / half
-    k = 4.0
+    k = 2.5
     slab = 0.6 * np.clip(1 - t**k, 0, None) ** (1 / k) * (1 - smoothstep(Y, 0.62, 0.8))
     out = slab.astype(np.float32)
     ellipsoid(g, med_w * 0.6 + shift, 0.21, p["knob"] * 1.2 + 0.05, p["knob"] + 0.03, 0.45, 0, out=out)  # aortic knob
@@ -335,7 +366,7 @@ def airway_chord(g: Geometry) -> np.ndarray:
     shift = p.get("rot", 0.0) * 0.6
     carina = (0.0 + shift, 0.30)
     lines = [np.stack(g.pxf([-0.01 + shift, -0.01 + shift, carina[0]], [-0.7, 0.1, carina[1]]), 1)]
-    trachea = tubes(g, lines, 0.06 * g.unit, 0.08)
+    trachea = tubes(g, lines, 0.06 * g.unit, 0.06)
     bron = []
     for s in SIDES:
         hx, hy = p["hila"][s]
@@ -376,10 +407,13 @@ def ribs_chord(g: Geometry) -> tuple[np.ndarray, np.ndarray]:
             if k < 9:
                 ant.append(np.stack(g.pxf(xa, ya), 1))
     r = 0.018 * g.lh
-    posterior = tubes(g, post, r, 0.028, shell=0.4)
-    anterior = tubes(g, ant, r * 1.2, 0.009, shell=0.5)
+    posterior = tubes(g, post, r, 0.026, shell=0.4)
+    anterior = tubes(g, ant, r * 1.2, 0.007, shell=0.5)
     # The costal cartilage does not show: anterior ribs fade towards the sternum.
     anterior *= smoothstep(np.abs(g.X), 0.3, 0.75)
+    # Near the spine the posterior ribs dip behind the mediastinum and the heart, where scatter
+    # dominates the signal: on a real film they are faint there while the spine still shows.
+    posterior *= 0.5 + 0.5 * smoothstep(np.abs(g.X), 0.12, 0.45)
     return posterior, anterior
 
 
@@ -391,7 +425,12 @@ def spine_chord(g: Geometry) -> np.ndarray:
     shift = -0.5 * p.get("rot", 0.0)
     # The column of vertebral bodies, continuous through the discs; the bodies add their end plates.
     col = np.clip(1 - (np.abs(g.X - shift) / (0.09 + 0.03 * np.clip(g.Y, 0, 1.5))) ** 3, 0, None) ** (1 / 3)
-    out += (0.05 * TRABECULAR * col).astype(np.float32)
+    out += (0.035 * TRABECULAR * col).astype(np.float32)
+    # The lateral cortical margins of the bodies: two thin lines that run the whole column and stay
+    # visible through the heart and the upper abdomen.
+    ys = np.linspace(-0.3, (g.H - g.y0) / g.lh + 0.1, 40)
+    margins = [np.stack(g.pxf(shift + sx * (0.085 + 0.03 * np.clip(ys, 0, 1.5)) + p["scoliosis"] * np.sin(np.pi * (ys + 0.1) / 1.2), ys), 1) for sx in (-1, 1)]
+    out += tubes(g, margins, 0.012 * g.lh, 0.012)
     for k in range(-2, 16):
         yc = p["rib_start"] + (k + 0.15) * gap
         if yc > (g.H - g.y0) / g.lh + 0.1:
@@ -401,9 +440,9 @@ def spine_chord(g: Geometry) -> np.ndarray:
         h = 0.5 * gap * g.lh / g.unit
         ellipsoid(g, xc, yc, w, h, 0.012 * TRABECULAR, 0, k=4.0, out=out, op="add")
         for sx in (-1, 1):  # pedicles: small cortical rings (the "eyes" of the vertebra)
-            ellipsoid(g, xc + sx * 0.72 * w, yc - 0.12 * gap, 0.022, 0.03, 0.025, out=out, op="add")
-            ellipsoid(g, xc + sx * 0.72 * w, yc - 0.12 * gap, 0.013, 0.019, -0.025, out=out, op="add")  # hollow
-        ellipsoid(g, xc, yc + 0.35 * gap, 0.018, 0.045, 0.025, 0, out=out, op="add")  # spinous process
+            ellipsoid(g, xc + sx * 0.72 * w, yc - 0.12 * gap, 0.022, 0.03, 0.018, out=out, op="add")
+            ellipsoid(g, xc + sx * 0.72 * w, yc - 0.12 * gap, 0.013, 0.019, -0.018, out=out, op="add")  # hollow
+        ellipsoid(g, xc, yc + 0.35 * gap, 0.018, 0.045, 0.018, 0, out=out, op="add")  # spinous process
     return out
 
 
@@ -414,9 +453,9 @@ def shoulder_girdle_chord(g: Geometry) -> np.ndarray:
     lines = []
     for s in SIDES:
         uu = np.array([0.10, 0.28, 0.5, 0.72, 0.92, 1.02])
-        yy = np.array([0.03, -0.01, -0.025, -0.05, -0.09, -0.08]) + p["clav"]
+        yy = np.array([0.13, 0.09, 0.05, 0.01, -0.04, -0.05]) + p["clav"]
         lines.append(np.stack(g.pxf(s * uu + rot * 1.2, yy), 1))
-    out = tubes(g, lines, 0.028 * g.lh, 0.05, shell=0.3)
+    out = tubes(g, lines, 0.032 * g.lh, 0.07, shell=0.3)
     for s in SIDES:
         # Scapula: a thin plate with a thick lateral border; on a good PA film it is rotated off the lung.
         ov = p["scapula"]
@@ -475,7 +514,7 @@ def vessel_tree(g: Geometry, lung: np.ndarray) -> np.ndarray:
     for gen in range(n_gen):
         r = r0 * 2 ** (-gen / 3)
         # Deeper than a single vessel: the tree stands for the many vessels along each ray.
-        out = np.maximum(out, tubes(g, segs[gen], max(r, 0.7), 0.045 * 2 ** (-gen / 4)))
+        out = np.maximum(out, tubes(g, segs[gen], max(r, 0.7), 0.065 * 2 ** (-gen / 4)))
     return out * gravity
 
 
@@ -499,12 +538,15 @@ def render_layers(g: Geometry) -> dict:
         gas = blur(gas, 0.6)
     # Bowel gas: the splenic flexure and loops beneath the left dome, a few small pockets elsewhere.
     grng = np.random.default_rng([p["texture_seed"], 5])
-    for _ in range(int(grng.integers(0, 16))):
+    for _ in range(int(grng.integers(0, 7))):
         side = 1 if grng.random() < 0.7 else -1
         x = side * grng.uniform(0.15, 0.85)
         y = p["dome"][side] + grng.uniform(0.12, 0.45)
         r = grng.uniform(0.04, 0.14)
-        ellipsoid(g, x, y, r * grng.uniform(0.8, 1.8), r, grng.uniform(0.01, 0.06), grng.uniform(0, 180), out=gas, op="add")
+        ellipsoid(g, x, y, r * grng.uniform(0.8, 1.8), r, grng.uniform(0.005, 0.03), grng.uniform(0, 180), out=gas, op="add")
+    # Bowel contents: a fine mottle of gas and faeces over the upper abdomen, below the domes.
+    below = smoothstep(g.Y - np.maximum(g.dome(-1, np.clip(-g.X, 0, None)), g.dome(1, np.clip(g.X, 0, None))), 0.04, 0.2)
+    gas += 0.012 * np.clip(smooth_noise(grng, g.H, g.W, 28), 0, None) * below * (body > 0.3)
     post, ant = ribs_chord(g)
     lmax = float(lung.max()) or 1.0
     lung_soft = np.clip(lung / (0.12 * lmax), 0, 1)
@@ -514,7 +556,7 @@ def render_layers(g: Geometry) -> dict:
     breast = np.zeros((g.H, g.W), np.float32)
     if p["breast"] > 0:
         for s in SIDES:
-            ellipsoid(g, s * 0.58, 0.86, 0.46, 0.26, 0.3 * p["breast"], s * 12, out=breast)
+            ellipsoid(g, s * 0.62, 0.80, 0.50, 0.30, 0.3 * p["breast"], s * 12, out=breast)
         breast *= (body > 0).astype(np.float32)
     thr = 0.2 * lmax  # where the lung holds enough air to be called lung
     return {
@@ -535,7 +577,7 @@ def render_layers(g: Geometry) -> dict:
         "spine": spine_chord(g),
         "girdle": shoulder_girdle_chord(g),
         "breast": breast,
-        "vessels": vessels * lung_soft,
+        "vessels": vessels * np.clip(lung / (0.4 * lmax), 0, 1),  # fewer vessels where little lung is left
         "texture": texture,
     }
 

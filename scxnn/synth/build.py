@@ -27,7 +27,7 @@ from scxnn.synth.anatomy import compose, jitter, make_geometry, render_layers, s
 from scxnn.synth.findings import FINDINGS, sample_severity
 from scxnn.utils import atomic_write_bytes, atomic_write_text, sha256_file
 
-GENERATOR_VERSION = "2"
+GENERATOR_VERSION = "3"
 META_NAME = "synth.json"
 SECOND_FINDING = 0.2  # share of abnormal images with a second target finding
 UNSEEN_SHARE = 0.12  # share of abnormal evaluation images with an unseen finding

@@ -161,6 +161,7 @@ def acquire(att: np.ndarray, site: str, rng: np.random.Generator, tw: float) -> 
     anatomy = exposed & (sig > 0.3 * top)
     ref = anatomy if anatomy.sum() > 100 else exposed
     lo, hi = np.percentile(sig[::2, ::2][ref[::2, ::2]], [rng.uniform(0.5, 4.0), rng.uniform(99.0, 99.8)])
+    lo -= rng.uniform(0.0, 0.3) * (hi - lo)  # some LUTs leave the direct exposure dark grey, not black
     v = np.clip((sig - lo) / max(hi - lo, 1e-6), 0, 1)
     tone = rng.uniform(*st["tone"])
     mid = rng.uniform(0.3, 0.6)
