@@ -19,11 +19,11 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
 
 from scxnn.config import RISK_GROUPS
 from scxnn.ensemble import Thresholds, certified_threshold, logit_columns, point_threshold
-from scxnn.metrics import auc_variance_ci, outward, patient_bootstrap, proportion_ci, screening_metrics, screening_with_ci, separation_auc_ci
+from scxnn.metrics import (auc_variance_ci, outward, paired_auc_delta, patient_bootstrap, proportion_ci, roc_auc,
+                           screening_metrics, screening_with_ci, separation_auc_ci)
 
 SITE_ORDER = ("internal", "temporal", "external1", "external2")
 DECISIONS = ("normal", "target", "others")  # index = the value of ``<finding>__pred``
@@ -69,11 +69,6 @@ def _section(thesis: Mapping | None, key: str) -> Mapping | None:
     """A thesis section, or None when there is no thesis or the section is missing or malformed."""
     sec = (thesis or {}).get(key)
     return sec if isinstance(sec, Mapping) else None
-
-
-def _auc(y: np.ndarray, p: np.ndarray) -> float:
-    """ROC AUC, NaN (never 0.5) when only one class is present."""
-    return float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else float("nan")
 
 
 # --------------------------------------------------------------------------- scores and sets
@@ -173,21 +168,92 @@ def _pipeline_table(v) -> pd.DataFrame:
 
 
 def table7(pipelines: Mapping[str, tuple[pd.DataFrame, float]], n_boot: int, seed: int, ci: float = 0.95,
-           thesis: Mapping | None = None, set_name: str = "internal") -> pd.DataFrame:
+           thesis: Mapping | None = None, set_name: str = "internal", reference: str | None = None) -> pd.DataFrame:
     """Thesis Table 7: the same normal/abnormal screening on the internal test set for each pipeline
     (``{"two_class": (scored_table, threshold), "three_class": ...}``), so the value of the
-    "others" class shows as a sensitivity gap. Columns as :func:`table2`, with ``pipeline`` first."""
+    "others" class shows as a sensitivity gap. Columns as :func:`table2`, with ``pipeline`` first
+    (``fn`` of ``tp + fn``: the abnormal films each pipeline calls normal at its own threshold).
+    With ``reference`` (a pipeline's name, e.g. ``"three_class"``), also each pipeline's ROC AUC
+    (``auc``, ``auc_lo``, ``auc_hi``) and :func:`auc_deltas` against that pipeline: ``is_reference``,
+    ``delta_auc`` (e.g. 2-class minus 3-class), ``delta_auc_lo``, ``delta_auc_hi``."""
     ref = _section(thesis, "table7_two_vs_three_class")
+    deltas = {} if reference is None else auc_deltas({n: v[0] for n, v in pipelines.items()}, reference, n_boot, seed, ci, set_name)
     rows = []
     for name, (scored, threshold) in pipelines.items():
         mask = evaluation_sets(scored).get(set_name)
         if mask is None:
             continue
         row = {"pipeline": name, "set": set_name, **_screening_row(scored[mask], threshold, n_boot, seed, ci)}
+        if reference is not None:
+            sub = scored[mask]
+            auc = _auc_row(sub["abnormal"].to_numpy(int), _score(sub), sub["patient_id"].to_numpy(), n_boot, seed, ci)
+            row.update({k: auc[k] for k in ("auc", "auc_lo", "auc_hi")}, **deltas[name])
         if ref is not None:
             row.update(thesis_confusion(ref.get(name)))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- paired comparisons
+
+
+NO_DELTA = {"is_reference": False, "delta_auc": float("nan"), "delta_auc_lo": float("nan"), "delta_auc_hi": float("nan")}
+DELTA_COLUMNS = tuple(NO_DELTA)
+
+
+def _set_rows(table: pd.DataFrame, set_name: str) -> pd.DataFrame:
+    return table[evaluation_sets(table).get(set_name, np.zeros(len(table), bool))]
+
+
+def matched_films(reference: pd.DataFrame, other: pd.DataFrame, names: tuple[str, str] = ("reference", "other"),
+                  set_name: str = "internal") -> pd.DataFrame:
+    """``other``'s rows in the order of ``reference``'s films, matched on ``image_id``: the pairing of
+    a paired comparison. A ValueError naming both pipelines (``names``) when they scored different
+    films, a film twice, or disagree on a film's label or patient."""
+    a, b = reference["image_id"].astype(str), other["image_id"].astype(str)
+    for name, ids in zip(names, (a, b)):
+        if ids.duplicated().any():
+            raise ValueError(f"pipeline {name!r} scored {set_name} test films more than once: {sorted(set(ids[ids.duplicated()]))[:3]}")
+    only_a, only_b = sorted(set(a) - set(b)), sorted(set(b) - set(a))
+    if only_a or only_b:
+        raise ValueError(f"pipelines {names[0]!r} and {names[1]!r} scored different {set_name} test films "
+                         f"({len(only_a)} only in {names[0]!r}, e.g. {only_a[:3]}; {len(only_b)} only in {names[1]!r}, "
+                         f"e.g. {only_b[:3]}): a paired comparison needs the same films; rerun the older pipeline")
+    out = other.set_index(b.to_numpy()).loc[a.to_numpy()].reset_index(drop=True)
+    for col in ("abnormal", "patient_id"):
+        if not np.array_equal(out[col].astype(str).to_numpy(), reference[col].astype(str).to_numpy()):
+            raise ValueError(f"pipelines {names[0]!r} and {names[1]!r} disagree on the {col} of the same {set_name} test films")
+    return out
+
+
+def auc_deltas(pipelines: Mapping[str, pd.DataFrame], reference: str | None, n_boot: int, seed: int, ci: float = 0.95,
+               set_name: str = "internal") -> dict[str, dict]:
+    """Per pipeline (scored tables keyed by name), the :data:`DELTA_COLUMNS`: ``delta_auc`` is its ROC
+    AUC minus the ``reference`` pipeline's on evaluation set ``set_name``, with the paired
+    patient-bootstrap interval of :func:`scxnn.metrics.paired_auc_delta` over the films both scored
+    (:func:`matched_films`). The reference itself gets ``is_reference`` True, delta 0 and no interval.
+    When ``reference`` is not among ``pipelines`` every pipeline gets :data:`NO_DELTA`.
+
+    Where the paired bootstrap collapses to one value for two pipelines that score differently (both
+    separate every resample perfectly), that would claim certainty from a finite sample: the
+    interval is widened to the difference of the two AUCs' own intervals (:func:`_auc_row`, exact
+    at 0 and 1), as a single AUC's is."""
+    if reference not in pipelines:
+        return {n: dict(NO_DELTA) for n in pipelines}
+    ref = _set_rows(pipelines[reference], set_name)
+    y, g, a = ref["abnormal"].to_numpy(int), ref["patient_id"].to_numpy(), _score(ref)
+    out = {}
+    for name, scored in pipelines.items():
+        if name == reference:
+            out[name] = {**NO_DELTA, "is_reference": True, "delta_auc": 0.0}
+            continue
+        b = _score(matched_films(ref, _set_rows(scored, set_name), (reference, name), set_name))
+        d, lo, hi = paired_auc_delta(y, a, b, g, n_boot, seed, ci)
+        if lo == hi and not np.array_equal(a, b):
+            ra, rb = _auc_row(y, a, g, n_boot, seed, ci), _auc_row(y, b, g, n_boot, seed, ci)
+            lo, hi = min(lo, rb["auc_lo"] - ra["auc_hi"]), max(hi, rb["auc_hi"] - ra["auc_lo"])
+        out[name] = {"is_reference": False, "delta_auc": d, "delta_auc_lo": lo, "delta_auc_hi": hi}
+    return out
 
 
 # --------------------------------------------------------------------------- Table 3 / Table 8
@@ -320,12 +386,12 @@ def _auc_row(y: np.ndarray, p: np.ndarray, patients: np.ndarray, n_boot: int, se
     :func:`scxnn.metrics.separation_auc_ci` instead, and where the bootstrap collapses at another
     value (tied scores) the distribution-free bound of :func:`scxnn.metrics.auc_variance_ci`."""
     lo, hi = (np.nan, np.nan)
-    auc = _auc(y, p)
+    auc = roc_auc(y, p)
     if auc in (0.0, 1.0):
         pid = np.asarray(patients)
         lo, hi = separation_auc_ci(len(np.unique(pid[y == 1])), len(np.unique(pid[y == 0])), auc, ci)
     elif np.isfinite(auc):
-        lo, hi = patient_bootstrap(patients, lambda idx: {"auc": _auc(y[idx], p[idx])}, n_boot, seed, ci)["auc"]
+        lo, hi = patient_bootstrap(patients, lambda idx: {"auc": roc_auc(y[idx], p[idx])}, n_boot, seed, ci)["auc"]
         if not lo < hi:  # every resample agreed (tied scores, one positive patient): the exact-variance bound
             pid = np.asarray(patients)
             vlo, vhi = auc_variance_ci(auc, len(np.unique(pid[y == 1])), len(np.unique(pid[y == 0])), ci)
@@ -464,6 +530,47 @@ def yield_curve(table: pd.DataFrame, val_scores: pd.DataFrame, targets: Iterable
                 m = screening_metrics(y, s >= t)
                 rows.append({"target": float(target), "rule": rule, "threshold": t, "set": name, "images": len(y),
                              **{k: m[k] for k in ("sensitivity", "specificity", "auto_normal")}})
+    return pd.DataFrame(rows)
+
+
+def threshold_stability(table: pd.DataFrame, val_scores: pd.DataFrame, target: float, n_boot: int, seed: int,
+                        ci: float = 0.95) -> pd.DataFrame:
+    """How much the definite-normal point depends on which validation films happened to be drawn.
+
+    The ``point`` threshold (validation sensitivity >= ``target``, :func:`point_threshold`) is chosen
+    again on ``n_boot`` patient resamples of the validation films (``val_scores``: score, abnormal,
+    patient_id) and applied to every evaluation set. Per set (and "validation" itself): the
+    sensitivity and the share auto-reported normal at the run's own threshold, and ``_lo``/``_hi``,
+    the central ``ci`` range of the same over the re-chosen thresholds; the threshold's own range is
+    in ``threshold_lo``/``threshold_hi``. This is a spread due to the threshold's choice, not a
+    confidence interval of the rates. With about 100 abnormal validation films a 99% point sits on
+    the single hardest one, and the range shows how far that moves sensitivity on unseen films."""
+    vs, vy = val_scores["score"].to_numpy(float), val_scores["abnormal"].to_numpy(int)
+    vp = val_scores["patient_id"].to_numpy()
+    sets = {"validation": (vs, vy)}
+    sets.update({name: (_score(table[m]), table.loc[m, "abnormal"].to_numpy(int)) for name, m in evaluation_sets(table).items()})
+    t0 = point_threshold(vs, vy, target)
+
+    def rates(t: float) -> dict:
+        out = {"threshold": t}
+        for name, (sc, y) in sets.items():
+            m = screening_metrics(y, sc >= t)
+            out[f"{name}|sensitivity"], out[f"{name}|auto_normal"] = m["sensitivity"], m["auto_normal"]
+        return out
+
+    def resample(idx: np.ndarray) -> dict:
+        return rates(point_threshold(vs[idx], vy[idx], target)) if 0 < vy[idx].sum() else {}
+
+    spread = patient_bootstrap(vp, resample, n_boot, seed, ci)
+    at = rates(t0)
+    rows = []
+    for name, (_, y) in sets.items():
+        row = {"set": name, "images": len(y), "abnormal": int(y.sum()), "target": target, "threshold": t0,
+               "threshold_lo": spread["threshold"][0], "threshold_hi": spread["threshold"][1]}
+        for k in ("sensitivity", "auto_normal"):
+            row[k] = at[f"{name}|{k}"]
+            row[f"{k}_lo"], row[f"{k}_hi"] = spread[f"{name}|{k}"]
+        rows.append(row)
     return pd.DataFrame(rows)
 
 

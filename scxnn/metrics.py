@@ -171,6 +171,50 @@ def patient_bootstrap(
     return out
 
 
+def roc_auc(y: Sequence[int], p: Sequence[float]) -> float:
+    """ROC AUC of scores ``p`` for labels ``y`` (1 positive), NaN (never 0.5) when only one class is
+    present. The Mann-Whitney form (mid-ranks for ties), equal to scikit-learn's ``roc_auc_score``
+    to rounding and some 40 times faster on a few hundred films: bootstraps call it thousands of times."""
+    from scipy.stats import rankdata
+
+    y, p = np.asarray(y, dtype=int), np.asarray(p, dtype=float)
+    if not np.isfinite(p).all():
+        raise ValueError("roc_auc: scores contain NaN or infinity")
+    n_pos = int(y.sum())
+    if not 0 < n_pos < len(y):
+        return float("nan")
+    return float((rankdata(p)[y == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * (len(y) - n_pos)))
+
+
+def paired_auc_delta(
+    abnormal: Sequence[int],
+    scores_a: Sequence[float],
+    scores_b: Sequence[float],
+    patients: Sequence,
+    n_boot: int,
+    seed: int,
+    ci: float = 0.95,
+) -> tuple[float, float, float]:
+    """(delta, lo, hi): ``delta = AUC(b) - AUC(a)`` on all films, and its percentile ``ci`` interval
+    over ``n_boot`` resamples of *patients* (:func:`patient_bootstrap`), the same resample for both
+    pipelines. Resamples with one class only are left out.
+
+    Why paired: the two pipelines score the same films, and most of each AUC's sampling error is
+    which films happened to be drawn (easy or hard ones). Both AUCs move together with that draw, so
+    in the difference it cancels; two separate intervals each carry it in full, and their overlap
+    cannot rank the pipelines. NaN for all three when the films hold one class only."""
+    y = np.asarray(abnormal, dtype=int)
+    a, b = np.asarray(scores_a, dtype=float), np.asarray(scores_b, dtype=float)
+    g = np.asarray(patients)
+    if not len(y) == len(a) == len(b) == len(g):
+        raise ValueError(f"paired_auc_delta needs one label, two scores and a patient per film, got {len(y)}, {len(a)}, {len(b)}, {len(g)}")
+    delta = roc_auc(y, b) - roc_auc(y, a)
+    if not np.isfinite(delta):
+        return float("nan"), float("nan"), float("nan")
+    lo, hi = patient_bootstrap(g, lambda idx: {"delta": roc_auc(y[idx], b[idx]) - roc_auc(y[idx], a[idx])}, n_boot, seed, ci)["delta"]
+    return float(delta), lo, hi
+
+
 _RATES = ("sensitivity", "specificity", "ppv", "npv", "auto_normal")
 
 

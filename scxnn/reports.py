@@ -334,7 +334,8 @@ def before_after_figure(raw_paths: Sequence[str], processed_paths: Sequence[str]
 
 
 def training_curves(history: pd.DataFrame, title: str = ""):
-    """Loss parts, validation AUC and learning rate per epoch, stage 1 and stage 2 side by side."""
+    """Loss parts, AUC on the training draws and on validation (the gap is over-fitting), and the
+    learning rate per epoch, stage 1 and stage 2 side by side."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -348,11 +349,11 @@ def training_curves(history: pd.DataFrame, title: str = ""):
             axes[0].plot(h["step"], h[col], style, label=col)
     axes[0].set_title("loss (CE + λ·MSE)")
     axes[0].legend(fontsize=7)
-    for col in ("val_auc", "val_acc"):
-        if col in h:
+    for col in ("train_auc", "val_auc", "val_acc"):
+        if col in h and h[col].notna().any():
             axes[1].plot(h["step"], h[col], marker="o", ms=3, label=col)
     axes[1].set_ylim(0, 1.02)
-    axes[1].set_title("validation")
+    axes[1].set_title("AUC (train draws vs validation)")
     axes[1].legend(fontsize=7)
     axes[2].semilogy(h["step"], h["lr"], drawstyle="steps-post")
     axes[2].set_title("learning rate")
@@ -823,11 +824,17 @@ def unseen_figure(t9: pd.DataFrame, unseen: Sequence[str]):
 
 def ablation_figure(df: pd.DataFrame, title: str = ""):
     """An ablation table (``scxnn.variants.ablation_table``) as bars: per metric, one bar per row
-    with its 95% CI, the thesis' value as a black diamond."""
+    with its 95% CI, the thesis' value as a black diamond. With the paired columns (``delta_auc``,
+    ``delta_auc_lo``, ``delta_auc_hi``; ``is_reference``), the AUC panel becomes each row's AUC
+    minus the reference row's with its paired interval, a line at 0 and the reference row marked
+    (a star, "(reference)" in its label): rows whose interval excludes 0 differ from it. Frames
+    without those columns get the plain AUC bars."""
     plt = _pyplot()
-    metrics = [m for m in ("auc", "sensitivity", "specificity", "accuracy") if m in df]
+    paired = {"delta_auc", "delta_auc_lo", "delta_auc_hi"} <= set(df.columns)
+    metrics = (["delta_auc"] if paired else ["auc"] if "auc" in df else []) + [m for m in ("sensitivity", "specificity", "accuracy") if m in df]
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.1 * len(metrics), 0.35 * len(df) + 1.8), sharey=True, squeeze=False)
     y = np.arange(len(df))
+    is_ref = df["is_reference"].fillna(False).astype(bool).to_numpy() if "is_reference" in df else np.zeros(len(df), bool)
     for ax, m in zip(axes[0], metrics):
         v = df[m].astype(float).to_numpy()
         err = None
@@ -835,15 +842,31 @@ def ablation_figure(df: pd.DataFrame, title: str = ""):
             lo, hi = df[f"{m}_lo"].astype(float).to_numpy(), df[f"{m}_hi"].astype(float).to_numpy()
             err = np.vstack([np.clip(v - lo, 0, None), np.clip(hi - v, 0, None)])
             err = np.nan_to_num(err)
-        ax.barh(y, np.nan_to_num(v), xerr=err, color="#4c72b0", alpha=0.85, capsize=2, label="ours")
-        if f"thesis_{m}" in df:
-            ax.plot(df[f"thesis_{m}"].astype(float), y, "D", color="black", ms=5, label="thesis")
-        ax.set_xlim(0, 1.02)
-        ax.set_title(m, fontsize=9)
+        if m == "delta_auc":
+            ax.axvline(0, color="grey", lw=0.8)
+            ax.errorbar(v, y, xerr=err, fmt="o", color="#4c72b0", ms=4, capsize=2, label="ours (paired CI)")
+            ax.plot(v[is_ref], y[is_ref], "*", color="tab:red", ms=11, zorder=3, label="reference")
+            shown = [v] if err is None else [v - err[0], v + err[1]]
+            if "thesis_auc" in df and is_ref.any():
+                thesis = df["thesis_auc"].astype(float).to_numpy()
+                shown.append(thesis - thesis[is_ref][0])
+                ax.plot(shown[-1], y, "D", color="black", ms=5, label="thesis")
+            bound = np.nanmax(np.abs(np.concatenate(shown)), initial=0.0)
+            ax.set_xlim(-1.15 * bound - 0.01, 1.15 * bound + 0.01)
+            ax.set_title("AUC − reference row", fontsize=9)
+        else:
+            ax.barh(y, np.nan_to_num(v), xerr=err, color="#4c72b0", alpha=0.85, capsize=2, label="ours")
+            if f"thesis_{m}" in df:
+                ax.plot(df[f"thesis_{m}"].astype(float), y, "D", color="black", ms=5, label="thesis")
+            ax.set_xlim(0, 1.02)
+            ax.set_title(m, fontsize=9)
         ax.grid(axis="x", alpha=0.3)
-    axes[0, 0].set_yticks(y, df["row"].astype(str))
+    labels = [f"{r} (reference)" if ref else str(r) for r, ref in zip(df["row"], is_ref)]
+    axes[0, 0].set_yticks(y, labels)
     axes[0, 0].invert_yaxis()
     axes[0, -1].legend(fontsize=7, loc="lower right")
+    if paired:
+        axes[0, 0].legend(fontsize=7, loc="best")
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()

@@ -14,14 +14,17 @@ resume from their checkpoints.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from scxnn.config import RESULT_SECTIONS, Config, save_resolved, variant_config
+from scxnn.config import Config, result_sections, save_resolved, variant_config
 from scxnn.utils import atomic_write_text, file_lock, log, seed_everything
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 RESULT_NAME = "result.json"
 
@@ -34,12 +37,13 @@ def variant_films(manifest) -> tuple[tuple[str, str], ...]:
 
 
 def variant_hash(cfg: Config, name: str) -> str:
-    return variant_config(cfg, name).fingerprint(*RESULT_SECTIONS)
+    vcfg = variant_config(cfg, name)
+    return vcfg.fingerprint(*result_sections(vcfg))
 
 
 def is_profile_itself(cfg: Config, name: str) -> bool:
     """True when the variant's settings are the profile's: its models are the profile's own."""
-    return variant_hash(cfg, name) == cfg.fingerprint(*RESULT_SECTIONS)
+    return variant_hash(cfg, name) == cfg.fingerprint(*result_sections(cfg))
 
 
 def variant_dir(cfg: Config, name: str) -> Path:
@@ -120,23 +124,50 @@ def summarize(scored, threshold: float, n_boot: int, seed: int, ci: float) -> di
     return out
 
 
-def ablation_table(cfg: Config, table: str, thesis: dict | None = None) -> "pd.DataFrame":
+REFERENCE = "three_class"  # the method as specified (params: variants.runs): the row every ablation row is compared with
+
+
+def ablation_table(cfg: Config, table: str, thesis: dict | None = None, reference: str = REFERENCE) -> pd.DataFrame:
     """One thesis ablation table (``variants.tables[table]``, e.g. ``table4_backbones``) from the
-    finished variants' ``result.json``: per row, accuracy, AUC, specificity and sensitivity on the
-    internal test set with 95% CIs, the thesis' values beside ours."""
+    finished variants: per row, accuracy, AUC, specificity and sensitivity on the internal test set
+    with 95% CIs (``result.json``), the thesis' values beside ours.
+
+    So that rows can be ranked, each row also has ``delta_auc``: its AUC minus the reference row's,
+    with the paired patient-bootstrap interval ``delta_auc_lo``/``delta_auc_hi``
+    (:func:`scxnn.evaluation.auc_deltas` on each variant's scored internal test films, the SVM
+    scores of :func:`load_variant`; ``cfg.evaluate.bootstrap`` resamples, ``cfg.seed``,
+    ``cfg.evaluate.ci``). The reference row is the one whose variant is ``reference`` (the method
+    as specified, a row of each of Tables 4-6): ``is_reference`` True, delta 0, no interval. A table
+    without it gets NaN deltas. Variants that scored different films are a ValueError.
+    ``called_normal_abnormal`` of ``abnormal_films``: the abnormal internal test films the pipeline
+    calls normal at its own validation-chosen definite-normal threshold (``result.json``:
+    ``point_fn`` of ``point_fn + point_tp``), the same rule for every row."""
     import pandas as pd
+
+    from scxnn import evaluation
 
     rows = cfg.variants.tables[table]
     ref = (thesis or {}).get(table) or {}
-    out = []
-    for row, name in rows.items():
+    results = {}
+    for name in dict.fromkeys(rows.values()):
         path = result_path(cfg, name)
         if not path.is_file():
             raise FileNotFoundError(f"{table}: variant {name!r} has not run (no {path}); run `make variants PROFILE={cfg.profile}`")
-        r = json.loads(path.read_text())
-        rec = {"row": row, "variant": name, "images": r["images"], "accuracy": r["accuracy"],
-               **{k: r[k] for k in ("auc", "auc_lo", "auc_hi", "specificity", "specificity_lo", "specificity_hi",
-                                    "sensitivity", "sensitivity_lo", "sensitivity_hi")}}
+        results[name] = json.loads(path.read_text())
+    deltas = {}
+    if reference in results:
+        scored = {name: load_variant(cfg, name)[1] for name in results}
+        deltas = evaluation.auc_deltas(scored, reference, cfg.evaluate.bootstrap, cfg.seed, cfg.evaluate.ci)
+    else:
+        log.warning("%s: no row is the reference variant %r, so no row has a delta AUC", table, reference)
+    out = []
+    for row, name in rows.items():
+        r = results[name]
+        d = deltas.get(name, evaluation.NO_DELTA)
+        rec = {"row": row, "variant": name, "is_reference": d["is_reference"], "images": r["images"], "accuracy": r["accuracy"],
+               **{k: r[k] for k in ("auc", "auc_lo", "auc_hi")}, **{k: d[k] for k in evaluation.DELTA_COLUMNS[1:]},
+               **{k: r[k] for k in ("specificity", "specificity_lo", "specificity_hi", "sensitivity", "sensitivity_lo", "sensitivity_hi")},
+               "called_normal_abnormal": r["point_fn"], "abnormal_films": r["point_fn"] + r["point_tp"]}
         t = ref.get(row) if isinstance(ref, dict) else None
         if ref:
             rec.update({f"thesis_{k}": (t or {}).get(k, np.nan) for k in ("accuracy", "auc", "specificity", "sensitivity")})

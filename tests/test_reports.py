@@ -300,3 +300,35 @@ def test_risk_figure_with_thesis_and_empty():
     assert sum(bar.get_hatch() == "//" for bar in ax.patches) == 9
     empty = reports.risk_figure(_risk_table().iloc[:0])
     assert len(empty.axes) == 1 and "no data" in [t.get_text() for t in empty.axes[0].texts]
+
+
+def _ablation_df(paired: bool) -> pd.DataFrame:
+    """The frame of scxnn.variants.ablation_table: before the paired columns existed, and with them."""
+    df = pd.DataFrame({"row": ["vgg16", "densenet121", "resnet50"], "variant": ["vgg16", "three_class", "resnet50"],
+                       "auc": [0.80, 0.90, np.nan], "auc_lo": [0.7, 0.85, np.nan], "auc_hi": [0.88, 0.95, np.nan],
+                       **{f"{m}{b}": [0.7, 0.8, 0.9] for m in ("sensitivity", "specificity") for b in ("", "_lo", "_hi")},
+                       "accuracy": [0.7, 0.8, 0.75], "thesis_auc": [0.726, 0.904, np.nan]})
+    if paired:
+        df = df.assign(is_reference=[False, True, False], delta_auc=[-0.10, 0.0, np.nan],
+                       delta_auc_lo=[-0.16, np.nan, np.nan], delta_auc_hi=[-0.04, np.nan, np.nan])
+    return df
+
+
+@pytest.mark.parametrize("paired", [False, True])
+def test_ablation_figure_with_and_without_paired_deltas(paired):
+    fig = reports.ablation_figure(_ablation_df(paired), "Table 4")
+    first = fig.axes[0]
+    assert len(fig.axes) == 4 and first.get_title() == ("AUC − reference row" if paired else "auc")
+    labels = [t.get_text() for t in first.get_yticklabels()]
+    assert labels[1] == ("densenet121 (reference)" if paired else "densenet121")
+    if paired:
+        # the zero line, the reference star at 0, and the thesis' deltas (thesis AUC minus its reference row's)
+        assert any(list(ln.get_xdata()) == [0, 0] for ln in first.get_lines())
+        star = [ln for ln in first.get_lines() if ln.get_label() == "reference"][0]
+        assert list(star.get_xdata()) == [0.0] and list(star.get_ydata()) == [1]
+        thesis = [ln for ln in first.get_lines() if ln.get_label() == "thesis"][0]
+        assert np.allclose(thesis.get_xdata()[:2], [0.726 - 0.904, 0.0])
+        lo, hi = first.get_xlim()
+        assert lo < 0.726 - 0.904 and hi > 0.178  # the interval and the thesis are in view, symmetric about 0
+    else:
+        assert len(first.patches) == 3  # the old bars

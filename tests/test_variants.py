@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from scxnn.config import RESULT_SECTIONS, ConfigError, load_config, variant_config
@@ -64,6 +65,14 @@ def test_hash_ignores_settings_that_do_not_change_results(tmp_path):
     assert variants.variant_hash(changed, "two_class") != h
 
 
+@pytest.mark.parametrize("start", ["none", "study"])
+def test_trunk_settings_name_a_variant_only_when_it_starts_from_the_trunk(tmp_path, start):
+    base = {"paths.runs": str(tmp_path / "runs"), "model.pretrained": start}
+    h = variants.variant_hash(load_config("smoke", base), "two_class")
+    other = variants.variant_hash(load_config("smoke", {**base, "pretrain.images_per_epoch": 7}), "two_class")
+    assert (other != h) == (start == "study")
+
+
 def test_a_finished_variant_is_not_recomputed(tmp_path):
     cfg = _cfg(tmp_path)
     path = variants.result_path(cfg, "two_class")
@@ -89,16 +98,97 @@ def test_ablation_tables_name_known_variants_and_share_the_baseline(tmp_path):
         load_config("smoke", {"variants.tables": {"table4_backbones": {"vgg16": "vgg_typo"}}})
 
 
+def _ablation_cfg(tmp_path, rows=None):
+    runs = {"three_class": {}, "vgg16": {"model.backbone": "vgg16"}, "resnet50": {"model.backbone": "resnet50"}}
+    return load_config("smoke", {"paths.runs": str(tmp_path / "runs"), "variants.runs": runs, "evaluate.bootstrap": 100,
+                                 "variants.tables": {"table4_backbones": rows or {"vgg16": "vgg16", "densenet121": "three_class"}}})
+
+
+def _films(n_patients=30, seed=0):
+    """Validation and internal test films of 1-2 per patient, the films every variant scores."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for split in ("val", "test"):
+        for p in range(n_patients):
+            abnormal = int(p % 2 == 0)
+            for i in range(1 + p % 2):
+                rows.append({"image_id": f"{split}-{p}-{i}", "patient_id": f"{split}-{p}", "site": "internal",
+                             "split": split, "abnormal": abnormal})
+    df = pd.DataFrame(rows)
+    df["difficulty"] = rng.normal(0, 1, len(df))
+    return df
+
+
+def _fake_variant(cfg, name, films, signal, seed=0):
+    """What run_variant leaves in a variant folder, without training: a logits table (one logit
+    carries ``signal`` x abnormal on top of the films' shared difficulty), the SVM and thresholds
+    fitted on its validation films, and result.json from `summarize`."""
+    from scxnn import ensemble
+
+    vcfg = variant_config(cfg, name)
+    out = variants.variant_dir(cfg, name)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    table = films.drop(columns="difficulty")
+    cols = ensemble.logit_columns(list(vcfg.findings), vcfg.model.num_classes)
+    logits = rng.normal(0, 0.3, (len(films), len(cols)))
+    logits[:, 1] += signal * films["abnormal"].to_numpy() + films["difficulty"].to_numpy()
+    table = pd.concat([table, pd.DataFrame(logits, columns=cols)], axis=1)
+    svm, th, val_scores = ensemble.fit_ensemble_with_scores(vcfg, ensemble.validation_rows(table))
+    ensemble.save(svm, th, out)
+    ensemble.save_logits(table, out)
+    (out / ensemble.VAL_SCORES_NAME).write_text(val_scores.to_csv(index=False))
+    scored = ensemble.load_run(out, vcfg)[0]
+    summary = variants.summarize(scored, th.point, vcfg.evaluate.bootstrap, vcfg.seed, vcfg.evaluate.ci)
+    variants.result_path(cfg, name).write_text(json.dumps({"hash": variants.variant_hash(cfg, name), "threshold": th.point, **summary}))
+    return scored
+
+
 def test_ablation_table_puts_the_thesis_beside_each_row(tmp_path):
-    cfg = _cfg(tmp_path, runs={"three_class": {}, "vgg16": {"model.backbone": "vgg16"}})
-    cfg = load_config("smoke", {"paths.runs": str(tmp_path / "runs"), "variants.runs": {"three_class": {}, "vgg16": {"model.backbone": "vgg16"}},
-                                "variants.tables": {"table4_backbones": {"vgg16": "vgg16", "densenet121": "three_class"}}})
-    for name, auc in (("three_class", 0.9), ("vgg16", 0.7)):
-        p = variants.result_path(cfg, name)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(json.dumps({"images": 10, "accuracy": 0.8, "auc": auc, "auc_lo": 0.5, "auc_hi": 1.0,
-                                 **{f"{k}{b}": 0.5 for k in ("sensitivity", "specificity") for b in ("", "_lo", "_hi")}}))
+    cfg = _ablation_cfg(tmp_path)
+    films = _films()
+    for name, signal in (("three_class", 2.0), ("vgg16", 0.7)):
+        _fake_variant(cfg, name, films, signal)
     thesis = {"table4_backbones": {"vgg16": {"accuracy": 0.7655, "auc": 0.726, "specificity": 0.709, "sensitivity": 0.822}}}
     df = variants.ablation_table(cfg, "table4_backbones", thesis)
-    assert df["row"].tolist() == ["vgg16", "densenet121"] and df["auc"].tolist() == [0.7, 0.9]
+    results = [json.loads(variants.result_path(cfg, n).read_text()) for n in ("vgg16", "three_class")]
+    assert df["row"].tolist() == ["vgg16", "densenet121"] and df["auc"].tolist() == [r["auc"] for r in results]
     assert df.loc[0, "thesis_auc"] == 0.726 and np.isnan(df.loc[1, "thesis_auc"])
+
+
+def test_ablation_rows_are_ranked_against_the_reference_row(tmp_path):
+    cfg = _ablation_cfg(tmp_path, {"vgg16": "vgg16", "densenet121": "three_class", "resnet50": "resnet50"})
+    films = _films()
+    for name, signal in (("three_class", 2.0), ("vgg16", 0.7), ("resnet50", 2.0)):
+        _fake_variant(cfg, name, films, signal, seed=len(name))
+    df = variants.ablation_table(cfg, "table4_backbones").set_index("row")
+    assert df["is_reference"].tolist() == [False, True, False]
+    ref = df.loc["densenet121"]
+    assert ref["delta_auc"] == 0 and np.isnan(ref["delta_auc_lo"]) and np.isnan(ref["delta_auc_hi"])
+    for row in ("vgg16", "resnet50"):  # the delta is the difference of the rows' own AUCs, paired interval around it
+        r = df.loc[row]
+        assert r["delta_auc"] == pytest.approx(r["auc"] - ref["auc"])
+        assert r["delta_auc_lo"] <= r["delta_auc"] <= r["delta_auc_hi"]
+    assert df.loc["vgg16", "delta_auc_hi"] < 0  # the weak backbone is ranked below the reference
+    for row in df.index:  # the same threshold rule everywhere: each pipeline's own validation-chosen point
+        r = json.loads(variants.result_path(cfg, df.loc[row, "variant"]).read_text())
+        assert (df.loc[row, "called_normal_abnormal"], df.loc[row, "abnormal_films"]) == (r["point_fn"], r["point_fn"] + r["point_tp"])
+    assert df["abnormal_films"].nunique() == 1
+
+
+def test_ablation_table_refuses_variants_that_scored_other_films(tmp_path):
+    cfg = _ablation_cfg(tmp_path)
+    films = _films()
+    _fake_variant(cfg, "three_class", films, 2.0)
+    _fake_variant(cfg, "vgg16", films[films["image_id"] != "test-3-1"].reset_index(drop=True), 0.7)
+    with pytest.raises(ValueError, match=r"'three_class' and 'vgg16' scored different internal test films .*test-3-1"):
+        variants.ablation_table(cfg, "table4_backbones")
+
+
+def test_ablation_table_without_the_reference_row_has_no_deltas(tmp_path):
+    cfg = _ablation_cfg(tmp_path, {"vgg16": "vgg16", "resnet50": "resnet50"})
+    films = _films()
+    for name in ("vgg16", "resnet50"):
+        _fake_variant(cfg, name, films, 1.0)
+    df = variants.ablation_table(cfg, "table4_backbones")
+    assert not df["is_reference"].any() and df["delta_auc"].isna().all()
