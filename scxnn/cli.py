@@ -113,6 +113,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from scxnn.pretrain import ensure_trunk
+
+    cfg = load_config(args.profile, args.set)
+    path = ensure_trunk(cfg, progress=not args.no_progress)
+    print(f"study trunk ({cfg.model.backbone}): {path}")
+    return 0
+
+
 def _cmd_variant(args: argparse.Namespace) -> int:
     from scxnn.variants import names_for_hash, run_variant
 
@@ -333,6 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--resume", action="store_true", help="continue the run in the folder from its last checkpoint")
     g.add_argument("--fresh", action="store_true", help="discard the run in the folder and start over")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    p = add("pretrain", "pretrain the study trunk for the profile's backbone (model.pretrained: study); reused while its settings hold", _cmd_pretrain)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     p = add("ensemble", "step 03 without the notebook: logits table of the 13 models, the SVM and its definite-normal thresholds", _cmd_ensemble)

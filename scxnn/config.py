@@ -36,6 +36,12 @@ VARIANT_SECTIONS = ("seed", "preprocess", "model", "train", "ensemble")
 RESULT_SECTIONS = ("seed", "findings", "unseen_findings", "data", "preprocess", "model", "train", "ensemble")
 
 
+def result_sections(cfg: "Config") -> tuple[str, ...]:
+    """:data:`RESULT_SECTIONS`, plus ``pretrain`` when the models start from the study trunk (its
+    settings then decide the results too)."""
+    return RESULT_SECTIONS + (("pretrain",) if cfg.model.pretrained == "study" else ())
+
+
 class ConfigError(ValueError):
     """A params file or override is invalid. The message names the key and its source."""
 
@@ -109,7 +115,7 @@ class Preprocess:
 @dataclass(frozen=True)
 class Model:
     backbone: Literal["densenet121", "densenet169", "resnet50", "vgg16", "googlenet", "efficientnet_b2"]
-    pretrained: str  # "imagenet", "none", or a path to a state_dict file
+    pretrained: str  # "imagenet", "study" (the profile's own trunk, scxnn.pretrain), "none", or a path to a state_dict file
     num_classes: Literal[2, 3]  # 3: normal / target / others (thesis); 2: normal / target
     decoder: Literal["reconstruction", "segmentation", "none"]
     dilate_mask: bool
@@ -117,7 +123,22 @@ class Model:
 
     def __post_init__(self) -> None:
         _check(self.recon_weight >= 0, "recon_weight", "must be >= 0")
-        _check(bool(self.pretrained), "pretrained", "must be 'imagenet', 'none' or a path")
+        _check(bool(self.pretrained), "pretrained", "must be 'imagenet', 'study', 'none' or a path")
+
+
+@dataclass(frozen=True)
+class Pretrain:
+    """The study trunk (``model.pretrained: study``; :mod:`scxnn.pretrain`): a multi-label classifier
+    over the findings, pretrained once per backbone on the training films."""
+
+    epochs: int
+    images_per_epoch: int  # class-balanced draws per epoch
+    lr: float  # peak learning rate of the cosine schedule
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, "epochs", "must be >= 1")
+        _check(self.images_per_epoch >= 1, "images_per_epoch", "must be >= 1")
+        _check(self.lr > 0, "lr", "must be > 0")
 
 
 @dataclass(frozen=True)
@@ -246,6 +267,7 @@ class Config:
     data: Data
     preprocess: Preprocess
     model: Model
+    pretrain: Pretrain
     train: Train
     ensemble: Ensemble
     evaluate: Evaluate

@@ -335,7 +335,7 @@ def logits_table(cfg, model_dirs: dict, progress: bool = True, features: bool = 
     from scxnn.bench import bf16_supported
     from scxnn.cam import check_fingerprint, load_finding_model
     from scxnn.preprocess import cache_dir, fingerprint
-    from scxnn.train import _resolve_device
+    from scxnn.train import resolve_device
 
     findings, unseen = list(cfg.findings), list(cfg.unseen_findings)
     cache = Path(cache) if cache is not None else cache_dir(cfg)
@@ -353,7 +353,7 @@ def logits_table(cfg, model_dirs: dict, progress: bool = True, features: bool = 
     out = df[keep].copy()
     out["abnormal"] = abnormal_labels(df, findings, unseen)
     zeros = np.zeros(len(df), dtype=int)
-    device = _resolve_device(cfg)
+    device = resolve_device(cfg)
     # The fast path of `scxnn bench predict`: channels_last, no decoder, bf16 where it is native.
     bf16 = cfg.evaluate.bf16 == "on" or (cfg.evaluate.bf16 == "auto" and bf16_supported(device.type))
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()

@@ -63,7 +63,7 @@ LAST_NAME = "last.pt"
 BEST_NAME = "best.pt"
 HISTORY_NAME = "history.csv"
 CHECKPOINT_FORMAT = 1
-HISTORY_COLUMNS = ("stage", "epoch", "lr", "train_loss", "train_ce", "train_mse", "val_loss", "val_ce", "val_mse", "val_auc", "val_acc", "seconds")
+HISTORY_COLUMNS = ("stage", "epoch", "lr", "train_loss", "train_ce", "train_mse", "train_auc", "val_loss", "val_ce", "val_mse", "val_auc", "val_acc", "seconds")
 # Settings that may change between a run and its resumption (budgets and speed knobs only).
 RESUMABLE_CHANGES = {
     "description",
@@ -199,6 +199,18 @@ def _all_reduce_sum(values: list[float], dist_: Dist, device: torch.device) -> l
     return t.tolist()
 
 
+def _all_gather_cat(t: torch.Tensor, dist_: Dist, device: torch.device) -> torch.Tensor:
+    """Every rank's ``t`` concatenated in rank order (shards have equal length: see shard_indices)."""
+    if not dist_.enabled:
+        return t
+    import torch.distributed as dist
+
+    t = t.to(device)
+    parts = [torch.empty_like(t) for _ in range(dist_.world)]
+    dist.all_gather(parts, t)
+    return torch.cat(parts).cpu()
+
+
 def _sync_buffers(model: nn.Module, dist_: Dist) -> None:
     """Give every rank rank 0's buffers (BatchNorm running statistics drift apart per shard), so all
     ranks validate the very model rank 0 saves and take the same schedule / stopping decisions."""
@@ -308,7 +320,7 @@ def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
 # --------------------------------------------------------------------------- data selection
 
 
-def _resolve_device(cfg: Config) -> torch.device:
+def resolve_device(cfg: Config) -> torch.device:
     if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             raise RuntimeError("device: cuda requested but CUDA is not available")
@@ -316,7 +328,7 @@ def _resolve_device(cfg: Config) -> torch.device:
     return torch.device("cpu")
 
 
-def _load_manifest(cfg: Config, manifest) -> tuple[pd.DataFrame, Path]:
+def load_study_manifest(cfg: Config, manifest) -> tuple[pd.DataFrame, Path]:
     from scxnn.preprocess import cache_dir
 
     if manifest is None:
@@ -405,7 +417,7 @@ def _worker_init(worker_id: int) -> None:
     np.random.seed(s)
 
 
-def _loader(ds, indices: Sequence[int], cfg: Config, seed: int, key: int, device: torch.device, batch_size: int | None = None):
+def make_loader(ds, indices: Sequence[int], cfg: Config, seed: int, key: int, device: torch.device, batch_size: int | None = None):
     return torch.utils.data.DataLoader(
         ds,
         batch_size=batch_size or cfg.train.batch_size,
@@ -435,7 +447,7 @@ def multitask_loss(logits, recon, batch, ce_weight, lam: float, use_mse: bool):
     return ce + lam * mse, ce, mse
 
 
-def _autocast(cfg: Config, device: torch.device):
+def autocast(cfg: Config, device: torch.device):
     from scxnn.bench import bf16_supported
 
     # auto: wherever bf16 is native (recent GPUs; CPUs with AVX512-BF16/AMX, where it trains ~1.7x
@@ -445,7 +457,7 @@ def _autocast(cfg: Config, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16) if on else nullcontext()
 
 
-def _to(batch: dict, device: torch.device, channels_last: bool) -> dict:
+def to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:
     out = {}
     for k, v in batch.items():
         if isinstance(v, torch.Tensor):
@@ -485,9 +497,13 @@ def _train_epoch(fwd, model, loader, opt, stage, cfg, ce_weight, device, dist_, 
     use_mse = stage == 1 and cfg.model.decoder != "none"
     lam = cfg.model.recon_weight
     sums = [0.0, 0.0, 0.0, 0.0, 0.0]  # (unused), ce*n, mse*n_has, n, n_has
+    # Target-vs-rest AUC of the epoch's own draws, as the weights move (augmented; all ranks' draws
+    # under DDP, so every rank logs the same): beside val_auc it tells under- from over-fitting at no
+    # extra forward pass.
+    probs, labels = [], []
     for batch in tqdm(loader, desc=desc, leave=False, disable=not (progress and dist_.main)):
-        b = _to(batch, device, cfg.train.channels_last)
-        with _autocast(cfg, device):
+        b = to_device(batch, device, cfg.train.channels_last)
+        with autocast(cfg, device):
             logits, recon = fwd(b["image"], decode=use_mse)
         loss, ce, mse = multitask_loss(logits, recon, b, ce_weight, lam, use_mse)
         opt.zero_grad(set_to_none=True)
@@ -496,6 +512,8 @@ def _train_epoch(fwd, model, loader, opt, stage, cfg, ce_weight, device, dist_, 
         n = len(b["label"])
         n_has = float(b["has_recon"].sum()) if use_mse else 0.0
         ce, mse = ce.detach(), mse.detach()
+        probs.append(torch.softmax(logits.detach().float(), 1)[:, 1].cpu())
+        labels.append(b["label"].cpu())
         sums[1] += float(ce) * n
         sums[2] += float(mse) * n_has
         sums[3] += n
@@ -504,7 +522,10 @@ def _train_epoch(fwd, model, loader, opt, stage, cfg, ce_weight, device, dist_, 
     n = max(s[3], 1.0)
     mse = s[2] / s[4] if s[4] else float("nan")
     # Same definition as the validation loss: mean CE + lambda * mean MSE over samples with a target.
-    return {"train_loss": s[1] / n + (lam * mse if s[4] else 0.0), "train_ce": s[1] / n, "train_mse": mse}
+    p = _all_gather_cat(torch.cat(probs) if probs else torch.zeros(0), dist_, device)
+    y = _all_gather_cat(torch.cat(labels) if labels else torch.zeros(0, dtype=torch.int64), dist_, device)
+    auc = target_auc(y.numpy(), p.numpy()) if len(y) else float("nan")
+    return {"train_loss": s[1] / n + (lam * mse if s[4] else 0.0), "train_ce": s[1] / n, "train_mse": mse, "train_auc": auc}
 
 
 @torch.inference_mode()
@@ -516,8 +537,8 @@ def _evaluate(model, loader, stage, cfg, device) -> dict:
     n = n_has = 0
     logits_all, labels_all = [], []
     for batch in loader:
-        b = _to(batch, device, cfg.train.channels_last)
-        with _autocast(cfg, device):
+        b = to_device(batch, device, cfg.train.channels_last)
+        with autocast(cfg, device):
             logits, recon = model(b["image"], decode=use_mse)
         logits = logits.float()
         ce_sum += float(F.cross_entropy(logits, b["label"], reduction="sum"))
@@ -620,7 +641,7 @@ def train_finding(cfg: Config, finding: str, out_dir=None, manifest=None, resume
     if finding not in cfg.findings:
         raise ValueError(f"finding {finding!r} is not in profile {cfg.profile!r}; findings: {', '.join(cfg.findings)}")
     t_start = time.perf_counter()
-    device = _resolve_device(cfg)
+    device = resolve_device(cfg)
     dist_ = init_distributed(device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -632,7 +653,7 @@ def train_finding(cfg: Config, finding: str, out_dir=None, manifest=None, resume
         out_dir = Path(out_dir)
         seed = finding_seed(cfg.seed, finding)
         seed_everything(seed)
-        df, base = _load_manifest(cfg, manifest)
+        df, base = load_study_manifest(cfg, manifest)
         sets = training_sets(df, cfg, finding)
         pre_fp = fingerprint(cfg.preprocess)
         nc = cfg.model.num_classes
@@ -642,7 +663,8 @@ def train_finding(cfg: Config, finding: str, out_dir=None, manifest=None, resume
         if len(sets["val"][0]) == 0:
             log.warning("%s: no validation images; the training loss drives the schedule and checkpoint choice", finding)
 
-        model = build_model(cfg.model).to(device)
+        # The start (ImageNet, the study trunk, a file) is loaded below, and only for a fresh run.
+        model = build_model(dataclasses.replace(cfg.model, pretrained="none")).to(device)
         if cfg.train.channels_last:
             model = model.to(memory_format=torch.channels_last)
 
@@ -675,6 +697,12 @@ def train_finding(cfg: Config, finding: str, out_dir=None, manifest=None, resume
                     (out_dir / name).unlink(missing_ok=True)
             save_resolved(cfg, out_dir, extra={"step": STEP, "finding": finding, "preprocess_fingerprint": pre_fp})
         _barrier(dist_)
+        if ckpt is None:
+            from scxnn.pretrain import resolve_pretrained
+
+            model.load_pretrained(resolve_pretrained(cfg, progress=progress))
+            if cfg.model.pretrained == "study":
+                seed_everything(seed)  # building the trunk here drew from the global RNGs; a reused one did not
 
         history: list[dict] = []
         stage, done_epochs = 1, 0
@@ -691,7 +719,7 @@ def train_finding(cfg: Config, finding: str, out_dir=None, manifest=None, resume
 
         val_df, val_y = sets["val"]
         val_ds = RadiographDataset(val_df, base, finding, val_y, cfg, augment=False)
-        val_loader = _loader(val_ds, range(len(val_ds)), cfg, seed, 0, device, batch_size=max(cfg.train.batch_size, 16))
+        val_loader = make_loader(val_ds, range(len(val_ds)), cfg, seed, 0, device, batch_size=max(cfg.train.batch_size, 16))
 
         def make_ckpt(stage_: int, epoch_: int, opt, sched) -> dict:
             return {
@@ -744,7 +772,7 @@ def train_finding(cfg: Config, finding: str, out_dir=None, manifest=None, resume
                 if len(idx) % cfg.train.batch_size == 1 and len(idx) > 1:
                     idx = idx[:-1]  # a batch of one breaks BatchNorm in training mode
                 lr = opt.param_groups[0]["lr"]
-                train_m = _train_epoch(fwd, model, _loader(tr_ds, idx, cfg, seed, key, device), opt, st, cfg, ce_w, device, dist_, progress, f"{finding} s{st} e{epoch}")
+                train_m = _train_epoch(fwd, model, make_loader(tr_ds, idx, cfg, seed, key, device), opt, st, cfg, ce_w, device, dist_, progress, f"{finding} s{st} e{epoch}")
                 _sync_buffers(model, dist_)
                 val_m = _evaluate(model, val_loader, st, cfg, device)
                 if not math.isfinite(val_m["val_loss"]):
@@ -769,8 +797,8 @@ def train_finding(cfg: Config, finding: str, out_dir=None, manifest=None, resume
                     save_checkpoint(last_path, c)
                     _write_history(out_dir / HISTORY_NAME, history)
                 log.info(
-                    "%s stage %d epoch %d/%d lr %.2e train %.4f val %.4f (ce %.4f mse %.4f) auc %.3f acc %.3f %.1fs%s",
-                    finding, st, epoch, budget, lr, row["train_loss"], row["val_loss"], row["val_ce"], row["val_mse"], row["val_auc"], row["val_acc"], row["seconds"], " *" if improved else "",
+                    "%s stage %d epoch %d/%d lr %.2e train %.4f val %.4f (ce %.4f mse %.4f) auc train %.3f val %.3f acc %.3f %.1fs%s",
+                    finding, st, epoch, budget, lr, row["train_loss"], row["val_loss"], row["val_ce"], row["val_mse"], row["train_auc"], row["val_auc"], row["val_acc"], row["seconds"], " *" if improved else "",
                 )
                 _barrier(dist_)
                 _epoch_end_hook(st, epoch)

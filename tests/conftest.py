@@ -26,3 +26,16 @@ def params_copy(tmp_path: Path) -> Path:
     dst = tmp_path / "proj" / "params"
     shutil.copytree(PARAMS, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def smoke_cache(tmp_path_factory):
+    """The smoke profile's synthetic data + PNG cache in a temporary folder (seconds), shared by the
+    training tests: ``paths.data`` = ``<it>/data``, ``paths.runs`` = ``<it>/runs``."""
+    from scxnn.config import load_config
+    from scxnn.preprocess import build_study_cache
+
+    tmp = tmp_path_factory.mktemp("smoke")
+    cfg = load_config("smoke", {"paths.data": str(tmp / "data"), "paths.runs": str(tmp / "runs")})
+    build_study_cache(cfg, progress=False)
+    return tmp

@@ -350,6 +350,26 @@ def test_yield_curve_keeps_validation_sensitivity_and_yield_falls(table):
     np.testing.assert_array_equal(E.yield_curve(moved, val, targets)["threshold"], out["threshold"])
 
 
+@pytest.mark.parametrize("target", [0.9, 0.99])
+def test_threshold_stability_spans_the_runs_own_point(table, target):
+    val = table[table["split"] == "val"][["score", "abnormal", "patient_id"]]
+    out = E.threshold_stability(table, val, target, n_boot=200, seed=0)
+    assert list(out["set"]) == ["validation", *E.evaluation_sets(table)]
+    t0 = E.point_threshold(val["score"].to_numpy(), val["abnormal"].to_numpy(), target)
+    assert (out["threshold"] == t0).all()
+    assert (out["threshold_lo"] <= t0).all() and (t0 <= out["threshold_hi"]).all()
+    v = out[out["set"] == "validation"].iloc[0]
+    assert v["sensitivity"] >= target
+    for k in ("sensitivity", "auto_normal"):
+        assert (out[f"{k}_lo"] <= out[f"{k}_hi"]).all() and out[[k, f"{k}_lo", f"{k}_hi"]].stack().between(0, 1).all()
+    # A range, not a point: re-choosing on resampled validation films moves what is called normal.
+    assert (out["auto_normal_hi"] - out["auto_normal_lo"]).max() > 0
+    # Only validation films choose it: test scores may move, the thresholds may not.
+    moved = table.assign(score=np.where(table["split"] == "test", table["score"] + 5, table["score"]))
+    again = E.threshold_stability(moved, val, target, n_boot=200, seed=0)
+    np.testing.assert_array_equal(again[["threshold", "threshold_lo", "threshold_hi"]], out[["threshold", "threshold_lo", "threshold_hi"]])
+
+
 def test_calibration_probabilities_and_brier(table):
     val = table[table["split"] == "val"]
     bins, brier = E.calibration(val, table, n_bins=5)

@@ -38,17 +38,6 @@ TRAIN_OVERRIDES = {
 # --------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module")
-def smoke_cache(tmp_path_factory):
-    """The smoke profile's synthetic data + PNG cache in a temporary folder (seconds)."""
-    from scxnn.preprocess import build_study_cache
-
-    tmp = tmp_path_factory.mktemp("smoke")
-    cfg = load_config("smoke", {"paths.data": str(tmp / "data"), "paths.runs": str(tmp / "runs")})
-    build_study_cache(cfg, progress=False)
-    return tmp
-
-
 def _cfg(smoke_cache: Path, **extra):
     ov = {"paths.data": str(smoke_cache / "data"), "paths.runs": str(smoke_cache / "runs"), **TRAIN_OVERRIDES}
     ov.update({k.replace("__", "."): v for k, v in extra.items()})
@@ -104,7 +93,7 @@ def test_out_of_scope_films_neither_train_nor_validate(as_file, tmp_path, caplog
 
     df, cfg = _manifest([{"split": "train", "scope_flags": ""}, {"split": "train", "scope_flags": "modality:CT"},
                          {"split": "val", "scope_flags": "lateral"}, {"split": "val", "scope_flags": ""}])
-    got, _ = T._load_manifest(cfg, write_manifest(df, tmp_path / "manifest.csv") if as_file else df)
+    got, _ = T.load_study_manifest(cfg, write_manifest(df, tmp_path / "manifest.csv") if as_file else df)
     assert list(got["image_id"]) == ["i0", "i3"]
     assert "2 of 4 films left out as out of scope (lateral: 1, modality:CT: 1)" in caplog.text
 
@@ -229,7 +218,7 @@ def test_checkpoint_embeds_config_and_fingerprint_and_loads_back(reference_run, 
     last = T.load_checkpoint(reference_run.out_dir / T.LAST_NAME)["model"]
     assert all(torch.equal(last[k], ck["model"][k]) for k in last if not k.startswith("head."))
     # predict: decoder skipped, logits per image.
-    df, base = T._load_manifest(cfg, None)
+    df, base = T.load_study_manifest(cfg, None)
     val_df, val_y = T.training_sets(df, cfg, FINDING)["val"]
     logits, labels = T.predict(model, RadiographDataset(val_df, base, FINDING, val_y, cfg))
     assert logits.shape == (len(val_df), 3) and labels.tolist() == list(val_y)

@@ -1,0 +1,270 @@
+"""The study trunk: a stand-in for the thesis' ImageNet start, learned from the study's own films.
+
+The thesis starts every per-finding DenseNet-121 from ImageNet weights (its step 1). This project
+downloads nothing, and in a fresh clone there are no ImageNet weights on disk. ``model.pretrained:
+study`` gives every per-finding model (and every variant with the same backbone and preprocessing)
+another start: one encoder per backbone, pretrained once on the profile's internal training films.
+
+* **Task**: a multi-label classifier over the study's findings, one logit each (binary
+  cross-entropy over the labels that are known: hard and weak labels alike; NA is left out). No
+  decoder, no masks: the trunk learns what chest films and their findings look like, and the
+  per-finding models then learn their own task (3-way head, lesion reconstruction) on top of it.
+* **Films**: the ``train`` split only (the same films the per-finding models train on); the
+  ``val`` split's hard-labelled films give the mean per-finding AUC logged each epoch. Test and
+  evaluation sites are never read.
+* **Draws**: ``pretrain.epochs`` x ``pretrain.images_per_epoch`` draws with replacement, each film
+  weighted by 1 / (the count of its rarest positive finding, or of normal films), so every finding
+  is seen about equally often. Adam with a cosine learning-rate decay over the whole budget; the
+  training augmentations of ``train.augment_*``.
+* **Output**: ``runs/<profile>/trunk/<backbone>-<preprocessing fingerprint>/trunk.pt``: under
+  ``model`` an SCXNN state dict holding the encoder only (what
+  :meth:`scxnn.models.SCXNN.load_pretrained` reads), and beside it the multi-label head (``head``),
+  the resolved config and the history (also ``history.csv``). ``last.pt`` is written atomically
+  every epoch, so a killed run resumes; draws and augmentations are pure functions of (seed, epoch,
+  index).
+  A trunk is reused as long as the settings it was made with are unchanged; otherwise it is rebuilt.
+  Parallel jobs that need the same trunk wait for the one that builds it (a file lock).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from scxnn.config import Config, save_resolved
+from scxnn.dataset import RadiographDataset, sample_seed
+from scxnn.utils import atomic_open, atomic_write_text, file_lock, remove_stale_temporaries, seed_everything
+
+log = logging.getLogger("scxnn")
+
+TRUNK_NAME = "trunk.pt"
+LAST_NAME = "last.pt"
+HISTORY_NAME = "history.csv"
+# The settings a trunk depends on; any change rebuilds it (the per-finding settings do not matter).
+TRUNK_SECTIONS = ("seed", "findings", "data", "preprocess", "pretrain")
+TRUNK_TRAIN_KEYS = ("batch_size", "betas", "weight_decay", "augment", "augment_p", "augment_shift", "augment_rotate",
+                    "augment_gamma", "augment_sharpen", "augment_blur", "augment_noise", "bf16")
+
+
+def trunk_settings(cfg: Config) -> dict:
+    """The part of the config a trunk is made from (stored in it, compared on reuse)."""
+    d = cfg.to_dict()
+    out = {k: d[k] for k in TRUNK_SECTIONS}
+    out["backbone"] = cfg.model.backbone
+    out["train"] = {k: d["train"][k] for k in TRUNK_TRAIN_KEYS}
+    return out
+
+
+def trunk_dir(cfg: Config) -> Path:
+    from scxnn.preprocess import fingerprint
+
+    return cfg.path("runs") / "trunk" / f"{cfg.model.backbone}-{fingerprint(cfg.preprocess)}"
+
+
+def trunk_path(cfg: Config) -> Path:
+    return trunk_dir(cfg) / TRUNK_NAME
+
+
+def resolve_pretrained(cfg: Config, progress: bool = True) -> str:
+    """``model.pretrained`` as :class:`scxnn.models.SCXNN` takes it: ``study`` becomes the path of the
+    profile's trunk for this backbone and preprocessing, pretrained first when it is missing or stale."""
+    if cfg.model.pretrained != "study":
+        return cfg.model.pretrained
+    return str(ensure_trunk(cfg, progress=progress))
+
+
+def multilabel_targets(df: pd.DataFrame, findings) -> np.ndarray:
+    """(n, len(findings)) float32: 1 present, 0 absent, NaN unknown (a weak label's missing entries)."""
+    cols = []
+    for f in findings:
+        if f not in df:
+            raise KeyError(f"finding {f!r} is not a manifest column")
+        cols.append(pd.to_numeric(df[f], errors="coerce").to_numpy(dtype=np.float32))
+    return np.stack(cols, axis=1) if cols else np.zeros((len(df), 0), np.float32)
+
+
+def balanced_draws(y: np.ndarray, seed: int, epoch: int, k: int) -> list[int]:
+    """``k`` row indices drawn with replacement, each row weighted by 1 / (the count of its rarest
+    positive finding, or of the rows without any): every finding about equally often. A pure
+    function of (seed, epoch)."""
+    n = len(y)
+    if n == 0 or k <= 0:
+        return []
+    pos = np.nan_to_num(y, nan=0.0) == 1
+    counts = pos.sum(axis=0)
+    normal = ~pos.any(axis=1)
+    w = np.full(n, 1.0 / max(int(normal.sum()), 1))
+    for i in np.flatnonzero(~normal):
+        w[i] = 1.0 / counts[pos[i]].min()
+    g = torch.Generator().manual_seed(sample_seed(seed, epoch, 0x7B))
+    return torch.multinomial(torch.as_tensor(w, dtype=torch.double), k, replacement=True, generator=g).tolist()
+
+
+class TrunkNet(nn.Module):
+    """The backbone's encoder with one logit per finding on its pooled deepest features."""
+
+    def __init__(self, backbone: str, n_out: int):
+        super().__init__()
+        from scxnn.models import Encoder
+
+        self.encoder = Encoder(backbone)
+        self.fc = nn.Linear(self.encoder.channels[-1], n_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.encoder(x)[-1]
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(f, 1), 1))
+
+
+def masked_bce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean binary cross-entropy over the known labels only (NaN: unknown)."""
+    known = ~torch.isnan(y)
+    if not known.any():
+        return logits.sum() * 0.0
+    return F.binary_cross_entropy_with_logits(logits.float()[known], y[known])
+
+
+def mean_auc(y: np.ndarray, p: np.ndarray) -> float:
+    """Mean over findings of the AUC on the rows whose label is known, for findings with both classes."""
+    from sklearn.metrics import roc_auc_score
+
+    aucs = []
+    for j in range(y.shape[1]):
+        known = ~np.isnan(y[:, j])
+        yy = y[known, j]
+        if 0 < yy.sum() < len(yy):
+            aucs.append(roc_auc_score(yy, p[known, j]))
+    return float(np.mean(aucs)) if aucs else float("nan")
+
+
+def _stored_settings(path: Path) -> dict | None:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # unreadable or partial: treat as absent, it is rebuilt
+        return None
+    return obj.get("settings") if isinstance(obj, dict) else None
+
+
+def ensure_trunk(cfg: Config, progress: bool = True) -> Path:
+    """The trunk for ``cfg`` (its backbone and preprocessing), pretrained when missing or made with
+    other settings. Safe to call from parallel jobs: one builds, the others wait."""
+    out = trunk_dir(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    with file_lock(out / ".lock"):
+        path = out / TRUNK_NAME
+        if path.is_file() and _stored_settings(path) == _plain(trunk_settings(cfg)):
+            return path
+        return pretrain_trunk(cfg, out, progress=progress)
+
+
+def _plain(d):
+    import json
+
+    return json.loads(json.dumps(d))
+
+
+def pretrain_trunk(cfg: Config, out_dir: str | Path | None = None, manifest=None, progress: bool = True) -> Path:
+    """Pretrain (or resume) the trunk; returns the path of ``trunk.pt``. See the module docstring."""
+    from tqdm import tqdm
+
+    from scxnn.train import autocast, load_study_manifest, make_loader, resolve_device, to_device
+
+    t0 = time.perf_counter()
+    out = Path(out_dir) if out_dir is not None else trunk_dir(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)
+    settings = _plain(trunk_settings(cfg))
+    device = resolve_device(cfg)
+    seed = sample_seed(cfg.seed, 0x7E)
+    seed_everything(seed)
+    findings = list(cfg.findings)
+    df, base = load_study_manifest(cfg, manifest)
+    tr = df[df["split"] == "train"].reset_index(drop=True)
+    va = df[(df["split"] == "val") & (df["label_type"] == "hard")].reset_index(drop=True)
+    if tr.empty:
+        raise ValueError("no training films in the manifest: nothing to pretrain the study trunk on")
+    y_tr, y_va = multilabel_targets(tr, findings), multilabel_targets(va, findings)
+    # RadiographDataset reads, augments and scales the films; the trunk has no decoder, so no masks.
+    no_masks = {"masks": ""}
+    ds = RadiographDataset(tr.assign(**no_masks), base, findings[0], np.arange(len(tr)), cfg, augment=True, seed=seed)
+    val_ds = RadiographDataset(va.assign(**no_masks), base, findings[0], np.arange(len(va)), cfg, augment=False)
+    y_tr_t = torch.from_numpy(y_tr)
+
+    model = TrunkNet(cfg.model.backbone, len(findings)).to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    pc = cfg.pretrain
+    steps_per_epoch = math.ceil(pc.images_per_epoch / cfg.train.batch_size)
+    total = max(1, pc.epochs * steps_per_epoch)
+    opt = torch.optim.Adam(model.parameters(), lr=pc.lr, betas=tuple(cfg.train.betas), weight_decay=cfg.train.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+
+    history: list[dict] = []
+    start = 0
+    last = out / LAST_NAME
+    if last.is_file():
+        ck = torch.load(last, map_location=device, weights_only=True)
+        if ck.get("settings") == settings:
+            model.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["optimizer"])
+            sched.load_state_dict(ck["scheduler"])
+            history, start = [dict(r) for r in ck["history"]], int(ck["epoch"])
+            log.info("trunk %s: resuming after epoch %d", cfg.model.backbone, start)
+        else:
+            log.warning("%s: made with other settings; the trunk is pretrained again", last)
+    save_resolved(cfg, out, extra={"step": "trunk", "backbone": cfg.model.backbone})
+
+    for epoch in range(start, pc.epochs):
+        te = time.perf_counter()
+        ds.set_epoch(epoch)
+        idx = balanced_draws(y_tr, seed, epoch, pc.images_per_epoch)
+        model.train()
+        tot, n = 0.0, 0
+        bar = tqdm(make_loader(ds, idx, cfg, seed, epoch + 1, device), desc=f"trunk {cfg.model.backbone} epoch {epoch + 1}/{pc.epochs}",
+                   unit="batch", disable=not progress, leave=False)
+        for batch in bar:
+            b = to_device(batch, device, cfg.train.channels_last)
+            yb = y_tr_t[b["index"].cpu()].to(device)
+            with autocast(cfg, device):
+                logits = model(b["image"])
+            loss = masked_bce(logits, yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            tot, n = tot + float(loss.detach()) * len(yb), n + len(yb)
+        model.eval()
+        probs = []
+        with torch.no_grad():
+            for batch in make_loader(val_ds, range(len(val_ds)), cfg, seed, 0, device, batch_size=max(cfg.train.batch_size, 16)):
+                b = to_device(batch, device, cfg.train.channels_last)
+                with autocast(cfg, device):
+                    probs.append(torch.sigmoid(model(b["image"]).float()).cpu().numpy())
+        p_va = np.concatenate(probs) if probs else np.zeros((0, len(findings)), np.float32)
+        row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "train_bce": tot / max(n, 1),
+               "val_mean_auc": mean_auc(y_va, p_va), "seconds": round(time.perf_counter() - te, 1)}
+        history.append(row)
+        log.info("trunk %s epoch %d/%d: train BCE %.4f, val mean AUC %.3f (%.0f s)", cfg.model.backbone, epoch + 1, pc.epochs,
+                 row["train_bce"], row["val_mean_auc"], row["seconds"])
+        with atomic_open(last, "wb") as fh:
+            torch.save({"settings": settings, "epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict(), "history": history}, fh)
+        atomic_write_text(out / HISTORY_NAME, pd.DataFrame(history).to_csv(index=False))
+
+    path = out / TRUNK_NAME
+    encoder = {f"encoder.{k}": v.detach().cpu() for k, v in model.encoder.state_dict().items()}
+    with atomic_open(path, "wb") as fh:
+        # The multi-label head rides along (not under "model": the per-finding models never load it),
+        # so the trunk's own per-finding AUCs can be read back.
+        head = {k: v.detach().cpu() for k, v in model.fc.state_dict().items()}
+        torch.save({"model": encoder, "head": head, "settings": settings, "config": cfg.to_dict(), "history": history}, fh)
+    last.unlink(missing_ok=True)
+    log.info("trunk %s: %s (%.0f s)", cfg.model.backbone, path, time.perf_counter() - t0)
+    return path
