@@ -559,7 +559,8 @@ def threshold_stability(table: pd.DataFrame, val_scores: pd.DataFrame, target: f
         return out
 
     def resample(idx: np.ndarray) -> dict:
-        return rates(point_threshold(vs[idx], vy[idx], target)) if 0 < vy[idx].sum() else {}
+        # A resample with one class only cannot choose a threshold; it is left out (small validation sets).
+        return rates(point_threshold(vs[idx], vy[idx], target)) if 0 < vy[idx].sum() < len(idx) else {}
 
     spread = patient_bootstrap(vp, resample, n_boot, seed, ci)
     at = rates(t0)

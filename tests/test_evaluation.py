@@ -370,6 +370,15 @@ def test_threshold_stability_spans_the_runs_own_point(table, target):
     np.testing.assert_array_equal(again[["threshold", "threshold_lo", "threshold_hi"]], out[["threshold", "threshold_lo", "threshold_hi"]])
 
 
+def test_threshold_stability_survives_resamples_with_one_class():
+    # Three validation patients, one of them the only normal one: many resamples hold no normal film
+    # (the smoke profile's validation set is this small).
+    t = make_table()
+    val = pd.DataFrame({"score": [0.1, 0.9, 0.8], "abnormal": [0, 1, 1], "patient_id": ["a", "b", "c"]})
+    out = E.threshold_stability(t, val, 0.99, n_boot=50, seed=0)
+    assert np.isfinite(out[["threshold_lo", "threshold_hi"]].to_numpy()).all()
+
+
 def test_calibration_probabilities_and_brier(table):
     val = table[table["split"] == "val"]
     bins, brier = E.calibration(val, table, n_bins=5)
