@@ -540,10 +540,10 @@ def threshold_stability(table: pd.DataFrame, val_scores: pd.DataFrame, target: f
     The ``point`` threshold (validation sensitivity >= ``target``, :func:`point_threshold`) is chosen
     again on ``n_boot`` patient resamples of the validation films (``val_scores``: score, abnormal,
     patient_id) and applied to every evaluation set. Per set (and "validation" itself): the
-    sensitivity and the share auto-reported normal at the run's own threshold, and ``_lo``/``_hi``,
-    the central ``ci`` range of the same over the re-chosen thresholds; the threshold's own range is
-    in ``threshold_lo``/``threshold_hi``. This is a spread due to the threshold's choice, not a
-    confidence interval of the rates. With about 100 abnormal validation films a 99% point sits on
+    sensitivity and the share auto-reported normal at the run's own threshold, and ``_range_low`` /
+    ``_range_high``, the central ``ci`` range of the same over the re-chosen thresholds (the
+    threshold's own range too). This is a spread due to the threshold's choice, not a confidence
+    interval of the rates, so it is not named like one (``_lo``/``_hi``) and may have no width. With about 100 abnormal validation films a 99% point sits on
     the single hardest one, and the range shows how far that moves sensitivity on unseen films."""
     vs, vy = val_scores["score"].to_numpy(float), val_scores["abnormal"].to_numpy(int)
     vp = val_scores["patient_id"].to_numpy()
@@ -567,10 +567,10 @@ def threshold_stability(table: pd.DataFrame, val_scores: pd.DataFrame, target: f
     rows = []
     for name, (_, y) in sets.items():
         row = {"set": name, "images": len(y), "abnormal": int(y.sum()), "target": target, "threshold": t0,
-               "threshold_lo": spread["threshold"][0], "threshold_hi": spread["threshold"][1]}
+               "threshold_range_low": spread["threshold"][0], "threshold_range_high": spread["threshold"][1]}
         for k in ("sensitivity", "auto_normal"):
             row[k] = at[f"{name}|{k}"]
-            row[f"{k}_lo"], row[f"{k}_hi"] = spread[f"{name}|{k}"]
+            row[f"{k}_range_low"], row[f"{k}_range_high"] = spread[f"{name}|{k}"]
         rows.append(row)
     return pd.DataFrame(rows)
 

