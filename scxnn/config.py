@@ -118,11 +118,14 @@ class Model:
     pretrained: str  # "imagenet", "study" (the profile's own trunk, scxnn.pretrain), "none", or a path to a state_dict file
     num_classes: Literal[2, 3]  # 3: normal / target / others (thesis); 2: normal / target
     decoder: Literal["reconstruction", "segmentation", "none"]
+    decoder_widths: tuple[int, ...]  # U-Net decoder channels per level, deepest (/16) to input size (/1)
     dilate_mask: bool
     recon_weight: float  # lambda in CE + lambda * MSE
 
     def __post_init__(self) -> None:
         _check(self.recon_weight >= 0, "recon_weight", "must be >= 0")
+        _check(len(self.decoder_widths) == 5 and all(w >= 1 for w in self.decoder_widths), "decoder_widths",
+               "must be 5 positive channel counts, one per level from /16 to the input size")
         _check(bool(self.pretrained), "pretrained", "must be 'imagenet', 'study', 'none' or a path")
 
 
@@ -216,6 +219,7 @@ class Evaluate:
     bf16: Literal["auto", "on", "off"]  # inference in bf16: auto = where the hardware has native bf16 (CPU too)
     ood_components: int  # PCA components of the out-of-distribution model (scxnn.ood)
     ood_quantile: float  # share of validation films under the OOD threshold (the rest are flagged)
+    ood_fit_images: int  # training films step 03 scores to fit the OOD gate (a seeded sample; 0: all)
     # Batch-level shift rule of `scxnn predict` (scxnn.ood.batch_shift): a batch whose share of
     # OOD-flagged films is significantly above this tolerance gets no definite_normal at all.
     batch_ood_share: float
@@ -227,6 +231,7 @@ class Evaluate:
     def __post_init__(self) -> None:
         _check(self.ood_components >= 1, "ood_components", "must be >= 1")
         _check(0 < self.ood_quantile < 1, "ood_quantile", "must be in (0, 1)")
+        _check(self.ood_fit_images >= 0, "ood_fit_images", "must be >= 0 (0: every training film)")
         _check(0 < self.batch_ood_share < 1, "batch_ood_share", "must be in (0, 1)")
         _check(0 < self.batch_alpha < 0.5, "batch_alpha", "must be in (0, 0.5)")
         _check(self.bootstrap >= 100, "bootstrap", "must be >= 100")

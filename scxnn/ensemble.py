@@ -25,7 +25,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 from scxnn.metrics import patient_bootstrap, proportion_ci, screening_metrics
-from scxnn.utils import atomic_write_bytes, atomic_write_text, log
+from scxnn.utils import atomic_open, atomic_write_bytes, atomic_write_text, log
 
 ENSEMBLE_NAME = "svm.skops"
 THRESHOLDS_NAME = "thresholds.json"
@@ -313,9 +313,19 @@ def abnormal_labels(df, findings: Sequence[str], unseen: Sequence[str]) -> np.nd
     return (df[cols].fillna(0).astype(int).to_numpy().sum(axis=1) > 0).astype(int)
 
 
+def sample_training_films(df, n: int, seed: int):
+    """``df`` with at most ``n`` of its training-split films, a seeded sample (0: all); the other
+    splits untouched, the order kept."""
+    train = np.flatnonzero(df["split"].astype(str).to_numpy() == "train")
+    if not n or len(train) <= n:
+        return df
+    drop = np.random.default_rng(seed).choice(train, len(train) - n, replace=False)
+    return df.drop(index=df.index[drop]).reset_index(drop=True)
+
+
 def logits_table(cfg, model_dirs: dict, progress: bool = True, features: bool = False,
                  only: tuple[tuple[str, str], ...] | None = None, cache: str | os.PathLike | None = None,
-                 exclude: Collection[str] = ()):
+                 exclude: Collection[str] = (), max_train: int = 0):
     """Every in-scope film of the PNG cache (:func:`scxnn.data.in_scope`) through each finding's model
     (decoder off): one row per image with the 13 x 3 logits, its labels, site, split, patient and
     source hash (``scxnn evaluate`` checks new films against it). The networks run once here; later steps
@@ -324,7 +334,8 @@ def logits_table(cfg, model_dirs: dict, progress: bool = True, features: bool = 
     ``only``: (site, split) pairs to score, e.g. the validation and internal test films a variant
     needs; None scores every film. ``cache``: another PNG cache (its ``manifest.csv``) than the
     profile's, e.g. a dataset scored by ``scxnn evaluate``; ``exclude``: image ids not to score (the
-    films evaluate found the run has seen). A model trained on other preprocessing than
+    films evaluate found the run has seen); ``max_train``: score only a seeded sample of this many
+    training-split films (0: all), e.g. for the out-of-distribution fit. A model trained on other preprocessing than
     ``cfg.preprocess`` is refused (:class:`scxnn.cam.PreprocessMismatch`)."""
     import pandas as pd
     import torch
@@ -347,6 +358,7 @@ def logits_table(cfg, model_dirs: dict, progress: bool = True, features: bool = 
         df = df[[(a, b) in pairs for a, b in zip(df["site"].astype(str), df["split"].astype(str))]].reset_index(drop=True)
         if df.empty:
             raise ValueError(f"no film of the manifest is in {sorted(pairs)}")
+    df = sample_training_films(df, max_train, cfg.seed)
     if df.empty:
         raise ValueError(f"no film of {cache / MANIFEST_NAME} is left to score (all out of scope or excluded)")
     keep = ["image_id", "patient_id", "site", "split", "label_type", "path", "source_sha256", *findings, *unseen]
@@ -449,8 +461,6 @@ LOGITS_NAME = "logits.parquet"
 
 
 def save_logits(table, out_dir: str | os.PathLike) -> Path:
-    from scxnn.utils import atomic_open
-
     path = Path(out_dir) / LOGITS_NAME
     with atomic_open(path, "wb") as fh:
         table.to_parquet(fh, index=False)
@@ -461,6 +471,22 @@ VAL_SCORES_NAME = "val_scores.csv"
 
 
 OOD_NAME = "ood.npz"
+# Every training and validation film of the run (hashed patient id, split, source hash), scored or not:
+# what `scxnn evaluate` must not count as new films (scxnn.external.seen_films).
+SEEN_NAME = "seen_films.parquet"
+
+
+def write_seen_films(cfg, out_dir: str | os.PathLike) -> Path:
+    """Record the run's training and validation films from the profile's PNG cache manifest."""
+    from scxnn.data import MANIFEST_NAME, read_manifest
+    from scxnn.preprocess import cache_dir
+
+    m = read_manifest(cache_dir(cfg) / MANIFEST_NAME, list(cfg.findings), list(cfg.unseen_findings))
+    seen = m.loc[m["split"].isin(["train", "val"]), ["patient_id", "split", "source_sha256"]].astype(str)
+    path = Path(out_dir) / SEEN_NAME
+    with atomic_open(path, "wb") as fh:
+        seen.reset_index(drop=True).to_parquet(fh, index=False)
+    return path
 
 
 def build(cfg, model_dirs: dict, out_dir: str | os.PathLike, progress: bool = True,
@@ -469,11 +495,16 @@ def build(cfg, model_dirs: dict, out_dir: str | os.PathLike, progress: bool = Tr
     its frozen thresholds, and the out-of-distribution model (fitted on training films' features,
     its threshold on validation films'), all saved in ``out_dir``. Returns (table, svm, thresholds).
     ``only`` restricts the table to (site, split) pairs (see :func:`logits_table`); without training
-    films there is no out-of-distribution model, so such a run cannot serve ``scxnn predict``."""
+    films there is no out-of-distribution model, so such a run cannot serve ``scxnn predict``. Of the
+    training films only ``evaluate.ood_fit_images`` are scored (for that model); every training and
+    validation film is listed in ``seen_films.parquet`` for ``scxnn evaluate``."""
     from scxnn import ood
 
     out = Path(out_dir)
-    table, feats = logits_table(cfg, model_dirs, progress=progress, features=True, only=only)
+    table, feats = logits_table(cfg, model_dirs, progress=progress, features=True, only=only,
+                                max_train=cfg.evaluate.ood_fit_images)
+    if only is None:
+        write_seen_films(cfg, out)
     svm, th, val_scores = fit_ensemble_with_scores(cfg, validation_rows(table))
     log.info("thresholds: %s", th.describe())
     save(svm, th, out)

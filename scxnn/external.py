@@ -46,13 +46,16 @@ def load_run_config(run_dir: str | os.PathLike):
 
 
 def seen_films(run_dir: str | os.PathLike) -> tuple[set[str], set[str]]:
-    """(hashed patient ids, source hashes) of the run's training and validation films, from its
-    logits table. A run from before the table kept ``source_sha256`` gives no hashes (logged)."""
+    """(hashed patient ids, source hashes) of the run's training and validation films: step 03's
+    record of them all (``seen_films.parquet``), or, for a run from before it, its logits table
+    (every film was scored then). A run from before the table kept ``source_sha256`` gives no
+    hashes (logged)."""
     import pyarrow.parquet as pq
 
-    from scxnn.ensemble import LOGITS_NAME
+    from scxnn.ensemble import LOGITS_NAME, SEEN_NAME
 
-    path = Path(run_dir) / "03_svm_ensemble" / LOGITS_NAME
+    step3 = Path(run_dir) / "03_svm_ensemble"
+    path = step3 / SEEN_NAME if (step3 / SEEN_NAME).is_file() else step3 / LOGITS_NAME
     cols = ["patient_id", "split", "source_sha256"]
     has_sha = "source_sha256" in pq.read_schema(path).names
     if not has_sha:
@@ -60,7 +63,7 @@ def seen_films(run_dir: str | os.PathLike) -> tuple[set[str], set[str]]:
                     "patient id cannot be checked (rerun `make ensemble` with this scxnn version)", path)
     t = pd.read_parquet(path, columns=cols if has_sha else cols[:2])
     t = t[t["split"].isin(["train", "val"])]
-    hashes = set(t["source_sha256"].astype(str)) - {""} if has_sha else set()
+    hashes = set(t["source_sha256"].astype(str)) - {"", "nan"} if has_sha else set()
     return set(t["patient_id"].astype(str)), hashes
 
 

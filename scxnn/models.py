@@ -268,7 +268,8 @@ class Head(nn.Module):
 class SCXNN(nn.Module):
     """Encoder + U-Net decoder (optional) + classification head. Input: (B, 1, H, W) in [0, 1]."""
 
-    def __init__(self, backbone: str = "densenet121", num_classes: int = 3, decoder: str = "reconstruction", pretrained: str = "none"):
+    def __init__(self, backbone: str = "densenet121", num_classes: int = 3, decoder: str = "reconstruction", pretrained: str = "none",
+                 decoder_widths: tuple[int, ...] = DECODER_WIDTHS):
         super().__init__()
         if num_classes not in (2, 3):
             raise ValueError(f"num_classes must be 2 or 3, got {num_classes!r}")
@@ -278,7 +279,7 @@ class SCXNN(nn.Module):
         self.num_classes = num_classes
         self.decoder_kind = decoder
         self.encoder = Encoder(backbone)
-        self.decoder: nn.Module | None = None if decoder == "none" else UNetDecoder(self.encoder.channels)
+        self.decoder: nn.Module | None = None if decoder == "none" else UNetDecoder(self.encoder.channels, tuple(decoder_widths))
         self.head = Head(self.encoder.channels[-1], num_classes)
         self.load_pretrained(pretrained)
 
@@ -350,7 +351,8 @@ class SCXNN(nn.Module):
 
 def build_model(mcfg) -> SCXNN:
     """An SCXNN from a :class:`scxnn.config.Model`."""
-    return SCXNN(backbone=mcfg.backbone, num_classes=mcfg.num_classes, decoder=mcfg.decoder, pretrained=mcfg.pretrained)
+    return SCXNN(backbone=mcfg.backbone, num_classes=mcfg.num_classes, decoder=mcfg.decoder, pretrained=mcfg.pretrained,
+                 decoder_widths=mcfg.decoder_widths)
 
 
 def count_parameters(module: nn.Module | None) -> int:

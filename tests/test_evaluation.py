@@ -553,3 +553,40 @@ def test_auc_whose_bootstrap_collapses_still_gets_an_interval():
     y = np.r_[1, 0, 0, 0, 0]
     row = E._auc_row(y, np.full(5, 0.3), np.arange(5), 200, 0, 0.95)
     assert row["auc"] == 0.5 and row["auc_lo"] < 0.1 and row["auc_hi"] > 0.9
+
+
+def test_seen_films_come_from_the_full_record_when_only_a_sample_was_scored(tmp_path):
+    from scxnn.external import seen_films
+
+    run = _seen_run(tmp_path)  # its logits table scored only pa (train) and pb (val)
+    pd.DataFrame({"patient_id": ["pa", "pz", "pb"], "split": ["train", "train", "val"],
+                  "source_sha256": ["ha", "hz", "hb"]}).to_parquet(run / "03_svm_ensemble" / "seen_films.parquet")
+    # pz was never scored (step 03 scores a sample of the training films) but the run trained on it.
+    assert seen_films(run) == ({"pa", "pz", "pb"}, {"ha", "hz", "hb"})
+
+
+@pytest.mark.parametrize("n, kept", [(0, 6), (2, 2), (6, 6), (10, 6)])
+def test_step03_scores_a_seeded_sample_of_training_films_and_every_other_film(n, kept):
+    from scxnn.ensemble import sample_training_films
+
+    df = pd.DataFrame({"image_id": [f"t{i}" for i in range(6)] + ["v0", "s0", "s1"],
+                       "split": ["train"] * 6 + ["val", "test", "test"]})
+    out = sample_training_films(df, n, seed=3)
+    assert (out["split"] == "train").sum() == kept
+    assert list(out.loc[out["split"] != "train", "image_id"]) == ["v0", "s0", "s1"]
+    assert out.equals(sample_training_films(df, n, seed=3))
+
+
+def test_seen_films_record_lists_every_training_and_validation_film(smoke_cache, tmp_path):
+    from scxnn.config import load_config
+    from scxnn.data import MANIFEST_NAME, read_manifest
+    from scxnn.ensemble import write_seen_films
+    from scxnn.preprocess import cache_dir
+
+    cfg = load_config("smoke", {"paths.data": str(smoke_cache / "data"), "paths.runs": str(tmp_path)})
+    path = write_seen_films(cfg, tmp_path)
+    m = read_manifest(cache_dir(cfg) / MANIFEST_NAME, list(cfg.findings), list(cfg.unseen_findings))
+    seen = pd.read_parquet(path)
+    want = m[m["split"].isin(["train", "val"])]
+    assert len(seen) == len(want) > 0 and set(seen["source_sha256"]) == set(want["source_sha256"].astype(str))
+    assert set(seen.columns) == {"patient_id", "split", "source_sha256"}  # hashed ids, no paths or labels

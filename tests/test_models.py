@@ -106,8 +106,32 @@ def test_bad_input_and_args():
 def test_build_model_from_config():
     from scxnn.config import Model
 
-    m = build_model(Model(backbone="efficientnet_b2", pretrained="none", num_classes=2, decoder="segmentation", dilate_mask=True, recon_weight=0.8))
+    m = build_model(Model(backbone="efficientnet_b2", pretrained="none", num_classes=2, decoder="segmentation",
+                          decoder_widths=(256, 128, 64, 32, 16), dilate_mask=True, recon_weight=0.8))
     assert m.backbone == "efficientnet_b2" and m.num_classes == 2 and m.decoder is not None
+
+
+@pytest.mark.parametrize("backbone", ["densenet121", "resnet50"])
+def test_decoder_widths_set_the_decoder_and_keep_its_output(backbone):
+    from scxnn.config import Model
+
+    mc = Model(backbone=backbone, pretrained="none", num_classes=3, decoder="reconstruction",
+               decoder_widths=(64, 32, 16, 8, 8), dilate_mask=True, recon_weight=0.8)
+    light, full = build_model(mc).eval(), SCXNN(backbone).eval()
+    # The demo's light decoder: same encoder and head, a quarter of the decoder's weights, full-size output.
+    assert [b[0][0].out_channels for b in light.decoder.blocks] == [64, 32, 16, 8, 8]
+    assert sum(p.numel() for p in light.decoder.parameters()) < sum(p.numel() for p in full.decoder.parameters()) / 4
+    with torch.no_grad():
+        logits, recon = light(torch.rand(2, 1, 64, 64))
+    assert logits.shape == (2, 3) and recon.shape == (2, 1, 64, 64)
+
+
+@pytest.mark.parametrize("widths", [[64, 32, 16, 8], [64, 32, 16, 8, 0]], ids=["four_levels", "zero_width"])
+def test_config_refuses_decoder_widths_that_do_not_fit_the_five_levels(widths):
+    from scxnn.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="decoder_widths"):
+        load_config("smoke", {"model.decoder_widths": widths})
 
 
 def test_channels_last_same_logits():
