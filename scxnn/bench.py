@@ -22,7 +22,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from scxnn.models import SCXNN
+from scxnn.models import DECODER_WIDTHS, SCXNN
 from scxnn.utils import seed_everything
 
 BASELINE = "fp32_nchw"
@@ -56,9 +56,10 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize(device)
 
 
-def _measure(variant: str, backbone: str, decoder: str, x: torch.Tensor, y: torch.Tensor, steps: int, warmup: int, device: str) -> float:
+def _measure(variant: str, backbone: str, decoder: str, x: torch.Tensor, y: torch.Tensor, steps: int, warmup: int, device: str,
+             decoder_widths: tuple[int, ...] = DECODER_WIDTHS) -> float:
     seed_everything(0, deterministic=False)  # same initial weights for every variant
-    model = SCXNN(backbone=backbone, num_classes=3, decoder=decoder).to(device).train()
+    model = SCXNN(backbone=backbone, num_classes=3, decoder=decoder, decoder_widths=decoder_widths).to(device).train()
     if variant != BASELINE:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
@@ -97,8 +98,11 @@ def bench_train(
     decoder: str = "reconstruction",
     device: str = "cpu",
     compile: bool = False,
+    decoder_widths: tuple[int, ...] | None = None,
 ) -> dict:
-    """Images/s of a full training step for each variant (see the module docstring).
+    """Images/s of a full training step for each variant (see the module docstring). With
+    ``decoder_widths`` other than the default (a profile's ``model.decoder_widths``), one more row,
+    ``profile_decoder``, times the fastest supported path with that decoder.
 
     Returns ``{"img_per_s": {variant: float | "unsupported" | "skipped"}, "baseline", "best", "ratio"
     (best / baseline), "machine", "threads", "device", "torch", and the arguments}``.
@@ -117,6 +121,10 @@ def bench_train(
             results[variant] = "skipped"
         else:
             results[variant] = _measure(variant, backbone, decoder, x, y, steps, warmup, device)
+    widths = tuple(decoder_widths or DECODER_WIDTHS)
+    if widths != DECODER_WIDTHS and decoder != "none":
+        fast = "channels_last_bf16" if bf16_supported(device) else "channels_last"
+        results["profile_decoder"] = _measure(fast, backbone, decoder, x, y, steps, warmup, device, widths)
 
     timed = {k: v for k, v in results.items() if isinstance(v, float)}
     best = max(timed, key=timed.get)
@@ -127,6 +135,7 @@ def bench_train(
         "steps": steps,
         "warmup": warmup,
         "decoder": decoder,
+        "decoder_widths": list(widths),
         "device": device,
         "machine": machine_description(device),
         "threads": torch.get_num_threads(),
@@ -142,6 +151,8 @@ def format_bench_train(result: dict) -> str:
     r = result
     lines = [
         f"scxnn bench train: {r['backbone']} decoder={r['decoder']}, {r['size']} px, batch {r['batch']}, "
+        + (f"profile_decoder widths {r['decoder_widths']}, " if "profile_decoder" in r["img_per_s"] else "")
+        + 
         f"{r['steps']} timed steps after {r['warmup']} warm-up, {r['device']}",
         f"machine: {r['machine']}; torch {r['torch']}, {r['threads']} threads",
         f"{'variant':<22}{'img/s':>10}{'vs baseline':>14}",

@@ -255,7 +255,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
         cfg = load_config(args.profile, args.set)
         for size in args.size or [cfg.preprocess.size]:
-            print(format_bench_train(bench_train(backbone=cfg.model.backbone, size=size, batch=args.batch or cfg.train.batch_size, steps=args.steps, device=args.device, compile=args.compile)), flush=True)
+            print(format_bench_train(bench_train(backbone=cfg.model.backbone, size=size, batch=args.batch or cfg.train.batch_size, steps=args.steps,
+                                                  device=args.device, compile=args.compile, decoder_widths=cfg.model.decoder_widths)), flush=True)
         return 0
     from scxnn.preprocess import bench
 

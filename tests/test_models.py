@@ -286,3 +286,10 @@ def test_bench_train_smoke():
     assert r["ratio"] > 0 and r["machine"]
     text = format_bench_train(r)
     assert "ratio:" in text and "vs plain fp32 NCHW" in text
+    assert "profile_decoder" not in r["img_per_s"]  # the default decoder needs no extra row
+
+
+def test_bench_train_times_a_profiles_light_decoder_beside_the_default():
+    r = bench_train("densenet121", size=64, batch=2, steps=1, warmup=0, decoder_widths=(64, 32, 16, 8, 8))
+    assert r["img_per_s"]["profile_decoder"] > 0 and r["decoder_widths"] == [64, 32, 16, 8, 8]
+    assert "profile_decoder widths [64, 32, 16, 8, 8]" in format_bench_train(r)
