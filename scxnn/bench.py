@@ -152,8 +152,7 @@ def format_bench_train(result: dict) -> str:
     lines = [
         f"scxnn bench train: {r['backbone']} decoder={r['decoder']}, {r['size']} px, batch {r['batch']}, "
         + (f"profile_decoder widths {r['decoder_widths']}, " if "profile_decoder" in r["img_per_s"] else "")
-        + 
-        f"{r['steps']} timed steps after {r['warmup']} warm-up, {r['device']}",
+        + f"{r['steps']} timed steps after {r['warmup']} warm-up, {r['device']}",
         f"machine: {r['machine']}; torch {r['torch']}, {r['threads']} threads",
         f"{'variant':<22}{'img/s':>10}{'vs baseline':>14}",
     ]

@@ -335,8 +335,8 @@ def logits_table(cfg, model_dirs: dict, progress: bool = True, features: bool = 
     needs; None scores every film. ``cache``: another PNG cache (its ``manifest.csv``) than the
     profile's, e.g. a dataset scored by ``scxnn evaluate``; ``exclude``: image ids not to score (the
     films evaluate found the run has seen); ``max_train``: score only a seeded sample of this many
-    training-split films (0: all), e.g. for the out-of-distribution fit. A model trained on other preprocessing than
-    ``cfg.preprocess`` is refused (:class:`scxnn.cam.PreprocessMismatch`)."""
+    training-split films (0: all), e.g. for the out-of-distribution fit. A model trained on other
+    preprocessing than ``cfg.preprocess`` is refused (:class:`scxnn.cam.PreprocessMismatch`)."""
     import pandas as pd
     import torch
     from tqdm.auto import tqdm
