@@ -249,8 +249,10 @@ class Variants:
     runs: dict[str, dict[str, Any]]  # variant name -> dotted overrides of the method settings
     tables: dict[str, dict[str, str]]  # thesis table -> its row -> the variant that gives that row
     keep_models: bool  # keep a finished variant's checkpoints (about 110 MB per model, 13 per variant)
+    max_films: int  # validation and test films each variant scores: a seeded sample of each (0: all)
 
     def __post_init__(self) -> None:
+        _check(self.max_films >= 0, "max_films", "must be >= 0 (0: every validation and test film)")
         for table, rows in self.tables.items():
             unknown = sorted({v for v in rows.values() if v not in self.runs})
             _check(not unknown, "tables", f"{table}: rows name variants not in variants.runs: {unknown}")

@@ -10,7 +10,6 @@ outside a small allow-list (:func:`load`).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
@@ -313,86 +312,43 @@ def abnormal_labels(df, findings: Sequence[str], unseen: Sequence[str]) -> np.nd
     return (df[cols].fillna(0).astype(int).to_numpy().sum(axis=1) > 0).astype(int)
 
 
-def sample_training_films(df, n: int, seed: int):
-    """``df`` with at most ``n`` of its training-split films, a seeded sample (0: all); the other
-    splits untouched, the order kept."""
-    train = np.flatnonzero(df["split"].astype(str).to_numpy() == "train")
-    if not n or len(train) <= n:
-        return df
-    drop = np.random.default_rng(seed).choice(train, len(train) - n, replace=False)
-    return df.drop(index=df.index[drop]).reset_index(drop=True)
-
-
 def logits_table(cfg, model_dirs: dict, progress: bool = True, features: bool = False,
                  only: tuple[tuple[str, str], ...] | None = None, cache: str | os.PathLike | None = None,
-                 exclude: Collection[str] = (), max_train: int = 0):
+                 exclude: Collection[str] = (), max_train: int = 0, max_eval: int = 0):
     """Every in-scope film of the PNG cache (:func:`scxnn.data.in_scope`) through each finding's model
     (decoder off): one row per image with the 13 x 3 logits, its labels, site, split, patient and
-    source hash (``scxnn evaluate`` checks new films against it). The networks run once here; later steps
-    read the table. With ``features``, also returns each film's pooled encoder features of every
+    source hash (``scxnn evaluate`` checks new films against it). Later steps read the table, not the
+    networks; each model's scores come from :func:`scxnn.inference.finding_scores`, which reads the
+    films step 02 already scored from the model's ``scores.npz`` and scores the rest. With ``features``, also returns each film's pooled encoder features of every
     model, concatenated in findings order (N, 13 x C), for the out-of-distribution model.
     ``only``: (site, split) pairs to score, e.g. the validation and internal test films a variant
     needs; None scores every film. ``cache``: another PNG cache (its ``manifest.csv``) than the
     profile's, e.g. a dataset scored by ``scxnn evaluate``; ``exclude``: image ids not to score (the
     films evaluate found the run has seen); ``max_train``: score only a seeded sample of this many
-    training-split films (0: all), e.g. for the out-of-distribution fit. A model trained on other
+    training-split films (0: all), e.g. for the out-of-distribution fit; ``max_eval``: likewise for
+    the validation and the test films (a variant's ``variants.max_films``). A model trained on other
     preprocessing than ``cfg.preprocess`` is refused (:class:`scxnn.cam.PreprocessMismatch`)."""
-    import pandas as pd
-    import torch
     from tqdm.auto import tqdm
 
-    from scxnn.data import MANIFEST_NAME, in_scope, read_manifest
-    from scxnn.dataset import RadiographDataset
-    from scxnn.bench import bf16_supported
-    from scxnn.cam import check_fingerprint, load_finding_model
-    from scxnn.preprocess import cache_dir, fingerprint
+    from scxnn.inference import films_to_score, finding_scores
     from scxnn.train import resolve_device
 
     findings, unseen = list(cfg.findings), list(cfg.unseen_findings)
-    cache = Path(cache) if cache is not None else cache_dir(cfg)
-    df, _ = in_scope(read_manifest(cache / MANIFEST_NAME, findings, unseen), str(cache / MANIFEST_NAME))
-    if len(exclude):
-        df = df[~df["image_id"].isin(set(exclude))].reset_index(drop=True)
-    if only is not None:
-        pairs = set(map(tuple, only))
-        df = df[[(a, b) in pairs for a, b in zip(df["site"].astype(str), df["split"].astype(str))]].reset_index(drop=True)
-        if df.empty:
-            raise ValueError(f"no film of the manifest is in {sorted(pairs)}")
-    df = sample_training_films(df, max_train, cfg.seed)
-    if df.empty:
-        raise ValueError(f"no film of {cache / MANIFEST_NAME} is left to score (all out of scope or excluded)")
+    df, cache = films_to_score(cfg, cache, only=only, exclude=exclude, max_train=max_train, max_eval=max_eval)
     keep = ["image_id", "patient_id", "site", "split", "label_type", "path", "source_sha256", *findings, *unseen]
     out = df[keep].copy()
     out["abnormal"] = abnormal_labels(df, findings, unseen)
-    zeros = np.zeros(len(df), dtype=int)
     device = resolve_device(cfg)
-    # The fast path of `scxnn bench predict`: channels_last, no decoder, bf16 where it is native.
-    bf16 = cfg.evaluate.bf16 == "on" or (cfg.evaluate.bf16 == "auto" and bf16_supported(device.type))
-    amp = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     pooled_all = []
-    with torch.inference_mode():
-        for finding in tqdm(findings, desc="logits", unit="model", disable=not progress):
-            lm = load_finding_model(finding, Path(model_dirs[finding]) / "best.pt", device)
-            # The preprocessing contract: these PNGs must be the pixels the model learnt from.
-            check_fingerprint(lm, fingerprint(cfg.preprocess))
-            model, mcfg = lm.model, lm.cfg
-            model.to(memory_format=torch.channels_last)
-            ds = RadiographDataset(df, cache, finding, zeros, mcfg)
-            chunks, pooled = [], []
-            for batch in torch.utils.data.DataLoader(ds, batch_size=cfg.evaluate.batch_size, shuffle=False):
-                x = batch["image"].to(device).contiguous(memory_format=torch.channels_last)
-                with amp:
-                    feats = model.forward_features(x)  # one encoder pass gives the logits and the features
-                    chunks.append(model.forward_head(feats).float().cpu())
-                if features:
-                    pooled.append(feats[-1].float().mean(dim=(2, 3)).cpu())
-            logits = torch.cat(chunks).numpy()
-            names = logit_columns([finding], logits.shape[1])
-            for j, c in enumerate(names):
-                out[c] = logits[:, j].astype(np.float32)
-            out[f"{finding}__pred"] = logits.argmax(axis=1)
-            if features:
-                pooled_all.append(torch.cat(pooled).numpy())
+    for finding in tqdm(findings, desc="logits", unit="model", disable=not progress):
+        # Step 02 has usually scored these films already (scxnn.inference.prescore_finding).
+        logits, pooled = finding_scores(cfg, finding, model_dirs[finding], df, cache, device)
+        names = logit_columns([finding], logits.shape[1])
+        for j, c in enumerate(names):
+            out[c] = logits[:, j]
+        out[f"{finding}__pred"] = logits.argmax(axis=1)
+        if features:
+            pooled_all.append(pooled)
     out = out.reset_index(drop=True)
     return (out, np.concatenate(pooled_all, axis=1)) if features else out
 
@@ -490,19 +446,20 @@ def write_seen_films(cfg, out_dir: str | os.PathLike) -> Path:
 
 
 def build(cfg, model_dirs: dict, out_dir: str | os.PathLike, progress: bool = True,
-          only: tuple[tuple[str, str], ...] | None = None):
+          only: tuple[tuple[str, str], ...] | None = None, max_eval: int = 0):
     """Step 03 for a set of trained models: the logits table, the SVM fitted on validation films and
     its frozen thresholds, and the out-of-distribution model (fitted on training films' features,
     its threshold on validation films'), all saved in ``out_dir``. Returns (table, svm, thresholds).
     ``only`` restricts the table to (site, split) pairs (see :func:`logits_table`); without training
     films there is no out-of-distribution model, so such a run cannot serve ``scxnn predict``. Of the
     training films only ``evaluate.ood_fit_images`` are scored (for that model); every training and
-    validation film is listed in ``seen_films.parquet`` for ``scxnn evaluate``."""
+    validation film is listed in ``seen_films.parquet`` for ``scxnn evaluate``. ``max_eval``: score a
+    seeded sample of this many validation and test films each (0: all; see :func:`logits_table`)."""
     from scxnn import ood
 
     out = Path(out_dir)
     table, feats = logits_table(cfg, model_dirs, progress=progress, features=True, only=only,
-                                max_train=cfg.evaluate.ood_fit_images)
+                                max_train=cfg.evaluate.ood_fit_images, max_eval=max_eval)
     if only is None:
         write_seen_films(cfg, out)
     svm, th, val_scores = fit_ensemble_with_scores(cfg, validation_rows(table))

@@ -13,6 +13,7 @@ resume from their checkpoints.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -36,14 +37,30 @@ def variant_films(manifest) -> tuple[tuple[str, str], ...]:
     return tuple((s, sp) for s in sites for sp in ("val", "test"))
 
 
+def protocol_text(cfg: Config) -> str:
+    """The shared protocol as the tables' captions print it: its overrides, and the film sample."""
+    parts = [f"{k}={v}" for k, v in cfg.variants.protocol.items()]
+    if cfg.variants.max_films:
+        parts.append(f"a seeded sample of {cfg.variants.max_films} validation and {cfg.variants.max_films} internal test films (variants.max_films)")
+    return ", ".join(parts) or "the profile's full protocol"
+
+
 def variant_hash(cfg: Config, name: str) -> str:
+    """The cache key of a variant's results: its models' settings, and the films it scores."""
+    h = models_hash(cfg, name)
+    if cfg.variants.max_films:
+        h = hashlib.sha256(f"{h}:max_films={cfg.variants.max_films}".encode()).hexdigest()[:12]
+    return h
+
+
+def models_hash(cfg: Config, name: str) -> str:
     vcfg = variant_config(cfg, name)
     return vcfg.fingerprint(*result_sections(vcfg))
 
 
 def is_profile_itself(cfg: Config, name: str) -> bool:
     """True when the variant's settings are the profile's: its models are the profile's own."""
-    return variant_hash(cfg, name) == cfg.fingerprint(*result_sections(cfg))
+    return models_hash(cfg, name) == cfg.fingerprint(*result_sections(cfg))
 
 
 def variant_dir(cfg: Config, name: str) -> Path:
@@ -212,8 +229,9 @@ def run_variant(cfg: Config, name: str, progress: bool = True) -> dict:
             log.info("variant %s: model %d/%d (%s)", name, i, len(vcfg.findings), f)
             train_finding(vcfg, f, out_dir=dirs[f], resume="auto", progress=progress)
     # A variant is judged on the internal test films with an SVM fitted on validation films: scoring
-    # only those (a fifth of the films in the demo) saves most of its inference time.
-    table, svm, th = ensemble.build(vcfg, dirs, out, progress=progress,
+    # only those (a fifth of the films in the demo), or a sample of each (variants.max_films), saves
+    # most of its inference time.
+    table, svm, th = ensemble.build(vcfg, dirs, out, progress=progress, max_eval=cfg.variants.max_films,
                                     only=variant_films(read_manifest(cache / MANIFEST_NAME, list(vcfg.findings), list(vcfg.unseen_findings))))
     table["score"] = svm.decision_function(table[ensemble.logit_columns(list(vcfg.findings), vcfg.model.num_classes)].to_numpy(float))
     summary = {

@@ -567,7 +567,7 @@ def test_seen_films_come_from_the_full_record_when_only_a_sample_was_scored(tmp_
 
 @pytest.mark.parametrize("n, kept", [(0, 6), (2, 2), (6, 6), (10, 6)])
 def test_step03_scores_a_seeded_sample_of_training_films_and_every_other_film(n, kept):
-    from scxnn.ensemble import sample_training_films
+    from scxnn.inference import sample_training_films
 
     df = pd.DataFrame({"image_id": [f"t{i}" for i in range(6)] + ["v0", "s0", "s1"],
                        "split": ["train"] * 6 + ["val", "test", "test"]})

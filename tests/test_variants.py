@@ -12,8 +12,10 @@ from scxnn.config import RESULT_SECTIONS, ConfigError, load_config, variant_conf
 from scxnn import variants
 
 
-def _cfg(tmp_path, runs=None, protocol=None):
+def _cfg(tmp_path, runs=None, protocol=None, max_films=None):
     over = {"paths.runs": str(tmp_path / "runs")}
+    if max_films is not None:
+        over["variants.max_films"] = max_films
     if runs is not None:
         over["variants.runs"] = runs
         over["variants.tables"] = {}
@@ -192,3 +194,16 @@ def test_ablation_table_without_the_reference_row_has_no_deltas(tmp_path):
         _fake_variant(cfg, name, films, 1.0)
     df = variants.ablation_table(cfg, "table4_backbones")
     assert not df["is_reference"].any() and df["delta_auc"].isna().all()
+
+
+@pytest.mark.parametrize("name", ["same", "two"])
+def test_a_film_cap_names_new_results_but_not_new_models(tmp_path, name):
+    runs = {"same": {}, "two": {"model.num_classes": 2}}
+    full, capped = _cfg(tmp_path, runs=runs), _cfg(tmp_path, runs=runs, max_films=40)
+    # Other films scored are other results (their own folder), but the same models: the variant that
+    # equals the profile still reuses the profile's trained models.
+    assert variants.variant_hash(capped, name) != variants.variant_hash(full, name)
+    assert variants.models_hash(capped, name) == variants.models_hash(full, name)
+    assert variants.is_profile_itself(capped, name) == variants.is_profile_itself(full, name) == (name == "same")
+    with pytest.raises(ConfigError, match="max_films"):
+        _cfg(tmp_path, max_films=-1)
