@@ -52,12 +52,12 @@ endif
 # Modules each step calls; wildcard so that a module added later is tracked without editing this.
 CORE_SRC := $(wildcard scxnn/__init__.py scxnn/config.py scxnn/utils.py scxnn/pipeline.py scxnn/thesis.py)
 SRC_01 := $(CORE_SRC) $(wildcard scxnn/dicom.py scxnn/preprocess.py scxnn/data.py scxnn/reports.py scxnn/synth/*.py scxnn/adapters/*.py)
-SRC_02 := $(CORE_SRC) $(wildcard scxnn/data.py scxnn/dataset.py scxnn/preprocess.py scxnn/models.py scxnn/pretrain.py scxnn/train.py scxnn/inference.py scxnn/cam.py scxnn/bench.py scxnn/reports.py)
-SRC_03 := $(CORE_SRC) $(wildcard scxnn/dataset.py scxnn/models.py scxnn/train.py scxnn/inference.py scxnn/ensemble.py scxnn/metrics.py scxnn/ood.py scxnn/bench.py)
+SRC_02 := $(CORE_SRC) $(wildcard scxnn/data.py scxnn/dataset.py scxnn/preprocess.py scxnn/models.py scxnn/checkpoints.py scxnn/hardware.py scxnn/pretrain.py scxnn/train.py scxnn/inference.py scxnn/reports.py)
+SRC_03 := $(CORE_SRC) $(wildcard scxnn/dataset.py scxnn/models.py scxnn/checkpoints.py scxnn/hardware.py scxnn/inference.py scxnn/ensemble.py scxnn/metrics.py scxnn/ood.py)
 SRC_04 := $(CORE_SRC) $(wildcard scxnn/ensemble.py scxnn/metrics.py scxnn/ood.py scxnn/evaluation.py scxnn/reports.py scxnn/variants.py)
-SRC_06 := $(CORE_SRC) $(wildcard scxnn/dicom.py scxnn/preprocess.py scxnn/dataset.py scxnn/models.py scxnn/train.py scxnn/cam.py scxnn/reports.py)
+SRC_06 := $(CORE_SRC) $(wildcard scxnn/dicom.py scxnn/preprocess.py scxnn/dataset.py scxnn/models.py scxnn/checkpoints.py scxnn/train.py scxnn/cam.py scxnn/reports.py)
 SRC_07 := $(CORE_SRC) $(wildcard scxnn/variants.py scxnn/reports.py)
-SRC_V := $(CORE_SRC) $(wildcard scxnn/data.py scxnn/dataset.py scxnn/preprocess.py scxnn/models.py scxnn/pretrain.py scxnn/train.py scxnn/inference.py scxnn/ensemble.py scxnn/metrics.py scxnn/evaluation.py scxnn/variants.py)
+SRC_V := $(CORE_SRC) $(wildcard scxnn/data.py scxnn/dataset.py scxnn/preprocess.py scxnn/models.py scxnn/checkpoints.py scxnn/hardware.py scxnn/pretrain.py scxnn/train.py scxnn/inference.py scxnn/ensemble.py scxnn/metrics.py scxnn/evaluation.py scxnn/variants.py)
 
 NB01 := $(EXEC)/01_preprocessing.ipynb
 NB02 := $(FINDINGS:%=$(EXEC)/02_train_disease_model/%.ipynb)

@@ -3,6 +3,29 @@
 Data flows one way: DICOM -> PNG cache + manifest -> dataset -> 13 per-finding models -> logits table
 -> SVM -> tables and figures. Each numbered notebook in ``notebooks/`` drives one step through a thin
 module of this package.
+
+The code is a house of floors, lowest first (:data:`LAYERS`). A module imports only from its own
+floor or the floors below it, inside functions too (``tests/test_layout.py`` checks every import):
+
+1. foundation: utils, config, thesis, metrics, plausibility, hardware, html_report, pipeline
+2. data: dicom, data, adapters, synth, preprocess, dataset
+3. models: models, checkpoints
+4. training: pretrain, train
+5. inference: inference, ort, ood
+6. ensemble and evaluation: ensemble, evaluation, cam, variants
+7. reports and commands' logic: reports, external, certify, predict, bench
+8. command line: cli, __main__
 """
 
 __version__ = "0.1.0"
+
+LAYERS = (
+    ("foundation", ("utils", "config", "thesis", "metrics", "plausibility", "hardware", "html_report", "pipeline")),
+    ("data", ("dicom", "data", "adapters", "synth", "preprocess", "dataset")),
+    ("models", ("models", "checkpoints")),
+    ("training", ("pretrain", "train")),
+    ("inference", ("inference", "ort", "ood")),
+    ("ensemble and evaluation", ("ensemble", "evaluation", "cam", "variants")),
+    ("reports and commands' logic", ("reports", "external", "certify", "predict", "bench")),
+    ("command line", ("cli", "__main__")),
+)

@@ -22,21 +22,12 @@ import time
 import torch
 import torch.nn.functional as F
 
+from scxnn.hardware import bf16_supported
 from scxnn.models import DECODER_WIDTHS, SCXNN
 from scxnn.utils import seed_everything
 
 BASELINE = "fp32_nchw"
 RECON_WEIGHT = 0.8  # lambda of the thesis
-
-
-def bf16_supported(device: str) -> bool:
-    """Native bf16 compute: emulated bf16 on older CPUs is slower than fp32 and not worth measuring."""
-    if device.startswith("cuda"):
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def machine_description(device: str) -> str:

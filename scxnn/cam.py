@@ -34,6 +34,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from scxnn.checkpoints import LoadedModel, check_fingerprint, load_models
 from scxnn.config import Config
 
 log = logging.getLogger("scxnn")
@@ -261,90 +262,6 @@ def _distance_to(mask: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- models
-
-
-@dataclass
-class LoadedModel:
-    """A finding model with what is needed to feed it: its config and preprocessing fingerprint."""
-
-    finding: str
-    model: nn.Module
-    cfg: Config
-    preprocess_fingerprint: str | None
-    path: Path
-
-
-def find_model_dirs(root: str | os.PathLike) -> dict[str, Path]:
-    """``{finding: folder}`` for every ``<root>/<finding>/best.pt`` (a ``02_train_disease_model`` folder)."""
-    from scxnn.train import BEST_NAME
-
-    root = Path(root)
-    return {d.name: d for d in sorted(root.iterdir()) if (d / BEST_NAME).is_file()} if root.is_dir() else {}
-
-
-def _checkpoint_path(p: str | os.PathLike) -> Path:
-    from scxnn.train import BEST_NAME
-
-    p = Path(p)
-    return p / BEST_NAME if p.is_dir() else p
-
-
-def load_finding_model(finding: str, path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
-    """Load one finding model (eval mode) from its run folder or checkpoint file.
-
-    Reads the checkpoint once for the weights, the embedded config and the preprocessing
-    fingerprint; the rebuild mirrors :func:`scxnn.train.load_model`.
-    """
-    import dataclasses
-
-    from scxnn.config import config_from_dict
-    from scxnn.models import build_model
-    from scxnn.train import CheckpointError, load_checkpoint
-
-    ckpt_path = _checkpoint_path(path)
-    ckpt = load_checkpoint(ckpt_path, map_location="cpu")
-    if "config" not in ckpt:
-        raise CheckpointError(f"{ckpt_path}: has no embedded config")
-    cfg = config_from_dict(ckpt["config"], source=f"{ckpt_path} (embedded config)")
-    model = build_model(dataclasses.replace(cfg.model, pretrained="none"))  # weights come from the checkpoint
-    model.load_state_dict(ckpt["model"])
-    model.to(device).eval()
-    return LoadedModel(finding, model, cfg, ckpt.get("preprocess_fingerprint"), ckpt_path)
-
-
-def load_models(model_dirs: Mapping[str, str | os.PathLike | LoadedModel] | str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, LoadedModel]:
-    """``{finding: LoadedModel}`` from ``{finding: folder | best.pt | LoadedModel}`` or a folder of run folders."""
-    if not isinstance(model_dirs, Mapping):
-        found = find_model_dirs(model_dirs)
-        if not found:
-            raise FileNotFoundError(f"no <finding>/best.pt under {model_dirs}")
-        model_dirs = found
-    return {f: v if isinstance(v, LoadedModel) else load_finding_model(f, v, device) for f, v in model_dirs.items()}
-
-
-class PreprocessMismatch(ValueError):
-    """A model was trained on images preprocessed differently from the ones it would be given."""
-
-
-def check_fingerprint(lm: LoadedModel, expected: str | None = None) -> None:
-    """Raise :class:`PreprocessMismatch` unless the checkpoint's preprocessing fingerprint equals
-    ``expected`` (default: what today's code computes from the checkpoint's own settings).
-
-    A difference means the pixels this code would produce are not those the model learnt from (the
-    preprocessing code changed, or the images come from another cache), so its CAMs and
-    probabilities would silently be off.
-    """
-    from scxnn.preprocess import fingerprint
-
-    expected = expected or fingerprint(lm.cfg.preprocess)
-    if lm.preprocess_fingerprint is None:
-        raise PreprocessMismatch(f"{lm.path}: the checkpoint records no preprocessing fingerprint; retrain it with this version of scxnn")
-    if lm.preprocess_fingerprint != expected:
-        raise PreprocessMismatch(
-            f"{lm.path} ({lm.finding}): trained on preprocessing {lm.preprocess_fingerprint}, but the images here are "
-            f"preprocessed as {expected} (preprocess settings or code version differ); retrain the model or use "
-            f"the matching profile / scxnn version"
-        )
 
 
 def _ordered(cfg: Config | None, findings: Sequence[str]) -> list[str]:

@@ -95,16 +95,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from scxnn.pipeline import step_dir
+    from scxnn.checkpoints import BEST_NAME, HISTORY_NAME, LAST_NAME, STEP
     from scxnn.train import train_finding
 
     cfg = load_config(args.profile, args.set)
     if args.finding not in cfg.findings:
         raise ConfigError(f"--finding {args.finding!r} is not in profile {cfg.profile!r}; findings: {', '.join(cfg.findings)}")
-    out = Path(args.out) if args.out else step_dir(cfg, "02_train_disease_model", args.finding)
-    if (out / "last.pt").exists() and not (args.resume or args.fresh):
-        raise FileExistsError(f"{out} already holds a run (last.pt); pass --resume to continue it or --fresh to start over")
+    out = Path(args.out) if args.out else step_dir(cfg, STEP, args.finding)
+    if (out / LAST_NAME).exists() and not (args.resume or args.fresh):
+        raise FileExistsError(f"{out} already holds a run ({LAST_NAME}); pass --resume to continue it or --fresh to start over")
     if args.fresh:
-        for name in ("last.pt", "best.pt", "history.csv"):
+        for name in (LAST_NAME, BEST_NAME, HISTORY_NAME):
             (out / name).unlink(missing_ok=True)
     r = train_finding(cfg, args.finding, out_dir=out, resume=True, progress=not args.no_progress)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
@@ -159,7 +160,8 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
 def _cmd_gradcam(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from scxnn.cam import cam_for_files, find_model_dirs
+    from scxnn.cam import cam_for_files
+    from scxnn.checkpoints import find_model_dirs
 
     dirs = find_model_dirs(args.models)
     if not dirs:

@@ -5,6 +5,7 @@ layer (used by every preprocessing worker) never imports torch."""
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 from typing import Sequence
 
@@ -139,3 +140,55 @@ class RadiographDataset(_DatasetBase):
         m = _torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None]
         target = m if self.decoder == "segmentation" else x * m
         return {"image": x, "label": _torch.tensor(self.labels[i], dtype=_torch.int64), "target": target, "has_recon": _torch.tensor(has_recon), "index": i}
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_study_manifest(cfg, manifest) -> tuple[pd.DataFrame, Path]:
+    """(in-scope films, PNG cache folder) of a study: the profile's cache (``manifest`` None), a
+    manifest file, or a DataFrame of the profile's cache."""
+    from scxnn.data import MANIFEST_NAME, in_scope, read_manifest
+    from scxnn.preprocess import cache_dir
+
+    if manifest is None:
+        path = cache_dir(cfg) / MANIFEST_NAME
+        if not path.is_file():
+            raise FileNotFoundError(f"no preprocessed cache for profile {cfg.profile!r} at {path}; run the preprocessing step first (make preprocess PROFILE={cfg.profile})")
+        manifest = path
+    if isinstance(manifest, pd.DataFrame):
+        return in_scope(manifest, "training manifest")[0], cache_dir(cfg)
+    path = Path(manifest)
+    return in_scope(read_manifest(path, list(cfg.findings), list(cfg.unseen_findings)), str(path))[0], path.parent
+
+
+class _ListSampler(_torch.utils.data.Sampler):
+    """The given indices, in the given order (each epoch's seeded class-balanced draws)."""
+
+    def __init__(self, indices: Sequence[int]):
+        self.indices = list(indices)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def _worker_init(worker_id: int) -> None:
+    s = _torch.initial_seed() % 2**32  # derived from the loader's own seeded generator
+    random.seed(s)
+    np.random.seed(s)
+
+
+def make_loader(ds, indices: Sequence[int], cfg, seed: int, key: int, device: _torch.device, batch_size: int | None = None):
+    return _torch.utils.data.DataLoader(
+        ds,
+        batch_size=batch_size or cfg.train.batch_size,
+        sampler=_ListSampler(indices),
+        num_workers=cfg.train.num_workers,
+        worker_init_fn=_worker_init,
+        generator=_torch.Generator().manual_seed(sample_seed(seed, key, 0xD1)),
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )

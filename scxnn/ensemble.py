@@ -327,11 +327,11 @@ def logits_table(cfg, model_dirs: dict, progress: bool = True, features: bool = 
     films evaluate found the run has seen); ``max_train``: score only a seeded sample of this many
     training-split films (0: all), e.g. for the out-of-distribution fit; ``max_eval``: likewise for
     the validation and the test films (a variant's ``variants.max_films``). A model trained on other
-    preprocessing than ``cfg.preprocess`` is refused (:class:`scxnn.cam.PreprocessMismatch`)."""
+    preprocessing than ``cfg.preprocess`` is refused (:class:`scxnn.checkpoints.PreprocessMismatch`)."""
     from tqdm.auto import tqdm
 
     from scxnn.inference import films_to_score, finding_scores
-    from scxnn.train import resolve_device
+    from scxnn.hardware import resolve_device
 
     findings, unseen = list(cfg.findings), list(cfg.unseen_findings)
     df, cache = films_to_score(cfg, cache, only=only, exclude=exclude, max_train=max_train, max_eval=max_eval)
@@ -351,6 +351,12 @@ def logits_table(cfg, model_dirs: dict, progress: bool = True, features: bool = 
             pooled_all.append(pooled)
     out = out.reset_index(drop=True)
     return (out, np.concatenate(pooled_all, axis=1)) if features else out
+
+
+def table_scores(svm, table, findings: Sequence[str], num_classes: int) -> np.ndarray:
+    """The SVM's score of each row of a logits table (larger = more abnormal): the one place that
+    feeds a table's 13 x C logit columns, in findings order, to the SVM."""
+    return svm.decision_function(table[logit_columns(list(findings), num_classes)].to_numpy(float))
 
 
 def oof_scores(X, y, groups, make_model, n_splits: int = 5, seed: int = 0) -> np.ndarray:
@@ -493,6 +499,6 @@ def load_run(out_dir: str | os.PathLike, cfg):
     svm, th = load(out)
     table = pd.read_parquet(out / LOGITS_NAME)
     num_classes = 3 if f"{next(iter(cfg.findings))}__others" in table else 2
-    table["score"] = svm.decision_function(table[logit_columns(list(cfg.findings), num_classes)].to_numpy(float))
+    table["score"] = table_scores(svm, table, cfg.findings, num_classes)
     val_scores = pd.read_csv(out / VAL_SCORES_NAME, dtype={"image_id": str, "patient_id": str})
     return table, svm, th, val_scores

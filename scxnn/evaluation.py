@@ -21,7 +21,7 @@ import pandas as pd
 from sklearn.linear_model import LogisticRegression
 
 from scxnn.config import RISK_GROUPS
-from scxnn.ensemble import Thresholds, certified_threshold, logit_columns, point_threshold
+from scxnn.ensemble import Thresholds, certified_threshold, point_threshold, table_scores
 from scxnn.metrics import (auc_variance_ci, outward, paired_auc_delta, patient_bootstrap, proportion_ci, roc_auc,
                            screening_metrics, screening_with_ci, separation_auc_ci)
 
@@ -78,7 +78,7 @@ def add_scores(table: pd.DataFrame, svm, findings: Sequence[str], num_classes: i
     """A copy of ``table`` with the SVM's ``score`` (larger = more abnormal), so every later function
     works from one column instead of re-running the SVM."""
     out = table.copy()
-    out["score"] = svm.decision_function(table[logit_columns(list(findings), num_classes)].to_numpy(float))
+    out["score"] = table_scores(svm, table, findings, num_classes)
     return out
 
 

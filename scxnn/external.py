@@ -37,7 +37,7 @@ class PatientOverlap(ValueError):
 
 
 def load_run_config(run_dir: str | os.PathLike):
-    from scxnn.predict import RunIncomplete
+    from scxnn.checkpoints import RunIncomplete
 
     step3 = Path(run_dir) / "03_svm_ensemble"
     if not (step3 / RESOLVED_NAME).is_file():
@@ -97,7 +97,7 @@ def score_manifest(run_dir: str | os.PathLike, manifest: str | os.PathLike, out_
     ``out_dir/logits.parquet`` holds the table. Shared by ``scxnn evaluate`` and ``scxnn certify``."""
     from scxnn import ensemble, ood
     from scxnn.data import read_manifest
-    from scxnn.predict import RunIncomplete
+    from scxnn.checkpoints import RunIncomplete, run_model_dirs
     from scxnn.preprocess import preprocess_manifest
 
     run, out, mpath = Path(run_dir), Path(out_dir), Path(manifest)
@@ -128,10 +128,7 @@ def score_manifest(run_dir: str | os.PathLike, manifest: str | os.PathLike, out_
     dropped = {k: dropped[k] + more[k] for k in dropped}
     if kept.empty:
         raise ValueError(f"no film of {mpath} is left to evaluate (all {n_films} were seen by the run or unreadable)")
-    dirs = {f: run / "02_train_disease_model" / f for f in findings}
-    for f, d in dirs.items():
-        if not (d / "best.pt").is_file():
-            raise RunIncomplete(f"{run}: no trained model for {f} ({d / 'best.pt'})")
+    dirs = run_model_dirs(run, cfg)
     gate_path = run / "03_svm_ensemble" / ensemble.OOD_NAME
     if ood_scores and not gate_path.is_file():
         raise RunIncomplete(f"{run}: no out-of-distribution model ({gate_path}); rerun `make ensemble` with this scxnn version")
@@ -140,7 +137,7 @@ def score_manifest(run_dir: str | os.PathLike, manifest: str | os.PathLike, out_
                                    exclude=sorted(set(pre["image_id"]) - set(kept["image_id"])))
     table, feats = scored if ood_scores else (scored, None)
     svm, th = ensemble.load(run / "03_svm_ensemble")
-    table["score"] = svm.decision_function(table[ensemble.logit_columns(findings, cfg.model.num_classes)].to_numpy(float))
+    table["score"] = ensemble.table_scores(svm, table, findings, cfg.model.num_classes)
     if ood_scores:
         table["ood_score"] = ood.load(gate_path).score(feats)
     ensemble.save_logits(table, out)

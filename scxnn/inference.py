@@ -74,13 +74,14 @@ def sample_training_films(df, n: int, seed: int):
 
 
 def use_bf16(cfg, device) -> bool:
-    from scxnn.bench import bf16_supported
+    """Whether scoring runs in bf16 (``evaluate.bf16``) on ``device``."""
+    from scxnn.hardware import use_bf16 as resolve
 
-    return cfg.evaluate.bf16 == "on" or (cfg.evaluate.bf16 == "auto" and bf16_supported(device.type))
+    return resolve(cfg.evaluate.bf16, device)
 
 
 def score_films(lm, df, cache: Path, batch_size: int, bf16: bool, device) -> tuple[np.ndarray, np.ndarray]:
-    """One loaded model (:class:`scxnn.cam.LoadedModel`) over ``df``'s films: (logits (N, C),
+    """One loaded model (:class:`scxnn.checkpoints.LoadedModel`) over ``df``'s films: (logits (N, C),
     pooled last-block features (N, F)), float32. The fast path of ``scxnn bench predict``:
     channels_last, no decoder, bf16 autocast when ``bf16``."""
     import torch
@@ -97,7 +98,7 @@ def score_films(lm, df, cache: Path, batch_size: int, bf16: bool, device) -> tup
             with amp:
                 feats = model.forward_features(x)  # one encoder pass gives the logits and the features
                 logits.append(model.forward_head(feats).float().cpu())
-            pooled.append(feats[-1].float().mean(dim=(2, 3)).cpu())
+            pooled.append(model.forward_head(feats, pre_logits=True).cpu())
     return torch.cat(logits).numpy().astype(np.float32), torch.cat(pooled).numpy().astype(np.float32)
 
 
@@ -127,10 +128,9 @@ def finding_scores(cfg, finding: str, model_dir: str | os.PathLike, df, cache: P
     ``df``'s order. Films already in the model's ``scores.npz`` (same checkpoint, preprocessing,
     precision and source hash) are read from it, the others are scored; ``save`` writes the
     result back (atomically). A model trained on other preprocessing than ``cfg.preprocess`` is
-    refused (:class:`scxnn.cam.PreprocessMismatch`)."""
-    from scxnn.cam import check_fingerprint, load_finding_model
+    refused (:class:`scxnn.checkpoints.PreprocessMismatch`)."""
+    from scxnn.checkpoints import BEST_NAME, check_fingerprint, load_finding_model
     from scxnn.preprocess import fingerprint
-    from scxnn.train import BEST_NAME
 
     model_dir = Path(model_dir)
     ckpt = model_dir / BEST_NAME
@@ -168,7 +168,7 @@ def finding_scores(cfg, finding: str, model_dir: str | os.PathLike, df, cache: P
 def prescore_finding(cfg, finding: str, model_dir: str | os.PathLike) -> Path:
     """Score the films step 03 will need with ``finding``'s freshly trained model and keep them in
     ``model_dir/scores.npz`` (step 02's last act; a no-op when they are already there)."""
-    from scxnn.train import resolve_device
+    from scxnn.hardware import resolve_device
 
     df, cache = films_to_score(cfg, max_train=cfg.evaluate.ood_fit_images)
     finding_scores(cfg, finding, model_dir, df, cache, resolve_device(cfg), save=True)

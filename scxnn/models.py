@@ -292,7 +292,13 @@ class SCXNN(nn.Module):
             raise ValueError(f"expected (B, 1, H, W) with H and W multiples of 32, got {tuple(x.shape)}")
         return self.encoder(x)
 
-    def forward_head(self, feats: list[torch.Tensor]) -> torch.Tensor:
+    def forward_head(self, feats: list[torch.Tensor], pre_logits: bool = False) -> torch.Tensor:
+        """The classification logits (B, num_classes) from :meth:`forward_features`' output; with
+        ``pre_logits`` (timm's convention), the globally average-pooled deepest feature map (B, C)
+        instead, in float32 whatever the autocast dtype. Those pooled features are the one definition
+        the out-of-distribution gate is fitted and scored on (step 03, ``predict``, ONNX)."""
+        if pre_logits:
+            return feats[-1].float().mean(dim=(2, 3))
         return self.head(feats[-1])
 
     def forward_decoder(self, feats: list[torch.Tensor]) -> torch.Tensor:
@@ -353,10 +359,6 @@ def build_model(mcfg) -> SCXNN:
     """An SCXNN from a :class:`scxnn.config.Model`."""
     return SCXNN(backbone=mcfg.backbone, num_classes=mcfg.num_classes, decoder=mcfg.decoder, pretrained=mcfg.pretrained,
                  decoder_widths=mcfg.decoder_widths)
-
-
-def count_parameters(module: nn.Module | None) -> int:
-    return 0 if module is None else sum(p.numel() for p in module.parameters())
 
 
 # --------------------------------------------------------------------------- weight files

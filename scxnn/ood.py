@@ -83,8 +83,7 @@ def pooled_features(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     if model.training:
         raise ValueError("pooled_features needs model.eval(): in train mode BatchNorm makes features batch-dependent")
     with torch.inference_mode():
-        deepest = model.forward_features(x)[-1]
-        return deepest.float().mean(dim=(2, 3)).contiguous()
+        return model.forward_head(model.forward_features(x), pre_logits=True).contiguous()
 
 
 def ensemble_features(models: Iterable[torch.nn.Module], x: torch.Tensor) -> np.ndarray:

@@ -50,7 +50,7 @@ class _Scorer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feats = self.model.forward_features(x)
-        return self.model.forward_head(feats), feats[-1].mean(dim=(2, 3))
+        return self.model.forward_head(feats), self.model.forward_head(feats, pre_logits=True)
 
 
 def export(model: nn.Module, path: str | os.PathLike, size: int = 64) -> Path:

@@ -85,23 +85,6 @@ def _make_target(step: str) -> str:
     return {"01": "preprocess", "02": "train", "03": "ensemble", "04": "evaluate", "05": "novel", "06": "gradcam", "07": "ablations"}[step[:2]]
 
 
-def settings_table(cfg: Config):
-    """The resolved settings as a two-column DataFrame, for display at the top of a notebook."""
-    import pandas as pd
-
-    rows: list[tuple[str, Any]] = []
-
-    def walk(prefix: str, node: Any) -> None:
-        if isinstance(node, dict) and prefix != "findings":
-            for k, v in node.items():
-                walk(f"{prefix}.{k}" if prefix else k, v)
-        else:
-            rows.append((prefix, node if not isinstance(node, (list, dict)) else str(node)))
-
-    walk("", cfg.to_dict())
-    return pd.DataFrame(rows, columns=["key", "value"]).set_index("key")
-
-
 def run_notebook(src: str | os.PathLike, dst: str | os.PathLike, parameters: Mapping[str, Any]) -> float:
     """Execute ``src`` with papermill into ``dst``; returns the seconds it took.
 

@@ -47,6 +47,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from scxnn.checkpoints import RunIncomplete
 from scxnn.config import Config, load_resolved
 from scxnn.utils import atomic_write_bytes, atomic_write_text, log, remove_stale_temporaries, sha256_file
 
@@ -57,10 +58,6 @@ REPORT_NAME = "report.html"
 WRITE_EVERY = 8  # rows between atomic rewrites of predictions.csv (resumability vs I/O)
 
 
-class RunIncomplete(FileNotFoundError):
-    """The run folder lacks a trained model, the SVM or the OOD model."""
-
-
 # --------------------------------------------------------------------------- the trained run
 
 
@@ -69,7 +66,7 @@ class Screener:
     """A trained run, loaded once: 13 models, the SVM, its threshold and the OOD model."""
 
     cfg: Config
-    models: dict  # finding -> scxnn.cam.LoadedModel, in cfg.findings order
+    models: dict  # finding -> scxnn.checkpoints.LoadedModel, in cfg.findings order
     svm: object
     threshold: float  # normal below, needs_review at or above
     threshold_name: str
@@ -116,10 +113,9 @@ class Screener:
         ``onnx_dir`` (default ``<run>/onnx``). ``certificate``: a site certificate of this run
         (``scxnn certify``); its threshold then replaces ``threshold``."""
         from scxnn import ensemble, ood
-        from scxnn.bench import bf16_supported
-        from scxnn.cam import check_fingerprint, load_finding_model
+        from scxnn.checkpoints import BEST_NAME, STEP, load_run_models
         from scxnn.config import RESOLVED_NAME
-        from scxnn.preprocess import fingerprint
+        from scxnn.hardware import use_bf16 as resolve_bf16
 
         run = Path(run_dir)
         step3 = run / "03_svm_ensemble"
@@ -127,17 +123,7 @@ class Screener:
             raise RunIncomplete(f"{run} is not a trained study run: no {step3 / RESOLVED_NAME} (pass runs/<profile> after `make ensemble PROFILE=<profile>`)")
         cfg = load_resolved(step3 / RESOLVED_NAME)
         dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
-        expected = fingerprint(cfg.preprocess)
-        models = {}
-        for f in cfg.findings:
-            path = run / "02_train_disease_model" / f / "best.pt"
-            if not path.is_file():
-                raise RunIncomplete(f"{run}: no trained model for {f} ({path})")
-            lm = load_finding_model(f, path, dev)
-            # The contract: the pixels we produce here are those the model learnt from.
-            check_fingerprint(lm, expected)
-            lm.model.to(memory_format=torch.channels_last)
-            models[f] = lm
+        models = load_run_models(run, cfg, dev)
         svm, th = ensemble.load(step3)
         if threshold not in ("point", "strict"):
             raise ValueError(f"threshold must be 'point' or 'strict', got {threshold!r}")
@@ -149,14 +135,14 @@ class Screener:
         ood_path = step3 / ensemble.OOD_NAME
         if not ood_path.is_file():
             raise RunIncomplete(f"{run}: no out-of-distribution model ({ood_path}); rerun `make ensemble` with this scxnn version")
-        use_bf16 = bf16 == "on" or (bf16 == "auto" and bf16_supported(dev.type))
+        use_bf16 = resolve_bf16(bf16, dev)
         engine = None
         if backend == "onnx":
             from scxnn.ort import OrtEnsemble
 
             if dev.type != "cpu":
                 raise ValueError("the ONNX Runtime backend runs on the CPU; pass --device cpu or --backend torch")
-            ckpts = {f: run / "02_train_disease_model" / f / "best.pt" for f in models}
+            ckpts = {f: run / STEP / f / BEST_NAME for f in models}
             engine = OrtEnsemble({f: lm.model for f, lm in models.items()}, ckpts, onnx_dir or run / "onnx")
             use_bf16 = False
         elif backend != "torch":
@@ -185,7 +171,7 @@ class Screener:
                 for lm in self.models.values():
                     f = lm.model.forward_features(x)
                     logits.append(lm.model.forward_head(f).float())
-                    pooled.append(f[-1].float().mean(dim=(2, 3)))
+                    pooled.append(lm.model.forward_head(f, pre_logits=True))
             lg = torch.cat(logits).cpu().numpy()  # (13, C)
             feats = torch.cat(pooled, dim=1).cpu().numpy().astype(np.float64)
         probs = torch.softmax(torch.from_numpy(lg), dim=1).numpy()

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scxnn.checkpoints import HISTORY_NAME, LAST_NAME
 from scxnn.config import Config, save_resolved
 from scxnn.dataset import RadiographDataset, sample_seed
 from scxnn.utils import atomic_open, atomic_write_text, file_lock, remove_stale_temporaries, seed_everything
@@ -46,8 +47,6 @@ from scxnn.utils import atomic_open, atomic_write_text, file_lock, remove_stale_
 log = logging.getLogger("scxnn")
 
 TRUNK_NAME = "trunk.pt"
-LAST_NAME = "last.pt"
-HISTORY_NAME = "history.csv"
 # The settings a trunk depends on; any change rebuilds it (the per-finding settings do not matter).
 TRUNK_SECTIONS = ("seed", "findings", "data", "preprocess", "pretrain")
 TRUNK_TRAIN_KEYS = ("batch_size", "betas", "weight_decay", "augment", "augment_p", "augment_shift", "augment_rotate",
@@ -174,7 +173,8 @@ def pretrain_trunk(cfg: Config, out_dir: str | Path | None = None, manifest=None
     """Pretrain (or resume) the trunk; returns the path of ``trunk.pt``. See the module docstring."""
     from tqdm import tqdm
 
-    from scxnn.train import autocast, load_study_manifest, make_loader, resolve_device, to_device
+    from scxnn.dataset import load_study_manifest, make_loader
+    from scxnn.hardware import autocast, resolve_device, to_device
 
     t0 = time.perf_counter()
     out = Path(out_dir) if out_dir is not None else trunk_dir(cfg)

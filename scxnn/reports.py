@@ -380,7 +380,8 @@ def reconstruction_examples(cfg: Config, finding: str, checkpoint, n: int = 4, s
     from scxnn.data import MANIFEST_NAME, read_manifest
     from scxnn.dataset import RadiographDataset
     from scxnn.preprocess import cache_dir
-    from scxnn.train import finding_labels, load_model
+    from scxnn.checkpoints import load_model
+    from scxnn.train import finding_labels
 
     model, mcfg = load_model(checkpoint)
     df = read_manifest(cache_dir(cfg) / MANIFEST_NAME, list(cfg.findings), list(cfg.unseen_findings))

@@ -31,7 +31,6 @@ validates on the whole (small) validation set so their decisions agree, and rank
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import logging
@@ -50,19 +49,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scxnn.config import Config, config_from_dict, save_resolved
-from scxnn.data import MANIFEST_NAME, in_scope, read_manifest
-from scxnn.dataset import RadiographDataset, sample_seed
+from scxnn.config import Config, save_resolved
+from scxnn.dataset import RadiographDataset, load_study_manifest, make_loader, sample_seed
 from scxnn.pipeline import RunMismatch
-from scxnn.utils import atomic_open, atomic_write_text, remove_stale_temporaries, seed_everything
+from scxnn.checkpoints import BEST_NAME, CHECKPOINT_FORMAT, HISTORY_NAME, LAST_NAME, STEP, load_checkpoint, save_checkpoint
+from scxnn.hardware import autocast, resolve_device, to_device
+from scxnn.utils import atomic_write_text, remove_stale_temporaries, seed_everything
 
 log = logging.getLogger("scxnn")
 
-STEP = "02_train_disease_model"
-LAST_NAME = "last.pt"
-BEST_NAME = "best.pt"
-HISTORY_NAME = "history.csv"
-CHECKPOINT_FORMAT = 1
 HISTORY_COLUMNS = ("stage", "epoch", "lr", "train_loss", "train_ce", "train_mse", "train_auc", "val_loss", "val_ce", "val_mse", "val_auc", "val_acc", "seconds")
 # Settings that may change between a run and its resumption (budgets and speed knobs only).
 RESUMABLE_CHANGES = {
@@ -77,10 +72,6 @@ RESUMABLE_CHANGES = {
     "train.num_workers",
     "train.compile",
 }
-
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be loaded safely (e.g. it holds pickled objects) or does not fit."""
 
 
 @dataclass
@@ -256,53 +247,6 @@ def _set_rng_state(st: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(st["cuda"])
 
 
-def save_checkpoint(path: str | os.PathLike, ckpt: dict) -> Path:
-    """``torch.save`` through a temporary file beside ``path`` (fsync + os.replace)."""
-    path = Path(path)
-    with atomic_open(path, "wb") as fh:
-        torch.save(ckpt, fh)
-    return path
-
-
-def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
-    """Load a checkpoint with ``weights_only=True`` only: tensors and plain containers, never code.
-
-    Raises :class:`CheckpointError` when the file holds pickled custom objects (it may run code) or
-    is not a checkpoint, and FileNotFoundError when it is missing.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # UnpicklingError for custom objects, RuntimeError for a corrupt file
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        first = next((ln for ln in lines if "Unsupported global" in ln), lines[0] if lines else type(e).__name__)
-        raise CheckpointError(
-            f"{path}: refused to load: not a weights-only checkpoint (it holds pickled objects that could run code, "
-            f"or it is corrupt). Only files written by scxnn.train are accepted. ({type(e).__name__}: {first[:200]})"
-        ) from None
-    if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise CheckpointError(f"{path}: not an SCXNN checkpoint (expected a dict with 'model')")
-    return ckpt
-
-
-def load_model(path: str | os.PathLike, map_location: Any = "cpu"):
-    """(model in eval mode, its Config) rebuilt from a checkpoint's embedded config."""
-    from scxnn.models import build_model
-
-    ckpt = load_checkpoint(path, map_location=map_location)
-    if "config" not in ckpt:
-        raise CheckpointError(f"{path}: has no embedded config")
-    cfg = config_from_dict(ckpt["config"], source=f"{path} (embedded config)")
-    # The weights come from the checkpoint: never look for ImageNet files here.
-    model = build_model(dataclasses.replace(cfg.model, pretrained="none"))
-    model.load_state_dict(ckpt["model"])
-    model.to(map_location if isinstance(map_location, (str, torch.device)) else "cpu")
-    model.eval()
-    return model, cfg
-
-
 def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     out = []
     for k in sorted(set(a) | set(b)):
@@ -318,28 +262,6 @@ def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
 
 
 # --------------------------------------------------------------------------- data selection
-
-
-def resolve_device(cfg: Config) -> torch.device:
-    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise RuntimeError("device: cuda requested but CUDA is not available")
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
-
-
-def load_study_manifest(cfg: Config, manifest) -> tuple[pd.DataFrame, Path]:
-    from scxnn.preprocess import cache_dir
-
-    if manifest is None:
-        path = cache_dir(cfg) / MANIFEST_NAME
-        if not path.is_file():
-            raise FileNotFoundError(f"no preprocessed cache for profile {cfg.profile!r} at {path}; run the preprocessing step first (make preprocess PROFILE={cfg.profile})")
-        manifest = path
-    if isinstance(manifest, pd.DataFrame):
-        return in_scope(manifest, "training manifest")[0], cache_dir(cfg)
-    path = Path(manifest)
-    return in_scope(read_manifest(path, list(cfg.findings), list(cfg.unseen_findings)), str(path))[0], path.parent
 
 
 def training_sets(df: pd.DataFrame, cfg: Config, finding: str) -> dict[str, tuple[pd.DataFrame, np.ndarray]]:
@@ -400,36 +322,6 @@ def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
     return torch.tensor(w, dtype=torch.float32)
 
 
-class _ListSampler(torch.utils.data.Sampler):
-    def __init__(self, indices: Sequence[int]):
-        self.indices = list(indices)
-
-    def __iter__(self):
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-
-def _worker_init(worker_id: int) -> None:
-    s = torch.initial_seed() % 2**32  # derived from the loader's own seeded generator
-    random.seed(s)
-    np.random.seed(s)
-
-
-def make_loader(ds, indices: Sequence[int], cfg: Config, seed: int, key: int, device: torch.device, batch_size: int | None = None):
-    return torch.utils.data.DataLoader(
-        ds,
-        batch_size=batch_size or cfg.train.batch_size,
-        sampler=_ListSampler(indices),
-        num_workers=cfg.train.num_workers,
-        worker_init_fn=_worker_init,
-        generator=torch.Generator().manual_seed(sample_seed(seed, key, 0xD1)),
-        pin_memory=device.type == "cuda",
-        persistent_workers=False,
-    )
-
-
 # --------------------------------------------------------------------------- loss, epochs
 
 
@@ -445,27 +337,6 @@ def multitask_loss(logits, recon, batch, ce_weight, lam: float, use_mse: bool):
     else:
         mse = logits.new_zeros(()).float()
     return ce + lam * mse, ce, mse
-
-
-def autocast(cfg: Config, device: torch.device):
-    from scxnn.bench import bf16_supported
-
-    # auto: wherever bf16 is native (recent GPUs; CPUs with AVX512-BF16/AMX, where it trains ~1.7x
-    # faster than fp32 at 64-128 px, see `scxnn bench train`); emulated bf16 would be slower.
-    mode = cfg.train.bf16
-    on = mode == "on" or (mode == "auto" and bf16_supported(device.type))
-    return torch.autocast(device.type, dtype=torch.bfloat16) if on else nullcontext()
-
-
-def to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:
-    out = {}
-    for k, v in batch.items():
-        if isinstance(v, torch.Tensor):
-            v = v.to(device, non_blocking=True)
-            if channels_last and v.ndim == 4:
-                v = v.contiguous(memory_format=torch.channels_last)
-        out[k] = v
-    return out
 
 
 def _set_train_mode(model, stage: int, cfg: Config) -> None:

@@ -196,6 +196,7 @@ def run_variant(cfg: Config, name: str, progress: bool = True) -> dict:
     """Train (or resume) the variant's 13 models, build its logits table and SVM, and summarise it on
     the internal test set. Returns the summary, also written to ``<variant dir>/result.json``."""
     from scxnn import ensemble
+    from scxnn.checkpoints import BEST_NAME
     from scxnn.data import MANIFEST_NAME, read_manifest
     from scxnn.preprocess import build_study_cache, cache_dir
     from scxnn.train import train_finding
@@ -221,7 +222,7 @@ def run_variant(cfg: Config, name: str, progress: bool = True) -> dict:
             build_study_cache(vcfg, progress=progress)
     dirs = model_dirs(cfg, name)
     if is_profile_itself(cfg, name):
-        missing = [f for f, d in dirs.items() if not (d / "best.pt").is_file()]
+        missing = [f for f, d in dirs.items() if not (d / BEST_NAME).is_file()]
         if missing:
             raise FileNotFoundError(f"variant {name!r} reuses the profile's models, but {', '.join(missing)} are not trained; run `make train PROFILE={cfg.profile}` first")
     else:
@@ -233,7 +234,7 @@ def run_variant(cfg: Config, name: str, progress: bool = True) -> dict:
     # most of its inference time.
     table, svm, th = ensemble.build(vcfg, dirs, out, progress=progress, max_eval=cfg.variants.max_films,
                                     only=variant_films(read_manifest(cache / MANIFEST_NAME, list(vcfg.findings), list(vcfg.unseen_findings))))
-    table["score"] = svm.decision_function(table[ensemble.logit_columns(list(vcfg.findings), vcfg.model.num_classes)].to_numpy(float))
+    table["score"] = ensemble.table_scores(svm, table, vcfg.findings, vcfg.model.num_classes)
     summary = {
         "hash": h,
         "variants": names,

@@ -11,14 +11,10 @@ import torch
 import torch.nn.functional as F
 
 from scxnn.cam import (
-    LoadedModel,
     LogitsOnly,
-    PreprocessMismatch,
     cam_for_files,
     figure5,
-    find_model_dirs,
     gradcam,
-    load_models,
     localization_table,
     overlay,
     peak,
@@ -26,11 +22,9 @@ from scxnn.cam import (
     random_baseline,
     top_region_iou,
 )
+from scxnn.checkpoints import LoadedModel, PreprocessMismatch, find_model_dirs, load_models
 from scxnn.config import load_config
 from scxnn.models import SCXNN, build_model
-
-ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
-SMOKE_RUNS = ROOT / "runs" / "smoke" / "02_train_disease_model"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -247,7 +241,7 @@ def smoke_ckpt(tmp_path_factory):
     """A checkpoint in the project's own format (what load_model and load_checkpoint read): a
     random-init smoke-profile model, its embedded config and its preprocessing fingerprint."""
     from scxnn.preprocess import fingerprint
-    from scxnn.train import CHECKPOINT_FORMAT, save_checkpoint
+    from scxnn.checkpoints import CHECKPOINT_FORMAT, save_checkpoint
 
     cfg = load_config("smoke")
     torch.manual_seed(0)
@@ -307,19 +301,12 @@ def test_cam_for_files_refuses_other_preprocessing(smoke_ckpt, tmp_path):
 # --------------------------------------------------------------------------- figure 5 and the table
 
 
-def test_figure5_and_localization_table_on_smoke_runs():
-    from scxnn.preprocess import cache_dir
-
+@pytest.mark.pipeline
+def test_figure5_and_localization_table_on_smoke_runs(smoke_study):
     cfg = load_config("smoke")
-    dirs = find_model_dirs(SMOKE_RUNS)
-    if len(dirs) < len(cfg.findings) or not (cache_dir(cfg) / "manifest.csv").is_file():
-        pytest.skip(f"needs the 13 smoke models under {SMOKE_RUNS} and the smoke PNG cache (make train PROFILE=smoke)")
-    from scxnn.config import ConfigError
-
-    try:
-        models = load_models(dirs)
-    except ConfigError as e:  # not this module's concern: the runs predate a config schema change
-        pytest.skip(f"the smoke checkpoints under {SMOKE_RUNS} no longer load with today's config schema (retrain them): {e}")
+    dirs = find_model_dirs(smoke_study / "02_train_disease_model")
+    assert list(dirs) == sorted(cfg.findings)
+    models = load_models(dirs)
     fig = figure5(cfg, models)
     assert len(fig.axes) >= 13
     titles = " ".join(ax.get_title() for ax in fig.axes)

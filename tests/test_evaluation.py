@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT, require_shared
+from conftest import require_shared
 
 from scxnn import evaluation as E
 from scxnn.ensemble import (
@@ -26,7 +26,6 @@ SITES = [  # site, split, patients
     ("temporal", "test", 10), ("external1", "test", 8), ("external2", "test", 8),
     ("hospital_b", "test", 4), ("val_only_site", "val", 3),
 ]
-SMOKE = ROOT / "runs" / "smoke" / "03_svm_ensemble"
 N_BOOT = 60
 
 
@@ -461,15 +460,16 @@ def test_no_test_rows_gives_empty_tables(table):
 # --------------------------------------------------------------------------- the smoke run
 
 
-def test_smoke_run_tables():
+@pytest.mark.pipeline
+def test_smoke_run_tables(smoke_study):
     """The smoke run's real 124-film table. The SVM is refitted on its validation rows instead of
     loading svm.skops: importing skops alone takes seconds, and loading is tested in test_ensemble."""
-    if not (SMOKE / "logits.parquet").is_file():
-        pytest.skip(f"needs the smoke run's step 03 output in {SMOKE}; absent here")
     from scxnn.config import load_resolved
 
-    cfg = load_resolved(SMOKE / "config.resolved.yaml")
-    raw = pd.read_parquet(SMOKE / "logits.parquet")
+    step3 = smoke_study / "03_svm_ensemble"
+
+    cfg = load_resolved(step3 / "config.resolved.yaml")
+    raw = pd.read_parquet(step3 / "logits.parquet")
     cols, val = logit_columns(list(cfg.findings), cfg.model.num_classes), raw[raw["split"] == "val"]
     svm = DefiniteNormalSVM().fit(val[cols].to_numpy(float), val["abnormal"])
     t = E.add_scores(raw, svm, list(cfg.findings), cfg.model.num_classes)

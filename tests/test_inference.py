@@ -19,7 +19,7 @@ FINDINGS = ("nodule", "pneumothorax")
 def _save_model(path, cfg, seed: int):
     from scxnn.models import build_model
     from scxnn.preprocess import fingerprint
-    from scxnn.train import CHECKPOINT_FORMAT, save_checkpoint
+    from scxnn.checkpoints import CHECKPOINT_FORMAT, save_checkpoint
 
     torch.manual_seed(seed)
     model = build_model(cfg.model)
@@ -134,3 +134,18 @@ def test_a_film_sample_depends_on_the_films_not_on_their_order(n):
     for split, k in a["split"].value_counts().items():
         assert k == (4 if split == "train" or not n else min(n, 4)), split
     assert list(a["image_id"]) == [i for i in df["image_id"] if i in set(a["image_id"])]  # order kept
+
+
+def test_scored_features_are_the_ood_gates_features(run):
+    # Step 03 fits the gate on score_films' features; predict scores films with ood.pooled_features.
+    from scxnn.checkpoints import load_finding_model
+    from scxnn.dataset import RadiographDataset
+    from scxnn.ood import pooled_features
+
+    cfg, dirs = run
+    df, cache = inference.films_to_score(cfg, only=[("internal", "val")])
+    lm = load_finding_model("nodule", dirs["nodule"] / "best.pt")
+    _, pooled = inference.score_films(lm, df, cache, batch_size=4, bf16=False, device=torch.device("cpu"))
+    ds = RadiographDataset(df, cache, "nodule", np.zeros(len(df), dtype=int), lm.cfg)
+    x = torch.stack([ds[i]["image"] for i in range(len(df))])
+    np.testing.assert_allclose(pooled, pooled_features(lm.model, x).numpy(), rtol=1e-5, atol=1e-6)

@@ -6,6 +6,7 @@ import re
 import subprocess
 import tomllib
 
+import pytest
 import yaml
 
 from conftest import ROOT
@@ -87,3 +88,46 @@ def test_ci_runs_make_test():
     run = (ROOT / ".ci" / "run").read_text()
     assert re.search(r"^make test$", run, re.M)
     assert "make test" in (ROOT / "README.md").read_text()
+
+
+def _scxnn_imports() -> dict[str, set[str]]:
+    """{top-level scxnn module: the scxnn modules it imports}, module-level and in-function imports."""
+    import ast
+
+    out: dict[str, set[str]] = {}
+    for p in sorted((ROOT / "scxnn").rglob("*.py")):
+        rel = p.relative_to(ROOT / "scxnn").with_suffix("").parts
+        mod = rel[0] if rel[0] != "__init__" else "__init__"
+        deps = out.setdefault(mod, set())
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:  # relative: inside a subpackage
+                continue
+            names = ([node.module] if node.module != "scxnn" else [f"scxnn.{a.name}" for a in node.names]) \
+                if isinstance(node, ast.ImportFrom) and node.module else \
+                [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            deps |= {n.split(".")[1] for n in names if n.startswith("scxnn.")}
+        deps.discard(mod)
+    out.pop("__init__", None)
+    return out
+
+
+def _floors() -> dict[str, int]:
+    from scxnn import LAYERS
+
+    return {m: i for i, (_, mods) in enumerate(LAYERS) for m in mods}
+
+
+def test_every_module_has_a_floor_in_the_house():
+    from scxnn import LAYERS
+
+    assert sorted(_scxnn_imports()) == sorted(_floors()), "place new modules in scxnn.LAYERS (and its docstring)"
+    doc = __import__("scxnn").__doc__
+    for i, (name, mods) in enumerate(LAYERS, 1):
+        assert f"{i}. {name}: {', '.join(mods)}" in doc, name
+
+
+@pytest.mark.parametrize("module", sorted(_scxnn_imports()))
+def test_no_module_imports_from_a_higher_floor(module):
+    floors = _floors()
+    higher = sorted(d for d in _scxnn_imports()[module] if d in floors and floors[d] > floors[module])
+    assert not higher, f"scxnn.{module} (floor {floors[module] + 1}) imports {higher} from higher floors"

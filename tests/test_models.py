@@ -80,6 +80,23 @@ def _first_conv(backbone):
     return _spec(backbone).first_conv
 
 
+@pytest.mark.parametrize("backbone", BACKBONES)
+@pytest.mark.parametrize("bf16", [False, True])
+def test_pre_logits_are_the_float32_pooled_deepest_features(backbone, bf16):
+    # The OOD gate is fitted on these in step 03 and scored on them in predict and ONNX: one
+    # definition, fp32 even under bf16 autocast, so a gate fitted in one precision scores the other.
+    torch.manual_seed(0)
+    model = SCXNN(backbone, decoder="none").eval()
+    x = torch.rand(2, 1, 64, 64)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        feats = model.forward_features(x)
+        pre = model.forward_head(feats, pre_logits=True)
+        logits = model.forward_head(feats)
+    assert pre.dtype == torch.float32 and pre.shape == (2, model.feature_channels[-1])
+    torch.testing.assert_close(pre, feats[-1].float().mean(dim=(2, 3)), rtol=0, atol=0)
+    assert logits.shape == (2, 3)
+
+
 @pytest.mark.parametrize("backbone", ["densenet121", "resnet50"])
 def test_two_classes_and_no_decoder(backbone):
     model = SCXNN(backbone, num_classes=2, decoder="none").eval()

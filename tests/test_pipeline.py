@@ -6,7 +6,6 @@ second run a no-op and a change rerun only what depends on it.
 
 from __future__ import annotations
 
-import os
 import subprocess
 
 import numpy as np
@@ -16,7 +15,7 @@ import pytest
 from scxnn.config import load_config
 from scxnn.pipeline import STEPS, require_step, start_step
 
-from conftest import ROOT
+from conftest import ROOT, run_make
 
 pytestmark = pytest.mark.pipeline
 PROFILE = "smoke"
@@ -24,18 +23,11 @@ EXEC = ROOT / "reports" / "executed" / PROFILE
 
 
 def _make(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    # A clean environment for the inner make: the outer `make test`'s jobserver flags must not leak in.
-    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
-    r = subprocess.run(["make", "--no-print-directory", *args, f"PROFILE={PROFILE}"], cwd=ROOT, env=env,
-                       capture_output=True, text=True)
-    if check and r.returncode != 0:
-        pytest.fail(f"make {' '.join(args)} failed ({r.returncode}):\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}")
-    return r
+    return run_make(*args, profile=PROFILE, check=check)
 
 
 @pytest.fixture(scope="module")
-def smoke_reports():
-    _make("-j2", "reports")
+def smoke_reports(smoke_study):
     return EXEC
 
 
@@ -162,7 +154,7 @@ def test_predict_screens_real_dicoms_and_synthetic_films(smoke_reports, tmp_path
 
 
 def test_bf16_and_fp32_decisions_agree(smoke_reports):
-    from scxnn.bench import bf16_supported
+    from scxnn.hardware import bf16_supported
     from scxnn.predict import Screener, screen_file
 
     if not bf16_supported("cpu"):

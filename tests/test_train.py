@@ -15,10 +15,11 @@ import pandas as pd
 import pytest
 import torch
 
+from scxnn import checkpoints as C
 from scxnn import train as T
 from scxnn.config import load_config
 from scxnn.data import new_manifest
-from scxnn.dataset import RadiographDataset
+from scxnn.dataset import RadiographDataset, load_study_manifest
 from scxnn.preprocess import dilate_mask, fingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,7 +94,7 @@ def test_out_of_scope_films_neither_train_nor_validate(as_file, tmp_path, caplog
 
     df, cfg = _manifest([{"split": "train", "scope_flags": ""}, {"split": "train", "scope_flags": "modality:CT"},
                          {"split": "val", "scope_flags": "lateral"}, {"split": "val", "scope_flags": ""}])
-    got, _ = T.load_study_manifest(cfg, write_manifest(df, tmp_path / "manifest.csv") if as_file else df)
+    got, _ = load_study_manifest(cfg, write_manifest(df, tmp_path / "manifest.csv") if as_file else df)
     assert list(got["image_id"]) == ["i0", "i3"]
     assert "2 of 4 films left out as out of scope (lateral: 1, modality:CT: 1)" in caplog.text
 
@@ -196,11 +197,11 @@ def test_train_writes_history_checkpoints_and_metrics(reference_run, smoke_cache
     assert h["stage"].tolist() == [1, 1, 2] and h["epoch"].tolist() == [1, 2, 1]
     assert np.isfinite(h[["train_loss", "train_ce", "val_loss", "val_ce", "val_acc"]].to_numpy()).all()
     assert np.isfinite(h.loc[h.stage == 1, "train_mse"]).all() and h.loc[h.stage == 2, "train_mse"].isna().all()
-    on_disk = pd.read_csv(r.out_dir / T.HISTORY_NAME)
+    on_disk = pd.read_csv(r.out_dir / C.HISTORY_NAME)
     pd.testing.assert_frame_equal(_metrics(on_disk), _metrics(h), check_dtype=False)
-    assert r.best_checkpoint.is_file() and (r.out_dir / T.LAST_NAME).is_file() and (r.out_dir / "config.resolved.yaml").is_file()
+    assert r.best_checkpoint.is_file() and (r.out_dir / C.LAST_NAME).is_file() and (r.out_dir / "config.resolved.yaml").is_file()
     assert r.metrics["epochs_stage1"] == 2 and r.metrics["epochs_stage2"] == 1
-    assert T.load_checkpoint(r.best_checkpoint)["stage"] == r.metrics["best_stage"]
+    assert C.load_checkpoint(r.best_checkpoint)["stage"] == r.metrics["best_stage"]
     if r.metrics["best_stage"] == 2:  # stage 2 is kept only when it beat stage 1 on validation CE
         assert r.metrics["val_ce"] < r.metrics["stage1_best"]["val_ce"]
     assert {"val_loss", "val_auc", "val_acc", "seconds"} <= set(r.metrics)
@@ -209,16 +210,16 @@ def test_train_writes_history_checkpoints_and_metrics(reference_run, smoke_cache
 
 def test_checkpoint_embeds_config_and_fingerprint_and_loads_back(reference_run, smoke_cache):
     cfg = _cfg(smoke_cache)
-    ck = T.load_checkpoint(reference_run.best_checkpoint)
+    ck = C.load_checkpoint(reference_run.best_checkpoint)
     assert ck["config"] == cfg.to_dict() and ck["preprocess_fingerprint"] == fingerprint(cfg.preprocess)
     assert ck["finding"] == FINDING and isinstance(ck["history"], list)
-    model, mcfg = T.load_model(reference_run.best_checkpoint)
+    model, mcfg = C.load_model(reference_run.best_checkpoint)
     assert mcfg.to_dict() == cfg.to_dict() and not model.training
     # Stage 2 trained the head only: encoder and decoder equal stage 1's best weights.
-    last = T.load_checkpoint(reference_run.out_dir / T.LAST_NAME)["model"]
+    last = C.load_checkpoint(reference_run.out_dir / C.LAST_NAME)["model"]
     assert all(torch.equal(last[k], ck["model"][k]) for k in last if not k.startswith("head."))
     # predict: decoder skipped, logits per image.
-    df, base = T.load_study_manifest(cfg, None)
+    df, base = load_study_manifest(cfg, None)
     val_df, val_y = T.training_sets(df, cfg, FINDING)["val"]
     logits, labels = T.predict(model, RadiographDataset(val_df, base, FINDING, val_y, cfg))
     assert logits.shape == (len(val_df), 3) and labels.tolist() == list(val_y)
@@ -232,18 +233,18 @@ class _Evil:
 def test_checkpoint_with_pickled_object_is_refused(tmp_path):
     p = tmp_path / "evil.pt"
     torch.save({"model": {}, "payload": _Evil()}, p)
-    with pytest.raises(T.CheckpointError, match="refused"):
-        T.load_checkpoint(p)
-    with pytest.raises(T.CheckpointError):
-        T.load_model(p)
+    with pytest.raises(C.CheckpointError, match="refused"):
+        C.load_checkpoint(p)
+    with pytest.raises(C.CheckpointError):
+        C.load_model(p)
     with pytest.raises(FileNotFoundError):
-        T.load_checkpoint(tmp_path / "missing.pt")
+        C.load_checkpoint(tmp_path / "missing.pt")
 
 
 def test_two_runs_are_identical(reference_run, smoke_cache):
     again = T.train_finding(_cfg(smoke_cache), FINDING, out_dir=smoke_cache / "runs" / "again", resume=False, progress=False)
     pd.testing.assert_frame_equal(_metrics(again.history), _metrics(reference_run.history))
-    assert _same_state(T.load_checkpoint(again.best_checkpoint)["model"], T.load_checkpoint(reference_run.best_checkpoint)["model"])
+    assert _same_state(C.load_checkpoint(again.best_checkpoint)["model"], C.load_checkpoint(reference_run.best_checkpoint)["model"])
 
 
 class _Kill(BaseException):
@@ -260,13 +261,13 @@ def test_killed_then_resumed_equals_uninterrupted(reference_run, smoke_cache, mo
     monkeypatch.setattr(T, "_epoch_end_hook", kill_after_first_epoch)
     with pytest.raises(_Kill):
         T.train_finding(_cfg(smoke_cache), FINDING, out_dir=out, resume=False, progress=False)
-    assert T.load_checkpoint(out / T.LAST_NAME)["epoch"] == 1
+    assert C.load_checkpoint(out / C.LAST_NAME)["epoch"] == 1
     monkeypatch.undo()
     # More workers on the resumed part: batches and augmentations must not depend on them.
     r = T.train_finding(_cfg(smoke_cache, train__num_workers=2), FINDING, out_dir=out, resume=True, progress=False)
     pd.testing.assert_frame_equal(_metrics(r.history), _metrics(reference_run.history))
-    for name in (T.BEST_NAME, T.LAST_NAME):
-        assert _same_state(T.load_checkpoint(out / name)["model"], T.load_checkpoint(reference_run.out_dir / name)["model"])
+    for name in (C.BEST_NAME, C.LAST_NAME):
+        assert _same_state(C.load_checkpoint(out / name)["model"], C.load_checkpoint(reference_run.out_dir / name)["model"])
     # A finished run resumes to the same result without training again.
     r2 = T.train_finding(_cfg(smoke_cache), FINDING, out_dir=out, resume=True, progress=False)
     pd.testing.assert_frame_equal(r2.history, r.history)
@@ -280,9 +281,9 @@ def test_resume_removes_the_temporary_of_a_checkpoint_write_killed_midway(refere
     out = smoke_cache / "runs" / "torn_write"
     shutil.copytree(reference_run.out_dir, out)
     # What kill -9 during save_checkpoint leaves: atomic_open's temporary, never renamed.
-    torn = out / f".{T.BEST_NAME}.abc123.tmp"
+    torn = out / f".{C.BEST_NAME}.abc123.tmp"
     torn.write_bytes(b"\x00" * 4096)
-    kept = {n: sha256_file(out / n) for n in (T.BEST_NAME, T.LAST_NAME)}
+    kept = {n: sha256_file(out / n) for n in (C.BEST_NAME, C.LAST_NAME)}
     r = T.train_finding(_cfg(smoke_cache), FINDING, out_dir=out, resume=True, progress=False)
     assert not torn.exists() and not list(out.glob(".*.tmp"))
     assert {n: sha256_file(out / n) for n in kept} == kept
@@ -294,7 +295,7 @@ def test_shorter_budget_then_longer_budget_equals_uninterrupted(reference_run, s
     T.train_finding(_cfg(smoke_cache, train__max_epochs=1, train__stage2_epochs=0), FINDING, out_dir=out, resume=False, progress=False)
     r = T.train_finding(_cfg(smoke_cache), FINDING, out_dir=out, resume=True, progress=False)
     pd.testing.assert_frame_equal(_metrics(r.history), _metrics(reference_run.history))
-    assert _same_state(T.load_checkpoint(r.best_checkpoint)["model"], T.load_checkpoint(reference_run.best_checkpoint)["model"])
+    assert _same_state(C.load_checkpoint(r.best_checkpoint)["model"], C.load_checkpoint(reference_run.best_checkpoint)["model"])
 
 
 def test_resume_with_other_settings_is_refused(reference_run, smoke_cache):
@@ -360,9 +361,9 @@ def test_ddp_two_processes_gloo(smoke_cache, tmp_path):
     # Both ranks reach the same decisions (same history); rank 0 wrote the artifacts.
     assert res[0]["world_size"] == 2 and res[0]["history"] == res[1]["history"]
     assert res[0]["history"]["stage"] == [1, 2]
-    assert (out / T.BEST_NAME).is_file() and (out / T.HISTORY_NAME).is_file()
+    assert (out / C.BEST_NAME).is_file() and (out / C.HISTORY_NAME).is_file()
     assert not list(out.glob(".*.tmp"))
-    ck = T.load_checkpoint(out / T.LAST_NAME)
+    ck = C.load_checkpoint(out / C.LAST_NAME)
     assert not any(k.startswith("module.") for k in ck["model"])  # the bare model's state, not DDP's
 
 
@@ -376,7 +377,7 @@ def test_changed_settings_supersede_the_old_run_in_auto_mode(smoke_cache, tmp_pa
         T.train_finding(changed, FINDING, out_dir=out, resume=True, progress=False)
     r = T.train_finding(changed, FINDING, out_dir=out, resume="auto", progress=False)
     assert (out / T.SUPERSEDED / "last.pt").is_file() and r.best_checkpoint.is_file()
-    assert T.load_checkpoint(out / "last.pt")["config"]["train"]["lr"] == 0.0005
+    assert C.load_checkpoint(out / "last.pt")["config"]["train"]["lr"] == 0.0005
 
 
 def test_validation_cap_keeps_every_target_film_and_is_fixed():

@@ -207,3 +207,18 @@ def test_a_film_cap_names_new_results_but_not_new_models(tmp_path, name):
     assert variants.is_profile_itself(capped, name) == variants.is_profile_itself(full, name) == (name == "same")
     with pytest.raises(ConfigError, match="max_films"):
         _cfg(tmp_path, max_films=-1)
+
+
+@pytest.mark.parametrize("max_films", [0, 40])
+def test_captions_say_when_variants_scored_a_sample_of_films(tmp_path, max_films):
+    text = variants.protocol_text(_cfg(tmp_path, protocol={"train.max_epochs": 1}, max_films=max_films))
+    assert "train.max_epochs=1" in text
+    assert ("40 validation and 40 internal test films" in text) == bool(max_films)
+
+
+def test_the_study_profile_runs_every_variant_at_the_demos_own_protocol():
+    study, demo = load_config("study"), load_config("demo")
+    assert study.variants.protocol == {} and study.variants.max_films == 0
+    assert study.path("data") == demo.path("data")  # the same films
+    assert variants.is_profile_itself(study, "three_class")
+    assert variant_config(study, "vgg16").train == demo.train
