@@ -48,12 +48,28 @@ _TMP_SUFFIX = ".tmp"
 _STALE_TMP = re.compile(r"^\..+\.[a-z0-9_]+" + re.escape(_TMP_SUFFIX) + "$")
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux allows (``/proc/self/status``)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator[IO]:
     """Open a temporary file beside ``path``; on success fsync it and ``os.replace`` it into place.
 
     On any exception the temporary file is removed and an existing ``path`` is left untouched, so a
-    crash or a kill never leaves a half-written artifact under its final name.
+    crash or a kill never leaves a half-written artifact under its final name. The file gets the
+    permissions a plain ``open`` would give it (0666 less the umask), not ``mkstemp``'s 0600: a report
+    written on a shared server must be readable by the colleagues the umask allows.
     """
     if "r" in mode or "a" in mode or "+" in mode:
         raise ValueError(f"atomic_open writes whole files; mode {mode!r} is not supported")
@@ -61,6 +77,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator[
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TMP_SUFFIX, dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, mode, **kwargs) as fh:
             yield fh
             fh.flush()

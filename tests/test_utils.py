@@ -75,3 +75,20 @@ def test_the_sweep_takes_only_atomic_open_temporaries(name, removed, tmp_path):
     (tmp_path / "sub" / ".best.pt.abc123.tmp").write_bytes(b"x")  # other folders are another step's
     assert remove_stale_temporaries(tmp_path) == int(removed)
     assert (tmp_path / name).exists() is not removed and (tmp_path / "sub" / ".best.pt.abc123.tmp").exists()
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_atomic_writes_get_the_permissions_the_umask_allows(tmp_path, umask, mode):
+    # mkstemp's 0600 made every report unreadable to colleagues on a shared server.
+    from scxnn.utils import current_umask
+
+    old = os.umask(umask)
+    try:
+        assert current_umask() == umask
+        atomic_write_text(tmp_path / "report.html", "<html></html>")
+        with atomic_open(tmp_path / "table.csv", "wb") as fh:
+            fh.write(b"a,b\n")
+    finally:
+        os.umask(old)
+    for name in ("report.html", "table.csv"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == mode, name
