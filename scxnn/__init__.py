@@ -7,25 +7,25 @@ module of this package.
 The code is a house of floors, lowest first (:data:`LAYERS`). A module imports only from its own
 floor or the floors below it, inside functions too (``tests/test_layout.py`` checks every import):
 
-1. foundation: utils, config, thesis, metrics, plausibility, hardware, html_report, pipeline
-2. data: dicom, data, adapters, synth, preprocess, dataset
-3. models: models, checkpoints
+1. foundation: utils, config, thesis, metrics, plausibility, hardware, distributed, html_report, pipeline, launch
+2. data: dicom, data, pixels, batch, adapters, synth, sources, dataset, labels
+3. models: models, losses, checkpoints
 4. training: pretrain, train
 5. inference: inference, ort, ood
-6. ensemble and evaluation: ensemble, evaluation, cam, variants
-7. reports and commands' logic: reports, external, certify, predict, bench
+6. ensemble and evaluation: ensemble, evaluation, cam, localisation, variants
+7. reports and commands' logic: reports, figures, gallery, training_figures, study_tables, external, certify, predict, bench
 8. command line: cli, __main__
 """
 
 __version__ = "0.1.0"
 
 LAYERS = (
-    ("foundation", ("utils", "config", "thesis", "metrics", "plausibility", "hardware", "html_report", "pipeline")),
-    ("data", ("dicom", "data", "adapters", "synth", "preprocess", "dataset")),
-    ("models", ("models", "checkpoints")),
+    ("foundation", ("utils", "config", "thesis", "metrics", "plausibility", "hardware", "distributed", "html_report", "pipeline", "launch")),
+    ("data", ("dicom", "data", "pixels", "batch", "adapters", "synth", "sources", "dataset", "labels")),
+    ("models", ("models", "losses", "checkpoints")),
     ("training", ("pretrain", "train")),
     ("inference", ("inference", "ort", "ood")),
-    ("ensemble and evaluation", ("ensemble", "evaluation", "cam", "variants")),
-    ("reports and commands' logic", ("reports", "external", "certify", "predict", "bench")),
+    ("ensemble and evaluation", ("ensemble", "evaluation", "cam", "localisation", "variants")),
+    ("reports and commands' logic", ("reports", "figures", "gallery", "training_figures", "study_tables", "external", "certify", "predict", "bench")),
     ("command line", ("cli", "__main__")),
 )

@@ -1,13 +1,17 @@
 """``scxnn bench train``: images/s of one full SCXNN training step, project settings vs a plain loop.
 
-One step = forward with the decoder, ``loss = CE + 0.8 * MSE(recon, target)``, backward, Adam step;
-the thesis' recipe (section 3.3.4). Variants, all measured in the same process on the same inputs:
+One step = forward with the decoder, the training loss ``CE + lambda * MSE(recon, target)``
+(:func:`scxnn.losses.multitask_loss`, lambda = ``model.recon_weight``), backward, Adam step; the
+thesis' recipe (section 3.3.4). Variants, all measured in the same process on the same inputs:
 
 * ``fp32_nchw``: the baseline, the plain PyTorch loop anyone would write first;
 * ``channels_last``: model and batch in NHWC memory format (oneDNN / cuDNN prefer it for convs);
 * ``channels_last_bf16``: plus ``torch.autocast(bfloat16)``; only where the hardware has native bf16
   (AVX512-BF16 / AMX on CPU, bf16-capable CUDA GPUs), else reported as unsupported;
 * ``compile``: plus ``torch.compile``; CUDA only and only when asked (compiling takes minutes).
+
+``scxnn bench predict`` (:func:`bench_predict`) and ``scxnn bench preprocess`` (:func:`bench_preprocess`,
+the OpenCV preprocessing vs a scikit-image reference) live here too.
 
 Speed targets live here and in the benchmark notes, never in unit tests.
 """
@@ -19,15 +23,18 @@ import os
 import platform
 import time
 
+import cv2
+import numpy as np
 import torch
-import torch.nn.functional as F
 
+from scxnn.config import Preprocess
 from scxnn.hardware import bf16_supported
+from scxnn.losses import multitask_loss
 from scxnn.models import DECODER_WIDTHS, SCXNN
+from scxnn.pixels import Geometry, clip_and_normalise, encode_png, enhance, percentiles, preprocess_pixels, reference_pipeline
 from scxnn.utils import seed_everything
 
 BASELINE = "fp32_nchw"
-RECON_WEIGHT = 0.8  # lambda of the thesis
 
 
 def machine_description(device: str) -> str:
@@ -47,7 +54,7 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize(device)
 
 
-def _measure(variant: str, backbone: str, decoder: str, x: torch.Tensor, y: torch.Tensor, steps: int, warmup: int, device: str,
+def _measure(variant: str, backbone: str, decoder: str, x: torch.Tensor, y: torch.Tensor, recon_weight: float, steps: int, warmup: int, device: str,
              decoder_widths: tuple[int, ...] = DECODER_WIDTHS) -> float:
     seed_everything(0, deterministic=False)  # same initial weights for every variant
     model = SCXNN(backbone=backbone, num_classes=3, decoder=decoder, decoder_widths=decoder_widths).to(device).train()
@@ -58,15 +65,15 @@ def _measure(variant: str, backbone: str, decoder: str, x: torch.Tensor, y: torc
     step_model = torch.compile(model) if variant == "compile" else model
     bf16 = variant in ("channels_last_bf16", "compile") and bf16_supported(device)
     dev_type = "cuda" if device.startswith("cuda") else "cpu"
+    # The target of the reconstruction decoder is the image itself, for every sample.
+    batch = {"label": y, "target": x, "has_recon": torch.ones(len(y), dtype=torch.bool, device=y.device)}
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
         ctx = torch.autocast(dev_type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
         with ctx:
             logits, recon = step_model(x)
-            loss = F.cross_entropy(logits.float(), y)
-            if recon is not None:  # the target of the reconstruction decoder is the image itself
-                loss = loss + RECON_WEIGHT * F.mse_loss(recon.float(), x)
+            loss = multitask_loss(logits, recon, batch, None, recon_weight, use_mse=True)[0]
         loss.backward()
         opt.step()
 
@@ -90,16 +97,22 @@ def bench_train(
     device: str = "cpu",
     compile: bool = False,
     decoder_widths: tuple[int, ...] | None = None,
+    recon_weight: float | None = None,
 ) -> dict:
     """Images/s of a full training step for each variant (see the module docstring). With
     ``decoder_widths`` other than the default (a profile's ``model.decoder_widths``), one more row,
-    ``profile_decoder``, times the fastest supported path with that decoder.
+    ``profile_decoder``, times the fastest supported path with that decoder. ``recon_weight``: the
+    loss's lambda (a profile's ``model.recon_weight``; default the thesis profile's).
 
     Returns ``{"img_per_s": {variant: float | "unsupported" | "skipped"}, "baseline", "best", "ratio"
     (best / baseline), "machine", "threads", "device", "torch", and the arguments}``.
     """
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if recon_weight is None:
+        from scxnn.config import load_config
+
+        recon_weight = load_config("thesis").model.recon_weight
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(batch, 1, size, size, generator=gen).to(device)
     y = torch.randint(0, 3, (batch,), generator=gen).to(device)
@@ -111,11 +124,11 @@ def bench_train(
         elif variant == "compile" and not (compile and device.startswith("cuda")):
             results[variant] = "skipped"
         else:
-            results[variant] = _measure(variant, backbone, decoder, x, y, steps, warmup, device)
+            results[variant] = _measure(variant, backbone, decoder, x, y, recon_weight, steps, warmup, device)
     widths = tuple(decoder_widths or DECODER_WIDTHS)
     if widths != DECODER_WIDTHS and decoder != "none":
         fast = "channels_last_bf16" if bf16_supported(device) else "channels_last"
-        results["profile_decoder"] = _measure(fast, backbone, decoder, x, y, steps, warmup, device, widths)
+        results["profile_decoder"] = _measure(fast, backbone, decoder, x, y, recon_weight, steps, warmup, device, widths)
 
     timed = {k: v for k, v in results.items() if isinstance(v, float)}
     best = max(timed, key=timed.get)
@@ -127,6 +140,7 @@ def bench_train(
         "warmup": warmup,
         "decoder": decoder,
         "decoder_widths": list(widths),
+        "recon_weight": recon_weight,
         "device": device,
         "machine": machine_description(device),
         "threads": torch.get_num_threads(),
@@ -304,3 +318,54 @@ def format_bench_predict(result: dict) -> str:
             lines.append(f"{name:<14}{v:>10}")
     lines.append(f"ratio: {r['ratio']:.1f}x vs the naive path (fp32 NCHW, decoder on); best: {r['best']}")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- bench preprocess
+
+
+def bench_preprocess(size_hw: tuple[int, int] = (3000, 2500), bits: int = 12, repeats: int = 3, p: Preprocess | None = None, seed: int = 0) -> dict:
+    """``scxnn bench preprocess``: time :func:`scxnn.pixels.preprocess_pixels` against
+    :func:`scxnn.pixels.reference_pipeline` on one core, same image.
+
+    The input is a smooth 12-bit radiograph-like field with noise (structure matters little to these
+    steps' cost, but CLAHE and the percentiles see a realistic histogram). Returns per-step seconds.
+    """
+    if p is None:
+        from scxnn.config import load_config
+
+        p = load_config("thesis").preprocess
+    rng = np.random.default_rng(seed)
+    h, w = size_hw
+    small = cv2.GaussianBlur(rng.random((h // 16, w // 16)).astype(np.float32), (0, 0), 3)
+    img = cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
+    img = (img - img.min()) / (img.max() - img.min()) * 0.8 + 0.1 + rng.normal(0, 0.01, (h, w)).astype(np.float32)
+    img = np.clip(img * (2**bits - 1), 0, 2**bits - 1).astype(np.uint16)
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        def timed(fn) -> float:
+            best = float("inf")
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                fn()
+                best = min(best, time.perf_counter() - t0)
+            return best
+
+        geo = Geometry(h, w, p.size)
+        img8 = clip_and_normalise(img, p)
+        sq = geo.pad(img8)
+        eq = enhance(sq, p)
+        out = geo.resize(eq)
+        steps = {
+            "percentiles": timed(lambda: percentiles(img, *p.clip_percentiles)),
+            "clip+minmax": timed(lambda: clip_and_normalise(img, p)),
+            "pad": timed(lambda: geo.pad(img8)),
+            "contrast": timed(lambda: enhance(sq, p)),
+            "resize": timed(lambda: geo.resize(eq)),
+            "png": timed(lambda: encode_png(out)),
+        }
+        ours = timed(lambda: encode_png(preprocess_pixels(img, p)[0]))
+        ref = timed(lambda: encode_png(reference_pipeline(img, p)))
+    finally:
+        cv2.setNumThreads(threads)
+    return {"shape": (h, w), "bits": bits, "size": p.size, "contrast": p.contrast, "steps_s": steps, "ours_s": ours, "reference_s": ref, "ratio": ref / ours}

@@ -1,12 +1,9 @@
-"""Grad-CAM for the finding models (thesis Figure 5) and how well it localises lesions.
+"""Grad-CAM for the finding models (thesis Figure 5) and for arbitrary image files.
 
 * :func:`gradcam`: class-activation maps of an :class:`scxnn.models.SCXNN` with pytorch-grad-cam, on
   the layer the model names (:meth:`~scxnn.models.SCXNN.gradcam_target_layer`). The model is left as
   it was found: train/eval flags, ``requires_grad`` flags and ``.grad`` are restored, and the hooks
   are removed (the CAM object lives in a ``with`` block).
-* :func:`pointing_game`, :func:`top_region_iou` and :func:`localization_table`: localisation scores
-  against the hard labels' lesion masks, next to what a random map scores on the same masks (beyond
-  the thesis, which shows Grad-CAM only qualitatively).
 * :func:`figure5`: one positive film per finding, its target-class CAM with the lesion outline, and
   the decoder's reconstruction beside it.
 * :func:`cam_for_files`: overlays for arbitrary PNG / JPEG / DICOM files, preprocessed as the models'
@@ -15,12 +12,14 @@
 Models are given as ``{finding: run folder or best.pt}`` (:func:`find_model_dirs` builds that from a
 ``02_train_disease_model`` folder) or as already loaded :class:`LoadedModel` values
 (:func:`load_models`), so one notebook loads the 13 models once for the figure and the table.
+
+How well these maps localise lesions (the pointing game, IoU, the localisation table) is measured
+in :mod:`scxnn.localisation`, with :func:`gradcam_and_probs` on the films of :func:`positive_films`.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
 import math
 import os
@@ -36,6 +35,7 @@ from torch import nn
 
 from scxnn.checkpoints import LoadedModel, check_fingerprint, load_models
 from scxnn.config import Config
+from scxnn.utils import atomic_write_bytes, sha256_text
 
 log = logging.getLogger("scxnn")
 
@@ -105,7 +105,7 @@ def _grad_ready(model: nn.Module) -> Iterator[None]:
             p.grad = grad
 
 
-def _gradcam(model: nn.Module, images: torch.Tensor, target_class: int = 1, method: str = "gradcam", batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+def gradcam_and_probs(model: nn.Module, images: torch.Tensor, target_class: int = 1, method: str = "gradcam", batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """(CAMs (N, H, W) in [0, 1], softmax probabilities (N, C)) from one forward/backward per batch."""
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
@@ -153,118 +153,13 @@ def gradcam(model: nn.Module, images: torch.Tensor, target_class: int = 1, metho
     (an all-zero map where the class gets no positive evidence). ``method``: ``gradcam`` or
     ``gradcam++``. Runs on the model's device; the model's state is left as it was.
     """
-    return _gradcam(model, images, target_class, method, batch_size)[0]
-
-
-# --------------------------------------------------------------------------- localisation metrics
-
-
-def _check_pair(cam: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    cam, mask = np.asarray(cam, dtype=np.float64), np.asarray(mask) > 0
-    if cam.shape != mask.shape or cam.ndim != 2:
-        raise ValueError(f"cam {cam.shape} and mask {mask.shape} must be 2-D arrays of one shape")
-    if not mask.any():
-        raise ValueError("the lesion mask is empty: localisation is undefined")
-    return cam, mask
-
-
-def _grow(mask: np.ndarray, tolerance: float) -> np.ndarray:
-    """The mask plus every pixel within ``tolerance`` pixels (Euclidean) of it."""
-    return mask if tolerance <= 0 else _distance_to(mask) <= tolerance
-
-
-def peak(cam: np.ndarray) -> tuple[int, int]:
-    """The (row, col) the CAM points at: its maximum.
-
-    When several pixels share the maximum, the one nearest their centroid is taken (then the first
-    in raster order). A coarse map upsampled bilinearly has a flat top that reaches the image border
-    (a 2 x 2 map at 64 px: a whole 16 x 16 corner), and ``np.argmax`` would always name the plateau's
-    top-left pixel, i.e. the image corner, rather than the place the map marks.
-    """
-    cam = np.asarray(cam)
-    ys, xs = np.nonzero(cam == cam.max())
-    if len(ys) == 1:
-        return int(ys[0]), int(xs[0])
-    i = int(np.argmin((ys - ys.mean()) ** 2 + (xs - xs.mean()) ** 2))
-    return int(ys[i]), int(xs[i])
-
-
-def pointing_game(cam: np.ndarray, mask: np.ndarray, tolerance: float = 0) -> bool:
-    """Whether the CAM's maximum (:func:`peak`) lies in the lesion mask, or within ``tolerance``
-    pixels of it. A constant map points nowhere and counts as a miss: it carries no location."""
-    cam, mask = _check_pair(cam, mask)
-    if cam.max() == cam.min():
-        return False
-    y, x = peak(cam)
-    return bool(_grow(mask, tolerance)[y, x])
-
-
-def top_region(cam: np.ndarray, area: int) -> np.ndarray:
-    """Pixels at or above the ``area``-th largest CAM value: the "hot" region of about that area
-    (ties at the threshold are all kept, so a flat map gives the whole image, not an arbitrary part)."""
-    cam = np.asarray(cam, dtype=np.float64)
-    area = int(min(max(area, 1), cam.size))
-    threshold = np.partition(cam.ravel(), cam.size - area)[cam.size - area]
-    return cam >= threshold
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else float("nan")
-
-
-def top_region_iou(cam: np.ndarray, mask: np.ndarray, top_fraction: float | None = None) -> float:
-    """IoU of the CAM's top region and the lesion mask.
-
-    The top region has the mask's area (the CAM is asked "where is a lesion of this size?"), or
-    ``top_fraction`` of the image when given.
-    """
-    cam, mask = _check_pair(cam, mask)
-    if top_fraction is None:
-        area = int(mask.sum())
-    else:
-        if not 0 < top_fraction <= 1:
-            raise ValueError(f"top_fraction must be in (0, 1], got {top_fraction!r}")
-        area = max(1, round(top_fraction * cam.size))
-    return _iou(top_region(cam, area), mask)
-
-
-def random_baseline(mask: np.ndarray, tolerance: float = 0, top_fraction: float | None = None, draws: int = 16, rng: np.random.Generator | None = None) -> tuple[float, float]:
-    """(pointing hit rate, mean IoU) a map with no knowledge of the image would score on ``mask``.
-
-    Pointing: a uniformly random point hits with probability = the (tolerance-grown) mask's area
-    fraction, exactly. IoU: the mask itself moved to ``draws`` uniformly random positions (wrapping
-    around the borders keeps its area), i.e. a blob of the right size and shape in the wrong place,
-    which is a fairer reference for a blob-shaped CAM than scattered random pixels.
-    """
-    mask = np.asarray(mask) > 0
-    if not mask.any():
-        raise ValueError("the lesion mask is empty: localisation is undefined")
-    rng = rng if rng is not None else np.random.default_rng(0)
-    pointing = float(_grow(mask, tolerance).mean())
-    h, w = mask.shape
-    ious = []
-    for _ in range(draws):
-        moved = np.roll(mask, (int(rng.integers(h)), int(rng.integers(w))), axis=(0, 1))
-        if top_fraction is None:
-            region = moved
-        else:  # a random blob of the requested area: the moved mask's top region of a distance map
-            region = top_region(-_distance_to(moved), max(1, round(top_fraction * mask.size)))
-        ious.append(_iou(region, mask))
-    return pointing, float(np.mean(ious))
-
-
-def _distance_to(mask: np.ndarray) -> np.ndarray:
-    """Euclidean distance of every pixel to the nearest pixel of ``mask`` (0 inside)."""
-    import cv2
-
-    return cv2.distanceTransform((~mask).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    return gradcam_and_probs(model, images, target_class, method, batch_size)[0]
 
 
 # --------------------------------------------------------------------------- models
 
 
-def _ordered(cfg: Config | None, findings: Sequence[str]) -> list[str]:
+def study_order(cfg: Config | None, findings: Sequence[str]) -> list[str]:
     """The study's finding order (Table 1) first, then any others as given."""
     known = [f for f in (cfg.findings if cfg is not None else ()) if f in findings]
     return known + [f for f in findings if f not in known]
@@ -273,9 +168,10 @@ def _ordered(cfg: Config | None, findings: Sequence[str]) -> list[str]:
 # --------------------------------------------------------------------------- positive films
 
 
-def _cache(cfg: Config) -> tuple[pd.DataFrame, Path]:
+def study_cache(cfg: Config) -> tuple[pd.DataFrame, Path]:
+    """(manifest, cache folder) of the profile's preprocessed PNG cache."""
     from scxnn.data import MANIFEST_NAME, read_manifest
-    from scxnn.preprocess import cache_dir
+    from scxnn.sources import cache_dir
 
     base = cache_dir(cfg)
     path = base / MANIFEST_NAME
@@ -289,7 +185,9 @@ def _split_order(split: str) -> list[str]:
 
 
 @dataclass
-class _Films:
+class Films:
+    """A finding's positive films (:func:`positive_films`)."""
+
     images: torch.Tensor  # (N, 1, H, W) in [0, 1]
     masks: np.ndarray  # (N, H, W) bool, the undilated lesion masks
     image_ids: list[str]
@@ -297,8 +195,8 @@ class _Films:
     note: str  # "" or why another split was used
 
 
-def _positive_films(df: pd.DataFrame, base: Path, finding: str, cfg: Config, split: str, limit: int,
-                    weak_ok: bool = False) -> _Films:
+def positive_films(df: pd.DataFrame, base: Path, finding: str, cfg: Config, split: str, limit: int,
+                   weak_ok: bool = False) -> Films:
     """Up to ``limit`` hard-labelled films positive for ``finding`` with a non-empty lesion mask, from
     ``split`` or, when it has none, from the next split that does (the note says so). With
     ``weak_ok``, a dataset without any lesion mask (e.g. Kermany) gives image-level positives
@@ -308,10 +206,10 @@ def _positive_films(df: pd.DataFrame, base: Path, finding: str, cfg: Config, spl
     """
     from scxnn.data import parse_masks
     from scxnn.dataset import RadiographDataset
-    from scxnn.preprocess import read_png
+    from scxnn.pixels import read_png
 
     if finding not in df:
-        return _Films(torch.zeros(0, 1, 1, 1), np.zeros((0, 1, 1), bool), [], None, f"{finding} is not a manifest column")
+        return Films(torch.zeros(0, 1, 1, 1), np.zeros((0, 1, 1), bool), [], None, f"{finding} is not a manifest column")
     positive = (df[finding].fillna(0).astype(int) == 1) & (df["label_type"] == "hard")
     positive &= df["masks"].map(lambda v: bool(parse_masks(v).get(finding)))
     for s in _split_order(split):
@@ -336,7 +234,7 @@ def _positive_films(df: pd.DataFrame, base: Path, finding: str, cfg: Config, spl
                 break
         if ids:
             note = "" if s == split else f"no positive {split} film with a lesion mask; {s} films used"
-            return _Films(torch.stack(images), np.stack(masks), ids, s, note)
+            return Films(torch.stack(images), np.stack(masks), ids, s, note)
     if weak_ok:
         weak = df[finding].fillna(0).astype(int) == 1
         for s in _split_order(split):
@@ -345,63 +243,9 @@ def _positive_films(df: pd.DataFrame, base: Path, finding: str, cfg: Config, spl
                 continue
             ds = RadiographDataset(rows, base, finding, np.ones(len(rows), np.int64), cfg)
             images = torch.stack([ds[i]["image"] for i in range(len(rows))])
-            return _Films(images, np.zeros((len(rows), *images.shape[-2:]), bool), list(rows["image_id"]), s,
+            return Films(images, np.zeros((len(rows), *images.shape[-2:]), bool), list(rows["image_id"]), s,
                           "no lesion masks: image-level positive, CAM only")
-    return _Films(torch.zeros(0, 1, 1, 1), np.zeros((0, 1, 1), bool), [], None, "no positive film with a lesion mask in any split")
-
-
-# --------------------------------------------------------------------------- localisation table
-
-
-def localization_table(
-    cfg: Config,
-    model_dirs: Mapping[str, str | os.PathLike | LoadedModel] | str | os.PathLike,
-    split: str = "test",
-    max_per_finding: int = 50,
-    target_class: int = 1,
-    method: str = "gradcam",
-    tolerance: float = 0,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-) -> pd.DataFrame:
-    """Per finding, how well the target-class CAM points at the lesion, with a random-map reference.
-
-    Films: hard-labelled positives of ``split`` with a non-empty lesion mask (at most
-    ``max_per_finding``, by image id), from another split when ``split`` has none (``note`` column).
-    Columns: ``finding, split, n, pointing_hit_rate, mean_iou, random_pointing_rate, random_mean_iou,
-    mean_p_target, note``; rates are NaN where n is 0. ``random_*``: what a map that knows nothing of
-    the image scores on the same masks (:func:`random_baseline`).
-    """
-    from scxnn.preprocess import fingerprint
-
-    models = load_models(model_dirs, device)
-    df, base = _cache(cfg)
-    expected = fingerprint(cfg.preprocess)
-    rng = np.random.default_rng(seed)
-    rows = []
-    for finding in _ordered(cfg, list(models)):
-        lm = models[finding]
-        check_fingerprint(lm, expected)
-        films = _positive_films(df, base, finding, cfg, split, max_per_finding)
-        row = {"finding": finding, "split": films.split, "n": len(films.image_ids)}
-        if films.image_ids:
-            cams, probs = _gradcam(lm.model, films.images, target_class, method)
-            hits = [pointing_game(c, m, tolerance) for c, m in zip(cams, films.masks)]
-            ious = [top_region_iou(c, m) for c, m in zip(cams, films.masks)]
-            base_rates = [random_baseline(m, tolerance, rng=rng) for m in films.masks]
-            row.update(
-                pointing_hit_rate=float(np.mean(hits)),
-                mean_iou=float(np.mean(ious)),
-                random_pointing_rate=float(np.mean([b[0] for b in base_rates])),
-                random_mean_iou=float(np.mean([b[1] for b in base_rates])),
-                mean_p_target=float(probs[:, 1].mean()),
-            )
-        else:
-            row.update(pointing_hit_rate=math.nan, mean_iou=math.nan, random_pointing_rate=math.nan, random_mean_iou=math.nan, mean_p_target=math.nan)
-        row["note"] = films.note
-        rows.append(row)
-    cols = ["finding", "split", "n", "pointing_hit_rate", "mean_iou", "random_pointing_rate", "random_mean_iou", "mean_p_target", "note"]
-    return pd.DataFrame(rows, columns=cols)
+    return Films(torch.zeros(0, 1, 1, 1), np.zeros((0, 1, 1), bool), [], None, "no positive film with a lesion mask in any split")
 
 
 # --------------------------------------------------------------------------- figure 5
@@ -429,6 +273,28 @@ def overlay(image: np.ndarray, cam: np.ndarray, image_weight: float = 0.5) -> np
     return show_cam_on_image(rgb, cam, use_rgb=True, image_weight=image_weight)
 
 
+def with_colour_scale(rgb: np.ndarray) -> np.ndarray:
+    """``rgb`` (an :func:`overlay`) with the jet scale it uses beside it: a bar from "high" (top,
+    the CAM's maximum) to "low", on a white margin, so a reader of a single overlay knows which colour
+    means what. RGB uint8, the same height, wider."""
+    import cv2
+
+    h, w = rgb.shape[:2]
+    bar_w, margin = max(6, w // 24), max(4, w // 64)
+    font = max(0.25, h / 600)
+    label_w = max(cv2.getTextSize(t, cv2.FONT_HERSHEY_SIMPLEX, font, 1)[0][0] for t in ("high", "low")) + margin
+    ramp = np.linspace(255, 0, h).astype(np.uint8)[:, None].repeat(bar_w, axis=1)
+    bar = cv2.cvtColor(cv2.applyColorMap(ramp, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+    out = np.full((h, w + margin + bar_w + margin + label_w, 3), 255, np.uint8)
+    out[:, :w] = rgb
+    out[:, w + margin:w + margin + bar_w] = bar
+    x = w + 2 * margin + bar_w
+    th = cv2.getTextSize("high", cv2.FONT_HERSHEY_SIMPLEX, font, 1)[0][1]
+    cv2.putText(out, "high", (x, th + 2), cv2.FONT_HERSHEY_SIMPLEX, font, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(out, "low", (x, h - 3), cv2.FONT_HERSHEY_SIMPLEX, font, (0, 0, 0), 1, cv2.LINE_AA)
+    return out
+
+
 def figure5(
     cfg: Config,
     model_dirs: Mapping[str, str | os.PathLike | LoadedModel] | str | os.PathLike,
@@ -443,38 +309,48 @@ def figure5(
 
     The film is the first (by image id) hard-labelled positive of ``split`` with a lesion mask; the
     title says when another split had to be used, and a finding without any shows an empty panel.
+    When no model has a decoder (classification only) there is no reconstruction column: one panel
+    per finding, not a column of "no decoder" placeholders.
     """
     from matplotlib.figure import Figure
 
-    from scxnn.preprocess import fingerprint
+    from scxnn.pixels import fingerprint
 
     models = load_models(model_dirs, device)
-    df, base = _cache(cfg)
+    df, base = study_cache(cfg)
     expected = fingerprint(cfg.preprocess)
-    findings = _ordered(cfg, list(models))
+    findings = study_order(cfg, list(models))
+    decoders = any(_has_decoder(models[f].model) for f in findings)
+    per = 2 if decoders else 1  # panels per finding
+    if not decoders:
+        pairs_per_row *= 2
     nrows = max(1, math.ceil(len(findings) / pairs_per_row))
-    ncols = 2 * pairs_per_row
+    ncols = per * pairs_per_row
     fig = Figure(figsize=(2.0 * ncols, 2.3 * nrows), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
     for ax in axes.ravel():
         ax.set_axis_off()
     for k, finding in enumerate(findings):
-        ax_cam, ax_rec = axes[k // pairs_per_row, 2 * (k % pairs_per_row)], axes[k // pairs_per_row, 2 * (k % pairs_per_row) + 1]
+        ax_cam = axes[k // pairs_per_row, per * (k % pairs_per_row)]
+        ax_rec = axes[k // pairs_per_row, per * (k % pairs_per_row) + 1] if decoders else None
         lm = models[finding]
         check_fingerprint(lm, expected)
-        films = _positive_films(df, base, finding, cfg, split, 1, weak_ok=True)
+        films = positive_films(df, base, finding, cfg, split, 1, weak_ok=True)
         if not films.image_ids:
             ax_cam.set_title(f"{finding}\nno positive film", fontsize=7)
-            ax_rec.set_title("-", fontsize=7)
+            if ax_rec is not None:
+                ax_rec.set_title("-", fontsize=7)
             continue
         x = films.images[:1]
-        cams, probs = _gradcam(lm.model, x, 1, method)
+        cams, probs = gradcam_and_probs(lm.model, x, 1, method)
         ax_cam.imshow(overlay(x[0, 0].numpy(), cams[0]))
         # The lesion outline, at the pixel boundary of the (undilated) mask.
         if films.masks[0].any():
             ax_cam.contour(films.masks[0].astype(float), levels=[0.5], colors="lime", linewidths=0.8)
         where = "" if films.split == split else f" ({films.split} film)"
         ax_cam.set_title(f"{finding}{where}\nP(target)={probs[0, 1]:.2f}", fontsize=7)
+        if ax_rec is None:
+            continue
         recon = _reconstruction(lm.model, x)
         if recon is None:
             ax_rec.text(0.5, 0.5, "no decoder", ha="center", va="center", fontsize=8, transform=ax_rec.transAxes)
@@ -482,11 +358,15 @@ def figure5(
         else:
             ax_rec.imshow(recon, cmap="gray", vmin=0, vmax=1)
             ax_rec.set_title("segmentation" if getattr(lm.model, "decoder_kind", "") == "segmentation" else "reconstruction", fontsize=7)
-    # Two axes per finding, no empty trailing cells.
-    for ax in axes.ravel()[2 * len(findings) :]:
+    # Its panels per finding, no empty trailing cells.
+    for ax in axes.ravel()[per * len(findings) :]:
         fig.delaxes(ax)
-    fig.suptitle(f"Grad-CAM ({method}) of the target class and the decoder output, {split} films", fontsize=9)
+    fig.suptitle(f"Grad-CAM ({method}) of the target class{' and the decoder output' if decoders else ''}, {split} films", fontsize=9)
     return fig
+
+
+def _has_decoder(model: nn.Module) -> bool:
+    return getattr(model, "decoder", None) is not None
 
 
 def _reconstruction(model: nn.Module, x: torch.Tensor) -> np.ndarray | None:
@@ -505,7 +385,7 @@ def _overlay_name(path: Path, finding: str, used: set[tuple[str, str]]) -> str:
     short hash of its path so one overlay never overwrites another."""
     stem = path.stem
     if (stem, finding) in used:
-        stem = f"{stem}-{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]}"
+        stem = f"{stem}-{sha256_text(str(path.resolve()), 8)}"
     used.add((stem, finding))
     return f"{stem}__{finding}.png"
 
@@ -535,8 +415,7 @@ def cam_for_files(
     import cv2
 
     from scxnn.dicom import ImageReadError, read_image
-    from scxnn.preprocess import fingerprint, preprocess_pixels
-    from scxnn.utils import atomic_write_bytes
+    from scxnn.pixels import fingerprint, preprocess_pixels
 
     models = load_models(model_dirs, device)
     if finding is not None:
@@ -562,7 +441,7 @@ def cam_for_files(
                     pixels[fp] = preprocess_pixels(rad.pixels, p)[0]
                 img = pixels[fp]
                 x = torch.from_numpy(img.astype(np.float32) / 255.0)[None, None]
-                cams, probs = _gradcam(lm.model, x, 1, method)
+                cams, probs = gradcam_and_probs(lm.model, x, 1, method)
                 rgb = overlay(img, cams[0])
                 ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
                 if not ok:

@@ -35,7 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from scxnn.utils import atomic_write_text, log, sha256_file
+from scxnn.metrics import fmt_num
+from scxnn.utils import atomic_write_text, log, sha256_file, sha256_text
 
 CERTIFICATE_NAME = "certificate.json"
 SITE_SCORES_NAME = "site_scores.csv"
@@ -81,20 +82,15 @@ class Certificate:
         if not self.certified:
             return f"site {self.site}: not certified: {self.reason}"
         return (f"site {self.site}: threshold {self.threshold:.4f} certifies sensitivity >= {self.target:.0%} "
-                f"(exact {self.ci:.0%} lower bound {self.sensitivity_lo:.3f}, {self.abnormal_films} abnormal films of "
+                f"(exact {self.ci:.0%} lower bound {fmt_num(self.sensitivity_lo, rounding='down')}, {self.abnormal_films} abnormal films of "
                 f"{self.abnormal_patients} patients, {self.missed} missed); auto-normal {self.auto_normal:.1%} of {self.films} films")
 
 
 def run_id(run_dir: str | os.PathLike) -> str:
     """A short hash of the run's SVM, thresholds and out-of-distribution gate: what a certificate binds to."""
-    import hashlib
-
     step3 = Path(run_dir) / "03_svm_ensemble"
-    h = hashlib.sha256()
-    for name in _RUN_FILES:
-        path = step3 / name
-        h.update(f"{name}\0{sha256_file(path) if path.is_file() else 'absent'}\0".encode())
-    return h.hexdigest()[:16]
+    return sha256_text("".join(f"{name}\0{sha256_file(step3 / name) if (step3 / name).is_file() else 'absent'}\0"
+                               for name in _RUN_FILES), 16)
 
 
 def site_threshold(scores: np.ndarray, ood_flags: np.ndarray, abnormal: np.ndarray, patients: np.ndarray,

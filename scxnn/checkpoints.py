@@ -141,7 +141,7 @@ def check_fingerprint(lm: LoadedModel, expected: str | None = None) -> None:
     preprocessing code changed, or the images come from another cache), so its CAMs and
     probabilities would silently be off.
     """
-    from scxnn.preprocess import fingerprint
+    from scxnn.pixels import fingerprint
 
     expected = expected or fingerprint(lm.cfg.preprocess)
     if lm.preprocess_fingerprint is None:
@@ -168,7 +168,7 @@ def run_model_dirs(run: str | os.PathLike, cfg: Config) -> dict[str, Path]:
 def load_run_models(run: str | os.PathLike, cfg: Config, device: str | torch.device = "cpu") -> dict[str, LoadedModel]:
     """A trained run's 13 models for inference: eval mode, channels_last, each checked against the
     run's preprocessing (:func:`check_fingerprint`)."""
-    from scxnn.preprocess import fingerprint
+    from scxnn.pixels import fingerprint
 
     expected = fingerprint(cfg.preprocess)
     models = {}

@@ -10,12 +10,14 @@ with the reason as one ``error: ...`` line on stderr (``--debug``: the traceback
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from typing import Callable, Sequence
 
 from scxnn import __version__
-from scxnn.config import ConfigError, available_profiles, load_config, profile_chain
+from scxnn.config import ConfigError, available_profiles, load_config, profile_chain, write_settings_file
+from scxnn.metrics import fmt_ci
 from scxnn.utils import setup_logging
 
 # --------------------------------------------------------------------------- handlers
@@ -42,11 +44,20 @@ def _cmd_config(args: argparse.Namespace) -> int:
         from scxnn.variants import make_vars
 
         print("\n".join(make_vars(cfg, cfg.root)))
+        if args.settings_file:
+            write_settings_file(cfg, args.settings_file)
         return 0
     import yaml
 
     sys.stdout.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     return 0
+
+
+def _cmd_launch(args: argparse.Namespace) -> int:
+    from scxnn.launch import run
+
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    return run(load_config(args.profile, args.set), args.kind, args.name, command, finding=args.finding)
 
 
 def _cmd_notebook(args: argparse.Namespace) -> int:
@@ -62,7 +73,7 @@ def _cmd_notebook(args: argparse.Namespace) -> int:
 
 
 def _cmd_preprocess(args: argparse.Namespace) -> int:
-    from scxnn.preprocess import preprocess_inputs
+    from scxnn.batch import preprocess_inputs
 
     cfg = load_config(args.profile, args.set)
     df, skipped = preprocess_inputs(cfg, args.inputs, args.out, site=args.site, progress=not args.no_progress)
@@ -137,9 +148,9 @@ def _cmd_variant(args: argparse.Namespace) -> int:
         raise ValueError(f"name a variant or pass --hash; variants of {cfg.profile!r}: {', '.join(cfg.variants.runs) or 'none'}")
     for name in names:
         r = run_variant(cfg, name, progress=not args.no_progress)
-        print(f"{name}: internal test AUC {r['auc']:.3f}; at the SVM boundary sensitivity {r['sensitivity']:.3f} "
-              f"[{r['sensitivity_lo']:.3f}, {r['sensitivity_hi']:.3f}], specificity {r['specificity']:.3f} "
-              f"[{r['specificity_lo']:.3f}, {r['specificity_hi']:.3f}], accuracy {r['accuracy']:.3f}; at the definite-normal "
+        print(f"{name}: internal test AUC {r['auc']:.3f}; at the SVM boundary sensitivity "
+              f"{fmt_ci(r['sensitivity'], r['sensitivity_lo'], r['sensitivity_hi'])}, specificity "
+              f"{fmt_ci(r['specificity'], r['specificity_lo'], r['specificity_hi'])}, accuracy {r['accuracy']:.3f}; at the definite-normal "
               f"threshold sensitivity {r['point_sensitivity']:.3f}, auto-normal {r['point_auto_normal']:.1%}")
     return 0
 
@@ -188,10 +199,16 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from scxnn.predict import DECISIONS, REPORT_NAME, predict
 
     table = predict(args.models, args.inputs, args.out, threshold=args.threshold, device=args.device, bf16=args.bf16,
-                    overlays=not args.no_overlays, progress=not args.no_progress, backend=args.backend,
+                    overlays=not args.no_overlays, full_size=not args.no_full_size, progress=not args.no_progress, backend=args.backend,
                     certificate=args.certificate, anonymise_names=args.anonymise_names, names_in_report=args.names_in_report)
+    batch = table.attrs["batch"]
+    if args.json:
+        _print_json({"films": len(table), "decisions": {d: int((table["decision"] == d).sum()) for d in DECISIONS},
+                     "batch": {**dataclasses.asdict(batch), "verdict": batch.describe()},
+                     "predictions": str(Path(args.out) / "predictions.csv"), "report": str(Path(args.out) / REPORT_NAME)})
+        return 0
     counts = ", ".join(f"{d} {int((table['decision'] == d).sum())}" for d in DECISIONS)
-    print(f"{len(table)} film(s): {counts}; {table.attrs['batch'].describe()}\n"
+    print(f"{len(table)} film(s): {counts}; {batch.describe()}\n"
           f"-> {_rel(Path(args.out) / 'predictions.csv')}, {_rel(Path(args.out) / REPORT_NAME)}")
     return 0
 
@@ -203,8 +220,11 @@ def _cmd_certify(args: argparse.Namespace) -> int:
 
     cert = certify(args.models, args.manifest, args.out, site=args.site, target=args.target, drop_seen=args.drop_seen,
                    progress=not args.no_progress)
+    if args.json:
+        _print_json({**dataclasses.asdict(cert), "verdict": cert.describe(), "certificate": str(Path(args.out) / CERTIFICATE_NAME)})
+        return 0 if cert.certified else 3
     print(("certified " if cert.certified else "REFUSED ") + cert.describe())
-    print(f"sensitivity {cert.sensitivity:.3f} [{cert.sensitivity_lo:.3f}, {cert.sensitivity_hi:.3f}], auto-normal "
+    print(f"sensitivity {fmt_ci(cert.sensitivity, cert.sensitivity_lo, cert.sensitivity_hi)}, auto-normal "
           f"{cert.auto_normal:.1%} on {cert.films} films ({cert.abnormal_films} abnormal, {cert.missed} missed); "
           f"{cert.ood_flagged_share:.0%} flagged out of distribution")
     print(f"-> {_rel(Path(args.out) / CERTIFICATE_NAME)}" + (f"; use it: scxnn predict --models {args.models} --certificate {args.out} ..."
@@ -218,9 +238,32 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from scxnn.external import evaluate_manifest, format_summary
 
     summary = evaluate_manifest(args.models, args.manifest, args.out, drop_seen=args.drop_seen, progress=not args.no_progress)
+    if args.json:
+        _print_json({**summary, "tables": str(Path(args.out) / "tables" / summary["profile"]), "summary": str(Path(args.out) / "summary.json")})
+        return 0
     print(format_summary(summary))
     print(f"-> {_rel(Path(args.out) / 'tables' / summary['profile'])}, {_rel(Path(args.out) / 'summary.json')}")
     return 0
+
+
+def _print_json(obj: dict) -> None:
+    """One JSON object on stdout for the next tool in a pipe; NaN and infinity become null (they are
+    not JSON), everything else that is not JSON-native becomes its string."""
+    import json
+    import math
+
+    def clean(v):
+        if isinstance(v, dict):
+            return {str(k): clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if hasattr(v, "item") and not isinstance(v, (str, bytes)):  # numpy scalars
+            return clean(v.item())
+        return v if v is None or isinstance(v, (str, int, float, bool)) else str(v)
+
+    print(json.dumps(clean(obj), allow_nan=False))
 
 
 def _cmd_index(args: argparse.Namespace) -> int:
@@ -258,12 +301,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         cfg = load_config(args.profile, args.set)
         for size in args.size or [cfg.preprocess.size]:
             print(format_bench_train(bench_train(backbone=cfg.model.backbone, size=size, batch=args.batch or cfg.train.batch_size, steps=args.steps,
-                                                  device=args.device, compile=args.compile, decoder_widths=cfg.model.decoder_widths)), flush=True)
+                                                  device=args.device, compile=args.compile, decoder_widths=cfg.model.decoder_widths,
+                                                  recon_weight=cfg.model.recon_weight)), flush=True)
         return 0
-    from scxnn.preprocess import bench
+    from scxnn.bench import bench_preprocess
 
     cfg = load_config(args.profile, args.set)
-    r = bench(size_hw=(args.height, args.width), bits=args.bits, repeats=args.repeats, p=cfg.preprocess)
+    r = bench_preprocess(size_hw=(args.height, args.width), bits=args.bits, repeats=args.repeats, p=cfg.preprocess)
     print(f"scxnn bench preprocess: {r['shape'][0]}x{r['shape'][1]} {r['bits']}-bit -> {r['size']} px, {r['contrast']}, one core, best of {args.repeats}")
     for step, s in r["steps_s"].items():
         print(f"  {step:<12} {s * 1000:8.1f} ms")
@@ -286,15 +330,18 @@ def _rel(p) -> str:
 # --------------------------------------------------------------------------- parser
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--profile", default="demo", help="params profile: a name in params/ or a YAML path (default: demo)")
-    p.add_argument(
-        "--set",
-        metavar="KEY=VALUE",
-        action="append",
-        default=[],
-        help="override one setting, e.g. --set train.max_epochs=2 (repeatable; values are YAML)",
-    )
+def _common(p: argparse.ArgumentParser, profile: bool = True) -> None:
+    # Commands that work from a trained run read its resolved config, so they take no --profile or
+    # --set: accepting and ignoring them would let `predict --profile demoo` look like it did something.
+    if profile:
+        p.add_argument("--profile", default="demo", help="params profile: a name in params/ or a YAML path (default: demo)")
+        p.add_argument(
+            "--set",
+            metavar="KEY=VALUE",
+            action="append",
+            default=[],
+            help="override one setting, e.g. --set train.max_epochs=2 (repeatable; values are YAML)",
+        )
     p.add_argument("--debug", action="store_true", help="on an error, show the traceback instead of one line")
 
 
@@ -304,20 +351,24 @@ def build_parser() -> argparse.ArgumentParser:
         description="SCXNN study: screen out definitely-normal chest radiographs. Each subcommand is one step of the study.",
     )
     parser.add_argument("--version", action="version", version=f"scxnn {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    talk = parser.add_mutually_exclusive_group()
+    talk.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    talk.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only, no progress bars")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def add(name: str, help: str, handler: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
+    def add(name: str, help: str, handler: Callable[[argparse.Namespace], int], profile: bool = True) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
-        _common(p)
+        _common(p, profile)
         p.set_defaults(handler=handler)
         return p
 
     p = add("config", "print the resolved config of a profile (defaults -> profile -> --set)", _cmd_config)
     p.add_argument("--make", action="store_true", help="print the Makefile variables for the profile instead")
+    p.add_argument("--settings-file", metavar="FILE", help="with --make: write the settings the study's results depend on "
+                   "(all but launch and description) to FILE, only when they changed (the Makefile's targets depend on it)")
     p.add_argument("--check-all", action="store_true", help="validate every profile in params/")
 
-    p = add("notebook", "execute a notebook with papermill into reports/executed/ (used by the Makefile)", _cmd_notebook)
+    p = add("notebook", "execute a notebook with papermill into reports/executed/ (used by the Makefile)", _cmd_notebook, profile=False)
     p.add_argument("src", help="notebook to run, e.g. notebooks/01_preprocessing.ipynb")
     p.add_argument("dst", help="where the executed copy goes, e.g. reports/executed/demo/01_preprocessing.ipynb")
     p.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"), help="papermill parameter (repeatable)")
@@ -358,16 +409,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hash", help="the variant whose settings hash this is (what the Makefile passes)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
+    p = add("launch", "run COMMAND as a SLURM job with the resources of params launch.KIND and wait (what `make reports LAUNCH=slurm` runs)", _cmd_launch)
+    p.add_argument("--kind", required=True, choices=["preprocess", "train", "variant", "notebook"], help="which launch.* resources the job asks for")
+    p.add_argument("--name", required=True, help="the target's name: the job's name and its log file (launch.logs/NAME.log)")
+    p.add_argument("--finding", help="--kind train: the finding, for a distributed (torchrun) training job")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command to run in the job")
+
     p = add("index", "write reports/README.md: every table and figure with its caption, ours beside the thesis", _cmd_index)
 
-    p = add("evaluate", "score a trained run on another labelled manifest, without retraining, and write the evaluation tables", _cmd_evaluate)
+    p = add("evaluate", "score a trained run on another labelled manifest, without retraining, and write the evaluation tables", _cmd_evaluate, profile=False)
+    p.add_argument("--json", action="store_true", help="print one JSON summary on stdout instead of the text lines (for the next tool in a pipe)")
     p.add_argument("--models", required=True, help="the trained run: runs/<profile> (holds 02_train_disease_model/ and 03_svm_ensemble/)")
     p.add_argument("--manifest", required=True, help="manifest.csv of the films to score (e.g. from `scxnn manifest DATASET ROOT --out DIR --profile P`)")
     p.add_argument("--out", required=True, help="output folder: png/, logits.parquet, tables/, figures/, summary.json")
     p.add_argument("--drop-seen", action="store_true", help="leave out films the run has seen: its training and validation patients, and copies of their films under other names or patient ids (same sha256 of the file); the summary counts both (default: such an overlap is an error)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    p = add("certify", "freeze a site's definite-normal threshold from a labelled sample of its films (exit 3: refused, with how many more abnormal films it needs)", _cmd_certify)
+    p = add("certify", "freeze a site's definite-normal threshold from a labelled sample of its films (exit 3: refused, with how many more abnormal films it needs)", _cmd_certify, profile=False)
+    p.add_argument("--json", action="store_true", help="print one JSON summary on stdout instead of the text lines (for the next tool in a pipe)")
     p.add_argument("--models", required=True, help="the trained run: runs/<profile> (holds 02_train_disease_model/ and 03_svm_ensemble/)")
     p.add_argument("--manifest", required=True, help="manifest.csv of the site's labelled sample (e.g. from `scxnn manifest DATASET ROOT --out DIR`)")
     p.add_argument("--out", required=True, help="output folder: certificate.json, site_scores.csv, png/, logits.parquet")
@@ -376,7 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drop-seen", action="store_true", help="leave out films the run has seen: its training and validation patients, and copies of their films under other names or patient ids (same sha256 of the file); the summary counts both (default: such an overlap is an error)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    p = add("predict", "screen a folder of radiographs: definite_normal / likely_normal / needs_review / rejected, with a CSV, Grad-CAM overlays and an HTML report", _cmd_predict)
+    p = add("predict", "screen a folder of radiographs: definite_normal / likely_normal / needs_review / rejected, with a CSV, Grad-CAM overlays and an HTML report", _cmd_predict, profile=False)
+    p.add_argument("--json", action="store_true", help="print one JSON summary on stdout instead of the text lines (for the next tool in a pipe)")
     p.add_argument("--models", required=True, help="the trained run: runs/<profile> (holds 02_train_disease_model/ and 03_svm_ensemble/)")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="DICOM/PNG/JPEG files or folders (recursive)")
     p.add_argument("--out", required=True, help="output folder: predictions.csv, overlays/, report.html (a rerun resumes)")
@@ -386,12 +446,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bf16", choices=["auto", "on", "off"], default="auto", help="bf16 autocast: auto = where the hardware has native bf16")
     p.add_argument("--backend", choices=["torch", "onnx"], default="torch", help="torch (default; bf16 where native) or onnx: ONNX Runtime fp32, faster on CPUs without native bf16 (graphs cached in OUT/onnx)")
     p.add_argument("--no-overlays", action="store_true", help="skip the Grad-CAM overlays of films that need review")
+    p.add_argument("--no-full-size", action="store_true", help="skip films/, each film at the models' resolution that report.html links to "
+                   "(a PNG of ~0.1-1 MB per film)")
     names = p.add_mutually_exclusive_group()
     names.add_argument("--anonymise-names", action="store_true", help="write no input file name anywhere: predictions.csv names films by film_id (from the content hash), as report.html always does")
     names.add_argument("--names-in-report", action="store_true", help="show the file names in report.html (default: film ids only, as the page is meant to be shared; file names can hold a patient's name)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    p = add("gradcam", "Grad-CAM overlays of the finding models for any image (DICOM/PNG/JPEG files or folders)", _cmd_gradcam)
+    p = add("gradcam", "Grad-CAM overlays of the finding models for any image (DICOM/PNG/JPEG files or folders)", _cmd_gradcam, profile=False)
     p.add_argument("--models", required=True, help="folder with <finding>/best.pt, e.g. runs/demo/02_train_disease_model")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders (recursive)")
     p.add_argument("--out", default="gradcam", help="output folder for the overlays and gradcam.csv (default: ./gradcam)")
@@ -442,7 +504,9 @@ def _error_line(e: BaseException) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging("DEBUG" if args.verbose else "INFO")
+    setup_logging("DEBUG" if args.verbose else "WARNING" if args.quiet else "INFO")
+    if args.quiet and hasattr(args, "no_progress"):
+        args.no_progress = True
     try:
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:

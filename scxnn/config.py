@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
 import json
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, fields
@@ -24,7 +24,7 @@ from typing import Any, Literal, Mapping, Sequence
 
 import yaml
 
-from scxnn.utils import atomic_write_text
+from scxnn.utils import atomic_write_text, sha256_text
 
 DEFAULTS_FILE = "defaults.yaml"
 RESOLVED_NAME = "config.resolved.yaml"
@@ -262,6 +262,62 @@ class Variants:
                    f"{name}: {bad} cannot vary; variants compare methods on the same data, so only {', '.join(VARIANT_SECTIONS)} settings may change")
 
 
+_SLURM_TIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$")  # minutes, M:S, H:M:S, D-H[:M[:S]] (sbatch's forms)
+_SLURM_MEM = re.compile(r"^\d+[KMGT]?$")
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one job asks SLURM for (``make reports LAUNCH=slurm``; :mod:`scxnn.launch`)."""
+
+    gpus: int  # GPUs per node (srun --gres=gpu:N)
+    cpus: int  # CPU cores per node (srun --cpus-per-task); also the job's OMP_NUM_THREADS
+    mem: str  # memory per node (srun --mem), e.g. "32G"; "": the cluster's default
+    time: str  # wall-clock limit (srun --time), e.g. "4:00:00" or "2-00:00:00"
+    nodes: int  # train only: nodes one model trains across (DDP under torchrun); 1 elsewhere
+    procs: int  # train only: training processes per node (DDP ranks, one per GPU); 1 elsewhere
+
+    def __post_init__(self) -> None:
+        _check(self.gpus >= 0, "gpus", "must be >= 0")
+        _check(self.cpus >= 1, "cpus", "must be >= 1")
+        _check(self.nodes >= 1, "nodes", "must be >= 1")
+        _check(self.procs >= 1, "procs", "must be >= 1")
+        _check(self.gpus <= 1 or self.procs == self.gpus, "procs", "must equal gpus when a job has several GPUs (one DDP rank per GPU)")
+        _check(self.mem == "" or bool(_SLURM_MEM.match(self.mem)), "mem", 'must be a size such as "32G" (K, M, G, T) or ""')
+        _check(bool(_SLURM_TIME.match(self.time)), "time", 'must be a SLURM time such as "4:00:00", "90" (minutes) or "2-00:00:00"')
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How each job of the study is run on a SLURM cluster (``make reports LAUNCH=slurm``). A local
+    run (the default) ignores this section, and no step's results depend on it: the Makefile's
+    targets do not rerun when only these settings change."""
+
+    partition: str  # srun --partition; "": the cluster's default
+    account: str  # srun --account; "": none
+    srun_args: tuple[str, ...]  # further srun options, e.g. ["--qos=normal", "--constraint=a100"]
+    logs: str  # folder of the job logs (one per target, appended on each attempt); "{profile}" is expanded
+    preprocess: Resources  # step 01: generation, the PNG cache, Table 1
+    train: Resources  # one finding's model (a notebook 02 run)
+    variant: Resources  # one whole-pipeline variant: 13 models and an SVM, in one job
+    notebook: Resources  # steps 03-07 and the index
+
+    def __post_init__(self) -> None:
+        for kind in ("preprocess", "variant", "notebook"):
+            r = getattr(self, kind)
+            _check(r.nodes == 1 and r.procs == 1, kind, "nodes and procs > 1 are for launch.train (one model across processes)")
+        bad = [a for a in self.srun_args if not str(a).startswith("-")]
+        _check(not bad, "srun_args", f"each must be an option (start with '-'); {bad} would become the command")
+        for a in self.srun_args:
+            opt = str(a).split("=", 1)[0]
+            _check(opt not in LAUNCH_OWNED_OPTIONS, "srun_args", f"{opt} is set from the resources of each job; use launch.<kind>.*")
+
+
+#: srun options that scxnn.launch sets itself from ``launch.<kind>``.
+LAUNCH_OWNED_OPTIONS = ("--gres", "--gpus", "-G", "--cpus-per-task", "-c", "--mem", "--time", "-t", "--output", "-o",
+                        "--error", "-e", "--job-name", "-J", "--ntasks", "-n", "--partition", "-p", "--account", "-A")
+
+
 @dataclass(frozen=True)
 class Config:
     profile: str
@@ -279,6 +335,7 @@ class Config:
     ensemble: Ensemble
     evaluate: Evaluate
     variants: Variants
+    launch: Launch
 
     def __post_init__(self) -> None:
         _check(len(self.findings) >= 1, "findings", "must list at least one finding")
@@ -308,7 +365,7 @@ class Config:
         if sections:
             d = {k: d[k] for k in sections}
         blob = json.dumps(d, sort_keys=True, separators=(",", ":")).encode()
-        return hashlib.sha256(blob).hexdigest()[:12]
+        return sha256_text(blob, 12)
 
     def replace(self, overrides: Mapping[str, Any] | Sequence[str]) -> "Config":
         """A new config with dotted-key overrides applied and validated."""
@@ -442,6 +499,30 @@ def save_resolved(cfg: Config, directory: str | os.PathLike, extra: Mapping[str,
     path = d / RESOLVED_NAME
     atomic_write_text(path, text)
     return path
+
+
+#: Sections that say where a job runs or what a profile is called, never what a step computes.
+NON_RESULT_SECTIONS = ("description", "launch")
+
+
+def write_settings_file(cfg: Config, path: str | os.PathLike) -> bool:
+    """Write the settings the study's results depend on (``cfg`` but :data:`NON_RESULT_SECTIONS`) to
+    ``path`` as sorted JSON, only when they differ from what it holds; returns whether it wrote.
+
+    The Makefile's targets depend on this file instead of the params files, so a changed time limit
+    in ``launch`` or a new comment reruns nothing. A file written for the first time gets the time
+    stamp of the profile's newest params file: a deleted ``.make/`` is not a change of settings."""
+    p = Path(path)
+    d = {k: v for k, v in cfg.to_dict().items() if k not in NON_RESULT_SECTIONS}
+    text = json.dumps(d, sort_keys=True, indent=1) + "\n"
+    existed = p.is_file()
+    if existed and p.read_text(encoding="utf-8") == text:
+        return False
+    atomic_write_text(p, text)
+    if not existed:
+        newest = max(f.stat().st_mtime for f in profile_chain(cfg.profile))
+        os.utime(p, (newest, newest))
+    return True
 
 
 def load_resolved(path: str | os.PathLike) -> Config:

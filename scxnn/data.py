@@ -25,7 +25,6 @@ header fields.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections import Counter
 from pathlib import Path
@@ -34,7 +33,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from scxnn.utils import atomic_open, log
+from scxnn.utils import atomic_open, log, sha256_text
 
 MANIFEST_NAME = "manifest.csv"
 SPLITS = ("train", "val", "test")
@@ -51,6 +50,19 @@ class ManifestError(ValueError):
     """A manifest is malformed or breaks a study rule (e.g. a patient in two splits)."""
 
 
+MAIN_SITE = "internal"
+
+
+def main_site(sites: Iterable[str]) -> str:
+    """The site a study's headline is about: ``internal`` (the hospital the models were trained on)
+    when present, else the first site given (a real dataset's own name; pass the training films'
+    sites first). The one rule for Table 1, the screening headlines and notebook 04."""
+    sites = [str(s) for s in sites]
+    if not sites:
+        raise ValueError("no site to choose the main one from")
+    return MAIN_SITE if MAIN_SITE in sites else sites[0]
+
+
 def manifest_columns(findings: Sequence[str], unseen: Sequence[str]) -> list[str]:
     return [*BASE_COLUMNS, *findings, *unseen, *TAIL_COLUMNS]
 
@@ -58,7 +70,7 @@ def manifest_columns(findings: Sequence[str], unseen: Sequence[str]) -> list[str
 def hash_patient(raw_key: str, salt: str | None = None) -> str:
     """De-identified patient id: 16 hex chars of sha256(salt + key). Stable across runs."""
     salt = salt if salt is not None else os.environ.get("SCXNN_PATIENT_SALT", _DEFAULT_SALT)
-    return hashlib.sha256(f"{salt}\x00{raw_key}".encode()).hexdigest()[:16]
+    return sha256_text(f"{salt}\x00{raw_key}", 16)
 
 
 def format_masks(masks: Mapping[str, str]) -> str:
@@ -123,10 +135,24 @@ def read_manifest(path: str | os.PathLike, findings: Sequence[str], unseen: Sequ
     return df
 
 
+PREVIOUS_SUFFIX = ".previous"
+
+
 def write_manifest(df: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write ``df`` atomically. A different file already at ``path`` (an earlier build, or one edited
+    by hand) is not lost: it is kept as ``<name>.previous`` (one generation), with a warning."""
     path = Path(path)
+    text = df.to_csv(index=False)
+    if path.is_file():
+        old = path.read_bytes()
+        if old == text.encode("utf-8"):
+            return path
+        keep = path.with_name(path.name + PREVIOUS_SUFFIX)
+        with atomic_open(keep, "wb") as fh:
+            fh.write(old)
+        log.warning("%s already existed with other contents: replaced, the old file kept as %s", path, keep.name)
     with atomic_open(path, "w", encoding="utf-8", newline="") as fh:
-        df.to_csv(fh, index=False)
+        fh.write(text)
     return path
 
 
@@ -233,3 +259,44 @@ def in_scope(df: pd.DataFrame, source: str = "manifest") -> tuple[pd.DataFrame, 
     log.warning("%s: %d of %d films left out as out of scope (%s)", source, int(out.sum()), len(df),
                 ", ".join(f"{k}: {n}" for k, n in counts.items()))
     return df[~out].reset_index(drop=True), counts
+
+
+# --------------------------------------------------------------------------- summaries (notebook 01)
+
+
+def table1(manifest: pd.DataFrame, cfg, thesis: dict | None) -> pd.DataFrame:
+    """Images per finding in the internal (training) site, hard and weak labels, by risk group, in the
+    thesis' layout; an image with two findings counts under both, as in the thesis. The thesis'
+    counts sit beside ours when ``thesis`` (``scxnn.thesis.load_tables``) is given."""
+    # The training site: "internal" for the synthetic study, the dataset's own name for an adapter's.
+    site = main_site(manifest.loc[manifest["split"] == "train", "site"].value_counts().index)
+    internal = manifest[manifest["site"] == site]
+    if site != MAIN_SITE:
+        thesis = None  # the thesis' counts describe its hospital's data, not another dataset
+    ref = (thesis or {}).get("table1_dataset", {})
+    rows = []
+    for finding, risk in cfg.findings.items():
+        pos = internal[internal[finding] == 1]
+        hard = int((pos["label_type"] == "hard").sum())
+        weak = int((pos["label_type"] == "weak").sum())
+        t = ref.get(finding, {}) if isinstance(ref.get(finding), dict) else {}
+        rows.append({"risk": risk, "finding": finding, "hard": hard, "weak": weak, "total": hard + weak,
+                     "thesis_hard": t.get("hard"), "thesis_weak": t.get("weak"), "thesis_total": t.get("total")})
+    target = list(cfg.findings)
+    normal = internal[(internal[target].fillna(0) == 0).all(axis=1) & (internal[list(cfg.unseen_findings)].fillna(0) == 0).all(axis=1)]
+    t = ref.get("normal", {}) if isinstance(ref.get("normal"), dict) else {}
+    rows.append({"risk": "normal", "finding": "normal", "hard": int((normal["label_type"] == "hard").sum()),
+                 "weak": int((normal["label_type"] == "weak").sum()), "total": len(normal),
+                 "thesis_hard": None, "thesis_weak": None, "thesis_total": t.get("total")})
+    df = pd.DataFrame(rows)
+    if not thesis:
+        df = df.drop(columns=["thesis_hard", "thesis_weak", "thesis_total"])
+    for c in df.columns[2:]:
+        df[c] = df[c].astype("Int64")
+    return df
+
+
+def split_summary(manifest: pd.DataFrame) -> pd.DataFrame:
+    """Images and patients per site and split, with how many are normal."""
+    g = manifest.groupby(["site", "split", "label_type"])
+    return g.agg(images=("image_id", "size"), patients=("patient_id", "nunique")).reset_index()

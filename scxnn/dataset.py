@@ -59,7 +59,7 @@ class RadiographDataset(_DatasetBase):
     """Images of the PNG cache for one finding's model.
 
     Item ``i`` is a dict: ``image`` (1, H, W) float32 in [0, 1]; ``label`` int64 (see
-    :func:`scxnn.train.finding_labels`); ``target`` (1, H, W) float32, the decoder's target;
+    :func:`scxnn.labels.finding_labels`); ``target`` (1, H, W) float32, the decoder's target;
     ``has_recon`` bool; ``index`` int.
 
     * decoder ``reconstruction``: target = image x (dilated) mask of the *target* finding's lesions
@@ -107,7 +107,7 @@ class RadiographDataset(_DatasetBase):
         mp_ = self.mask_paths[i]
         if mp_ is None or not mp_.is_file():
             return None
-        from scxnn.preprocess import dilate_mask, read_png
+        from scxnn.pixels import dilate_mask, read_png
 
         m = (read_png(mp_) > 0).astype(np.uint8)
         if m.shape != shape:
@@ -120,7 +120,7 @@ class RadiographDataset(_DatasetBase):
         return m
 
     def __getitem__(self, i: int) -> dict:
-        from scxnn.preprocess import read_png
+        from scxnn.pixels import read_png
 
         img = read_png(self.paths[i])
         if img.ndim == 3:
@@ -149,7 +149,7 @@ def load_study_manifest(cfg, manifest) -> tuple[pd.DataFrame, Path]:
     """(in-scope films, PNG cache folder) of a study: the profile's cache (``manifest`` None), a
     manifest file, or a DataFrame of the profile's cache."""
     from scxnn.data import MANIFEST_NAME, in_scope, read_manifest
-    from scxnn.preprocess import cache_dir
+    from scxnn.sources import cache_dir
 
     if manifest is None:
         path = cache_dir(cfg) / MANIFEST_NAME

@@ -163,12 +163,15 @@ def _read_head(path, n: int) -> bytes:
 NOT_IMAGES = frozenset({".csv", ".md", ".txt", ".json", ".yaml", ".yml", ".py", ".html", ".pdf", ".zip", ".gz", ".xml", ".log"})
 
 
-def find_images(inputs) -> tuple[list[Path], list[tuple[Path, str]]]:
+def find_images(inputs, strict: bool = False) -> tuple[list[Path], list[tuple[Path, str]]]:
     """The files named, plus every non-hidden file under the folders named (recursively, following
     symbolic links, in path order), less :data:`NOT_IMAGES`; and ``(path, reason)`` for whatever
     could not be searched: a missing input, an unreadable folder, a symbolic-link loop, a broken
     link. The one folder scan of ``scxnn preprocess`` and ``scxnn predict``: nothing vanishes
-    without a row saying why."""
+    without a row saying why.
+
+    ``strict`` (the commands): a named input that does not exist (a mistyped path) or inputs with no
+    file at all are a :class:`FileNotFoundError` naming them, before any work starts."""
     files: list[Path] = []
     problems: list[tuple[Path, str]] = []
     for item in map(Path, inputs):
@@ -178,7 +181,16 @@ def find_images(inputs) -> tuple[list[Path], list[tuple[Path, str]]]:
             files.append(item)
         else:
             problems.append((item, "no such file or folder" if not item.is_symlink() else "broken symbolic link"))
-    return list(dict.fromkeys(sorted(files, key=str))), problems
+    files = list(dict.fromkeys(sorted(files, key=str)))
+    if strict:
+        named = {str(p) for p in map(Path, inputs)}
+        missing = [str(p) for p, why in problems if str(p) in named]
+        if missing:
+            raise FileNotFoundError(f"no such file or folder: {', '.join(missing)}; nothing was processed")
+        if not files and not problems:
+            raise FileNotFoundError(f"no files found in {', '.join(map(str, inputs))} (hidden files and text, table and "
+                                    "archive files do not count); nothing was processed")
+    return files, problems
 
 
 def _walk(root: Path, files: list[Path], problems: list[tuple[Path, str]]) -> None:

@@ -23,7 +23,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
-from scxnn.metrics import patient_bootstrap, proportion_ci, screening_metrics
+from scxnn.metrics import fmt_num, patient_bootstrap, proportion_ci, screening_metrics
 from scxnn.utils import atomic_open, atomic_write_bytes, atomic_write_text, log
 
 ENSEMBLE_NAME = "svm.skops"
@@ -115,11 +115,11 @@ class Thresholds:
     def describe(self) -> str:
         """One or two sentences for logs, captions and reports: what the validation set certifies."""
         pt = (f"point threshold {self.point:.4f}: validation sensitivity {self.val_sensitivity:.3f}, "
-              f"certified >= {self.point_sensitivity_lo:.3f} (exact {self.ci:.0%} lower bound, "
+              f"certified >= {fmt_num(self.point_sensitivity_lo, rounding='down')} (exact {self.ci:.0%} lower bound, "
               f"{self.n_val_abnormal} abnormal films of {self.n_val_abnormal_patients} patients)")
         if self.certified:
             return (f"{pt}; strict threshold {self.strict:.4f} certifies sensitivity >= {self.target:.0%} "
-                    f"(lower bound {self.strict_sensitivity_lo:.3f}), auto-normal {self.strict_auto_normal:.1%} of validation films")
+                    f"(lower bound {fmt_num(self.strict_sensitivity_lo, rounding='down')}), auto-normal {self.strict_auto_normal:.1%} of validation films")
         if self.abnormal_needed < 0:
             return f"{pt}; no finite validation set certifies {self.target:.0%}: strict calls nothing normal"
         return (f"{pt}; no threshold certifies {self.target:.0%}: strict calls nothing normal. Certifying it takes "
@@ -383,22 +383,16 @@ def validation_rows(table):
     return val.reset_index(drop=True)
 
 
-def fit_ensemble(cfg, table) -> tuple[DefiniteNormalSVM, Thresholds]:
-    """Fit the SVM on the validation films (never test, temporal or external) and freeze both
-    thresholds from out-of-fold validation scores."""
-    svm, th, _ = fit_ensemble_with_scores(cfg, validation_rows(table))
-    return svm, th
-
-
-def fit_ensemble_with_scores(cfg, val) -> tuple[DefiniteNormalSVM, Thresholds, "pd.DataFrame"]:
-    """:func:`fit_ensemble` on the validation rows alone, also returning the validation scores the
-    thresholds were chosen on (image_id, patient_id, abnormal, score): the yield curve and the
-    calibration of notebook 04 are fitted on them, never on test films."""
+def fit_ensemble(cfg, val) -> tuple[DefiniteNormalSVM, Thresholds, "pd.DataFrame"]:
+    """Fit the SVM on the validation films ``val`` (:func:`validation_rows`; never test, temporal or
+    external) and freeze both thresholds from out-of-fold validation scores. Returns the SVM, the
+    thresholds and the validation scores they were chosen on (image_id, patient_id, abnormal,
+    score): the yield curve and the calibration of notebook 04 are fitted on them, never on test films."""
     import pandas as pd
 
     e = cfg.ensemble
     if not (val["split"] == "val").all():
-        raise ValueError("fit_ensemble_with_scores was given non-validation rows; pass validation_rows(table)")
+        raise ValueError("fit_ensemble was given non-validation rows; pass validation_rows(table)")
     cols = logit_columns(list(cfg.findings), cfg.model.num_classes)
     X, y, g = val[cols].to_numpy(float), val["abnormal"].to_numpy(int), val["patient_id"].to_numpy()
 
@@ -441,7 +435,7 @@ SEEN_NAME = "seen_films.parquet"
 def write_seen_films(cfg, out_dir: str | os.PathLike) -> Path:
     """Record the run's training and validation films from the profile's PNG cache manifest."""
     from scxnn.data import MANIFEST_NAME, read_manifest
-    from scxnn.preprocess import cache_dir
+    from scxnn.sources import cache_dir
 
     m = read_manifest(cache_dir(cfg) / MANIFEST_NAME, list(cfg.findings), list(cfg.unseen_findings))
     seen = m.loc[m["split"].isin(["train", "val"]), ["patient_id", "split", "source_sha256"]].astype(str)
@@ -468,7 +462,7 @@ def build(cfg, model_dirs: dict, out_dir: str | os.PathLike, progress: bool = Tr
                                 max_train=cfg.evaluate.ood_fit_images, max_eval=max_eval)
     if only is None:
         write_seen_films(cfg, out)
-    svm, th, val_scores = fit_ensemble_with_scores(cfg, validation_rows(table))
+    svm, th, val_scores = fit_ensemble(cfg, validation_rows(table))
     log.info("thresholds: %s", th.describe())
     save(svm, th, out)
     atomic_write_text(out / VAL_SCORES_NAME, val_scores.to_csv(index=False))

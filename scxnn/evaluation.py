@@ -21,8 +21,9 @@ import pandas as pd
 from sklearn.linear_model import LogisticRegression
 
 from scxnn.config import RISK_GROUPS
-from scxnn.ensemble import Thresholds, certified_threshold, point_threshold, table_scores
-from scxnn.metrics import (auc_variance_ci, outward, paired_auc_delta, patient_bootstrap, proportion_ci, roc_auc,
+from scxnn.data import MAIN_SITE, main_site
+from scxnn.ensemble import Thresholds, certified_threshold, point_threshold
+from scxnn.metrics import (auc_variance_ci, fmt_ci, fmt_num, paired_auc_delta, patient_bootstrap, proportion_ci, roc_auc,
                            screening_metrics, screening_with_ci, separation_auc_ci)
 
 SITE_ORDER = ("internal", "temporal", "external1", "external2")
@@ -61,7 +62,7 @@ def _decisions(table: pd.DataFrame, finding: str) -> np.ndarray:
 
 def _score(table: pd.DataFrame) -> np.ndarray:
     if "score" not in table:
-        raise KeyError("the table has no 'score' column; call scxnn.evaluation.add_scores first")
+        raise KeyError("the table has no 'score' column; add it with scxnn.ensemble.table_scores first")
     return table["score"].to_numpy(float)
 
 
@@ -72,14 +73,6 @@ def _section(thesis: Mapping | None, key: str) -> Mapping | None:
 
 
 # --------------------------------------------------------------------------- scores and sets
-
-
-def add_scores(table: pd.DataFrame, svm, findings: Sequence[str], num_classes: int) -> pd.DataFrame:
-    """A copy of ``table`` with the SVM's ``score`` (larger = more abnormal), so every later function
-    works from one column instead of re-running the SVM."""
-    out = table.copy()
-    out["score"] = table_scores(svm, table, findings, num_classes)
-    return out
 
 
 def evaluation_sets(table: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -656,20 +649,16 @@ def format_ci(df: pd.DataFrame, rates: Sequence[str] = RATES, digits: int = 3) -
     """A display copy where each ``x, x_lo, x_hi`` becomes one string column ``"0.970 [0.930, 1.000]"``
     (for Markdown), bounds rounded outward (:func:`outward`); NaN shows as "n/a". Rates without
     ``_lo``/``_hi`` columns (the thesis') are formatted alone; rates absent from ``df`` are ignored.
-    Keep the numeric frame for CSV."""
-    def num(v, rounding=None) -> str:
-        return "n/a" if v is None or pd.isna(v) else f"{outward(float(v), digits, rounding):.{digits}f}"
-
+    Keep the numeric frame for CSV. Each cell is :func:`scxnn.metrics.fmt_ci`."""
     out = df.copy()
     for r in rates:
         if r not in out:
             continue
         if f"{r}_lo" in out and f"{r}_hi" in out:
-            out[r] = [num(v) if pd.isna(v) or (pd.isna(lo) and pd.isna(hi)) else f"{num(v)} [{num(lo, 'down')}, {num(hi, 'up')}]"
-                      for v, lo, hi in zip(df[r], df[f"{r}_lo"], df[f"{r}_hi"])]
+            out[r] = [fmt_ci(v, lo, hi, digits) for v, lo, hi in zip(df[r], df[f"{r}_lo"], df[f"{r}_hi"])]
             out = out.drop(columns=[f"{r}_lo", f"{r}_hi"])
         else:
-            out[r] = [num(v) for v in df[r]]
+            out[r] = [fmt_num(v, digits) for v in df[r]]
     return out
 
 
@@ -739,20 +728,20 @@ def _pct(v: float) -> str:
 
 
 def _ci(row: Mapping, k: str) -> str:
-    v, lo, hi = row.get(k), row.get(f"{k}_lo"), row.get(f"{k}_hi")
-    if v is None or not np.isfinite(v):
-        return "n/a"
-    if lo is None or not np.isfinite(lo):
-        return f"{v:.3f}"
-    return f"{v:.3f} [{outward(lo, 3, 'down'):.3f}, {outward(hi, 3, 'up'):.3f}]"
+    return fmt_ci(row.get(k), row.get(f"{k}_lo"), row.get(f"{k}_hi"))
 
 
-def screening_headline(df: pd.DataFrame, set_name: str = "internal", label: str | None = None) -> tuple[str, str | None]:
-    """(ours, thesis) one-liners for the index from a :func:`table2`/:func:`table7`-shaped frame."""
+def main_set(df: pd.DataFrame) -> str:
+    """The set a result frame's headline is about (:func:`scxnn.data.main_site` over its ``set`` column)."""
+    return main_site(df["set"])
+
+
+def screening_headline(df: pd.DataFrame, set_name: str | None = None, label: str | None = None) -> tuple[str, str | None]:
+    """(ours, thesis) one-liners for the index from a :func:`table2`/:func:`table7`-shaped frame,
+    about ``set_name`` (default: :func:`main_set`)."""
+    if set_name is None:
+        set_name = main_set(df) if "set" in df and len(df) else MAIN_SITE
     rows = df[df["set"] == set_name] if "set" in df else df
-    if rows.empty and "set" in df and len(df) and label is None:
-        # A dataset without an "internal" site (e.g. Kermany): its first set is the headline.
-        rows, set_name = df.iloc[:1], str(df["set"].iloc[0])
     if rows.empty:
         return f"{set_name}: no films", None
     r = rows.iloc[0].to_dict()

@@ -12,9 +12,11 @@ leaves those films out instead, and the report says how many). Films out of the 
 (:func:`scxnn.data.in_scope`) are left out and logged.
 
 Written under ``out_dir``: ``png/`` (the PNG cache, with ``skipped.csv``), ``logits.parquet``, and
-``tables/<profile>/``: Table 2 at both thresholds, ROC AUC, AUC per finding, the missed films and,
-when the profile names published results (``evaluate.published``), the comparison with them, each
-as CSV + Markdown with 95% patient-bootstrap CIs; ``figures/<profile>/roc.png``; ``summary.json``.
+``tables/<profile>/``: Table 2 at both thresholds, ROC AUC, AUC per finding, the missed films (by
+risk group and film by film) and, when the profile names published results (``evaluate.published``),
+the comparison with them, each as CSV + Markdown with 95% patient-bootstrap CIs, written by the same
+functions as notebook 04's (:mod:`scxnn.study_tables`); ``figures/<profile>/``: the ROC curve and
+the AUC per finding; ``summary.json``.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ from pathlib import Path
 import pandas as pd
 
 from scxnn.config import RESOLVED_NAME, load_resolved
-from scxnn.metrics import interval_note
 from scxnn.utils import atomic_write_text, log
 
 SUMMARY_NAME = "summary.json"
@@ -98,7 +99,7 @@ def score_manifest(run_dir: str | os.PathLike, manifest: str | os.PathLike, out_
     from scxnn import ensemble, ood
     from scxnn.data import read_manifest
     from scxnn.checkpoints import RunIncomplete, run_model_dirs
-    from scxnn.preprocess import preprocess_manifest
+    from scxnn.batch import preprocess_manifest
 
     run, out, mpath = Path(run_dir), Path(out_dir), Path(manifest)
     cfg = load_run_config(run)
@@ -148,32 +149,17 @@ def evaluate_manifest(run_dir: str | os.PathLike, manifest: str | os.PathLike, o
                       drop_seen: bool = False, progress: bool = True) -> dict:
     """Score ``manifest`` with the trained run ``run_dir`` (``runs/<profile>``) and write the tables.
     Returns the summary (also ``out_dir/summary.json``)."""
-    from scxnn import evaluation, reports
+    from scxnn import study_tables
 
     run, out, mpath = Path(run_dir), Path(out_dir), Path(manifest)
     cfg, table, skipped, dropped, th = score_manifest(run, mpath, out, drop_seen, progress)
-    findings = list(cfg.findings)
-
-    n_boot, seed, ci = cfg.evaluate.bootstrap, cfg.seed, cfg.evaluate.ci
-    note = interval_note(ci, n_boot)
-    where = f"{mpath} scored by the run {run} without retraining"
-    t2, t2s = reports.write_screening_tables(cfg, table, th, where=f"{where}.")
+    where = f"{mpath} scored by the run {run} without retraining."
+    t2, t2s = study_tables.screening(cfg, table, th, where=where)
     sets = ", ".join(t2["set"].astype(str))
-    auc = evaluation.svm_auc(table, n_boot, seed, ci)
-    reports.write_table(cfg, auc, "svm_auc", f"ROC AUC of the SVM score (abnormal vs normal) per site; {ci:.0%} patient-bootstrap CI (exact bound at AUC 0 or 1). {where}.",
-                        headline="; ".join(f"{r.set} {r.auc:.3f}" for r in auc.itertuples()), display=evaluation.format_ci(auc, evaluation.RATES + ("auc",)))
-    curves = {name: (table.loc[m, "abnormal"].to_numpy(), table.loc[m, "score"].to_numpy()) for name, m in evaluation.evaluation_sets(table).items()}
-    reports.save_figure(cfg, reports.roc_figure(curves, {r.set: (1 - r.specificity, r.sensitivity) for r in t2.itertuples()}, {}), "roc",
-                        caption=f"ROC of the SVM score per site; circles: the frozen definite-normal threshold. {where}.")
-    afd = evaluation.auc_per_finding(table, findings, n_boot, seed, ci)
-    reports.write_table(cfg, afd, "auc_per_finding", f"ROC AUC of each finding model (target vs rest); {ci:.0%} patient-bootstrap CI (exact bound at AUC 0 or 1). {where}.", display=evaluation.format_ci(afd, evaluation.RATES + ("auc",)))
-    missed = evaluation.missed_cases(table, th.point, cfg.findings, cfg.unseen_findings)
-    reports.write_table(cfg, missed.drop(columns=["patient_id"], errors="ignore"), "missed_cases", f"Abnormal films auto-reported normal at the definite-normal threshold (hashed ids). {where}.")
-    pub = None
-    if cfg.evaluate.published:
-        pub = evaluation.published_comparison(table, th.point, cfg.evaluate.published, n_boot, seed, ci)
-        reports.write_table(cfg, pub, "published_comparison", f"Ours at the frozen definite-normal threshold and at the SVM boundary, beside published results on the same source data (their own split); {note}. {where}.",
-                            display=evaluation.format_ci(pub, ("auc", "accuracy", "sensitivity", "specificity", "auto_normal")))
+    auc = study_tables.svm_auc(cfg, table, t2, where=where)
+    study_tables.auc_per_finding(cfg, table, where=where)
+    _, missed = study_tables.missed(cfg, table, th, where=where)
+    pub = study_tables.published(cfg, table, th, where=where)
 
     first = t2.iloc[0]
     summary = {
@@ -197,7 +183,7 @@ def evaluate_manifest(run_dir: str | os.PathLike, manifest: str | os.PathLike, o
 
 
 def format_summary(s: dict) -> str:
-    from scxnn.reports import fmt_ci
+    from scxnn.metrics import fmt_ci
 
     def ci(k: str, prefix: str = "", percent: bool = False) -> str:
         k = prefix + k

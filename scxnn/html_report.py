@@ -1,7 +1,9 @@
 """A self-contained HTML page of one screening run: one row per film, sortable and filterable.
 
 The page opens from disk in any browser with no network: images are inline ``data:`` URIs, CSS and a
-small vanilla-JS sorter/filter are inline, and a Content-Security-Policy forbids every fetch. Every
+small vanilla-JS sorter/filter are inline, and a Content-Security-Policy forbids every fetch. The
+full-resolution film and overlay of a row are PNG files beside the page (``films/``, ``overlays/``),
+opened in a new tab by a "full size" link, never loaded by the page itself. Every
 string from the caller is escaped with :func:`html.escape`; of each film's path only its name and
 parent folder are shown (folder names above it may carry patient identifiers). The output is a pure
 function of the input (no timestamps, no random ids), so two calls write identical bytes.
@@ -21,6 +23,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import quote
 
 import cv2
 import numpy as np
@@ -49,14 +52,16 @@ _E = html.escape  # quote=True by default: safe in text and in double-quoted att
 
 # --------------------------------------------------------------------------------------------- utilities
 def thumbnail_png(img: np.ndarray, size: int = 128) -> bytes:
-    """PNG bytes of a grey thumbnail whose longer side is at most ``size`` (aspect kept, never enlarged).
+    """PNG bytes of a thumbnail whose longer side is at most ``size`` (aspect kept, never enlarged).
 
-    ``img`` is (H, W) (or (H, W, 1)) ``uint8``, or float in [0, 1] (clipped; NaN becomes 0)."""
+    ``img`` is (H, W) (or (H, W, 1)) ``uint8``, or float in [0, 1] (clipped; NaN becomes 0), or a
+    colour (H, W, 3) ``uint8`` in OpenCV's BGR order (a decoded overlay PNG)."""
     a = np.asarray(img)
     if a.ndim == 3 and a.shape[2] == 1:
         a = a[:, :, 0]
-    if a.ndim != 2 or a.shape[0] == 0 or a.shape[1] == 0:
-        raise ValueError(f"thumbnail_png needs a non-empty (H, W) image, got shape {a.shape}")
+    colour = a.ndim == 3 and a.shape[2] == 3 and a.dtype == np.uint8
+    if not (a.ndim == 2 or colour) or a.shape[0] == 0 or a.shape[1] == 0:
+        raise ValueError(f"thumbnail_png needs a non-empty (H, W) image or a (H, W, 3) uint8 one, got shape {a.shape}")
     if size < 1:
         raise ValueError(f"size must be >= 1, got {size}")
     if a.dtype == np.uint8:
@@ -67,7 +72,7 @@ def thumbnail_png(img: np.ndarray, size: int = 128) -> bytes:
         g = a.astype(np.uint8) * 255
     else:
         raise TypeError(f"thumbnail_png needs uint8 or float in [0, 1], got {a.dtype}")
-    h, w = g.shape
+    h, w = g.shape[:2]
     scale = size / max(h, w)
     if scale < 1.0:
         nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
@@ -84,6 +89,9 @@ def _float(x) -> float:
     except (TypeError, ValueError):
         return math.nan
     return f
+
+
+CALLED_NORMAL = ("definite_normal", "likely_normal")
 
 
 def _str(x) -> str:
@@ -177,7 +185,8 @@ td.file{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12px;word-br
 td.num{font-variant-numeric:tabular-nums;white-space:nowrap}
 td.reason{max-width:280px}
 img.zoom{width:64px;height:auto;image-rendering:auto;cursor:zoom-in;border:1px solid #ccd;background:#000;transition:width .1s}
-img.zoom:focus{width:256px;outline:2px solid #3a7bd5;cursor:zoom-out}
+img.zoom:focus{width:auto;max-width:none;outline:2px solid #3a7bd5;cursor:zoom-out}
+a.full{display:block;font-size:11px;white-space:nowrap}
 .overlay{margin-top:4px;font-size:11px;color:#5a6272}
 .chip{display:inline-block;padding:0 6px;margin:1px 2px 1px 0;border-radius:8px;background:#eceff3;font-size:11px}
 .chip.ood{background:#f6d7d3}
@@ -270,12 +279,26 @@ def _controls(counts: dict[str, int]) -> str:
             '<span id="shown"></span></div>')
 
 
-def _img(png: bytes, alt: str) -> str:
-    return f'<img class="zoom" tabindex="0" alt="{_E(alt)}" title="click to enlarge" src="{_data_uri(png)}">'
+def _img(png: bytes, alt: str, full: str | None = None) -> str:
+    """An inline thumbnail (focus shows it at its own size, never upsampled) and, when the file of the
+    full-resolution picture is given, a link that opens it in a new tab."""
+    tag = f'<img class="zoom" tabindex="0" alt="{_E(alt)}" title="click to enlarge" src="{_data_uri(png)}">'
+    if full:
+        tag += f'<a class="full" href="{_E(_href(full))}" target="_blank" rel="noopener">full size</a>'
+    return tag
+
+
+def _href(path: str) -> str:
+    """A relative link to a file beside the report; anything else (a scheme, an absolute or parent
+    path) is refused, as the page promises it fetches nothing."""
+    p = _str(path).replace("\\", "/")
+    if not p or ":" in p or p.startswith("/") or ".." in p.split("/"):
+        raise ValueError(f"full-size links must be relative paths below the report, got {path!r}")
+    return "/".join(quote(part) for part in p.split("/"))
 
 
 def _row(idx: int, row: Mapping, pcols: list[str], has: set[str],
-         thumbnails: Mapping[str, bytes], overlays: Mapping[str, bytes]) -> str:
+         thumbnails: Mapping[str, bytes], overlays: Mapping[str, bytes], full: Mapping[str, tuple]) -> str:
     file = _str(row.get("file"))
     name = short_name(file)
     decision = _str(row.get("decision"))
@@ -283,12 +306,13 @@ def _row(idx: int, row: Mapping, pcols: list[str], has: set[str],
 
     # thumbnail (+ Grad-CAM overlay when given)
     img = []
+    film_full, overlay_full = full.get(file, (None, None))
     if file in thumbnails and thumbnails[file]:
-        img.append(_img(thumbnails[file], f"thumbnail of {name}"))
+        img.append(_img(thumbnails[file], f"thumbnail of {name}", film_full))
     else:
         img.append('<span class="muted">no image</span>')
     if file in overlays and overlays[file]:
-        img.append(f'<div class="overlay">Grad-CAM<br>{_img(overlays[file], f"Grad-CAM overlay of {name}")}</div>')
+        img.append(f'<div class="overlay">Grad-CAM<br>{_img(overlays[file], f"Grad-CAM overlay of {name}", overlay_full)}</div>')
     cells.append(f'<td class="thumb">{"".join(img)}</td>')
 
     cells.append(f'<td class="file">{_E(name) if name else "<span class=muted>–</span>"}</td>')
@@ -313,7 +337,11 @@ def _row(idx: int, row: Mapping, pcols: list[str], has: set[str],
     if "top_finding" in has:
         top = _str(row.get("top_finding"))
         p = _float(row.get(f"p_{top}")) if top else math.nan
-        if top:
+        if decision in CALLED_NORMAL:
+            # A film the AI calls normal has no finding to point at; naming its most likely one
+            # next to "definite normal" reads as a contradiction. Its probabilities are still shown.
+            txt = '<span class="muted">– (called normal)</span>'
+        elif top:
             txt = _E(top.replace("_", " ")) + (f' <span class="num">{_num(p)}</span>' if not math.isnan(p) else "")
         else:
             txt = '<span class="muted">–</span>'
@@ -350,7 +378,7 @@ def _row(idx: int, row: Mapping, pcols: list[str], has: set[str],
 
 
 def _table(df: pd.DataFrame, pcols: list[str], has: set[str],
-           thumbnails: Mapping[str, bytes], overlays: Mapping[str, bytes]) -> str:
+           thumbnails: Mapping[str, bytes], overlays: Mapping[str, bytes], full: Mapping[str, tuple]) -> str:
     heads = ['<th scope="col">image</th>', '<th scope="col" data-type="str">file</th>',
              '<th scope="col" data-type="num" title="definite normal, likely normal, needs review, rejected">decision</th>']
     if "reason" in has:
@@ -366,18 +394,19 @@ def _table(df: pd.DataFrame, pcols: list[str], has: set[str],
         heads.append('<th scope="col" data-type="num" title="per-finding probabilities; sorts by the largest">'
                      "findings</th>")
     records = df.to_dict(orient="records")
-    rows = "\n".join(_row(i, r, pcols, has, thumbnails, overlays) for i, r in enumerate(records))
+    rows = "\n".join(_row(i, r, pcols, has, thumbnails, overlays, full) for i, r in enumerate(records))
     return (f'<table id="films"><thead><tr>{"".join(heads)}</tr></thead>\n<tbody>\n{rows}\n</tbody></table>')
 
 
 # --------------------------------------------------------------------------------------------- entry point
 def render_report(predictions: pd.DataFrame, thumbnails: Mapping[str, bytes] | None = None,
                   overlays: Mapping[str, bytes] | None = None, title: str = "SCXNN screening report",
-                  meta: Mapping[str, str] | None = None) -> str:
+                  meta: Mapping[str, str] | None = None, full_size: Mapping[str, tuple] | None = None) -> str:
     """The page as a string (see :func:`write_report`)."""
     df = predictions if predictions is not None else pd.DataFrame()
     thumbnails = thumbnails or {}
     overlays = overlays or {}
+    full_size = full_size or {}
     has = {str(c) for c in df.columns}
     pcols = [str(c) for c in df.columns if str(c).startswith("p_") and len(str(c)) > 2]
     decisions = [_str(d) for d in df["decision"]] if "decision" in has else [""] * len(df)
@@ -387,7 +416,7 @@ def render_report(predictions: pd.DataFrame, thumbnails: Mapping[str, bytes] | N
     total = len(df)
 
     if total:
-        body = _controls(counts) + "\n" + _table(df, pcols, has, thumbnails, overlays)
+        body = _controls(counts) + "\n" + _table(df, pcols, has, thumbnails, overlays, full_size)
     else:
         body = '<p class="empty" id="empty">No films in this report: the predictions table is empty.</p>'
 
@@ -405,11 +434,14 @@ def render_report(predictions: pd.DataFrame, thumbnails: Mapping[str, bytes] | N
 
 def write_report(predictions: pd.DataFrame, out_path: str | os.PathLike,
                  thumbnails: Mapping[str, bytes] | None = None, overlays: Mapping[str, bytes] | None = None,
-                 title: str = "SCXNN screening report", meta: Mapping[str, str] | None = None) -> Path:
+                 title: str = "SCXNN screening report", meta: Mapping[str, str] | None = None,
+                 full_size: Mapping[str, tuple] | None = None) -> Path:
     """Write a self-contained HTML report of ``predictions`` to ``out_path`` (atomically); return the path.
 
     ``thumbnails`` and ``overlays`` map a row's ``file`` to PNG bytes (pre-shrunk by the caller, embedded
-    as-is); ``meta`` is shown in the header in its own order. The same input gives the same bytes."""
+    as-is); ``full_size`` maps it to (film, overlay) paths relative to the report, either None, of
+    the full-resolution pictures that each thumbnail links to (files beside the page, not embedded);
+    ``meta`` is shown in the header in its own order. The same input gives the same bytes."""
     out = Path(out_path)
-    atomic_write_text(out, render_report(predictions, thumbnails, overlays, title, meta))
+    atomic_write_text(out, render_report(predictions, thumbnails, overlays, title, meta, full_size))
     return out

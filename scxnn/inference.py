@@ -13,7 +13,6 @@ Otherwise the film is scored again.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import zipfile
@@ -22,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from scxnn.utils import atomic_open, log, sha256_file
+from scxnn.utils import atomic_open, log, sha256_file, sha256_text
 
 SCORES_NAME = "scores.npz"
 
@@ -34,7 +33,7 @@ def films_to_score(cfg, cache: str | os.PathLike | None = None, only=None, exclu
     to leave out; ``max_train``: keep a seeded sample of this many training films, ``max_eval`` of
     this many validation and this many test films (:func:`sample_films`; 0: all)."""
     from scxnn.data import MANIFEST_NAME, in_scope, read_manifest
-    from scxnn.preprocess import cache_dir
+    from scxnn.sources import cache_dir
 
     cache = Path(cache) if cache is not None else cache_dir(cfg)
     df, _ = in_scope(read_manifest(cache / MANIFEST_NAME, list(cfg.findings), list(cfg.unseen_findings)), str(cache / MANIFEST_NAME))
@@ -63,7 +62,7 @@ def sample_films(df, n: int, seed: int, splits: Sequence[str] = ("train",)):
     for s in splits:
         rows = np.flatnonzero(split == s)
         if len(rows) > n:
-            rank = np.array([hashlib.sha256(f"{seed}:{ids[r]}".encode()).hexdigest() for r in rows])
+            rank = np.array([sha256_text(f"{seed}:{ids[r]}") for r in rows])
             keep[rows[np.argsort(rank, kind="stable")[n:]]] = False
     return df[keep].reset_index(drop=True)
 
@@ -130,7 +129,7 @@ def finding_scores(cfg, finding: str, model_dir: str | os.PathLike, df, cache: P
     result back (atomically). A model trained on other preprocessing than ``cfg.preprocess`` is
     refused (:class:`scxnn.checkpoints.PreprocessMismatch`)."""
     from scxnn.checkpoints import BEST_NAME, check_fingerprint, load_finding_model
-    from scxnn.preprocess import fingerprint
+    from scxnn.pixels import fingerprint
 
     model_dir = Path(model_dir)
     ckpt = model_dir / BEST_NAME

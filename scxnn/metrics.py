@@ -138,6 +138,36 @@ def outward(v: float, digits: int, rounding: str | None) -> float:
     return (np.floor if rounding == "down" else np.ceil)(v * scale + (1e-9 if rounding == "down" else -1e-9)) / scale
 
 
+def _missing(v) -> bool:
+    try:
+        return v is None or not np.isfinite(float(v))
+    except (TypeError, ValueError):
+        return True
+
+
+def fmt_num(v, digits: int = 3, rounding: str | None = None, percent: bool = False) -> str:
+    """One number as the reports print it: ``digits`` decimals (``percent``: a share as ``97%``, with
+    ``digits`` - 2 decimals, i.e. the same precision), rounded outward for a bound (``rounding``
+    "down" for a lower bound, "up" for an upper one, see :func:`outward`); missing or NaN -> ``n/a``."""
+    if _missing(v):
+        return "n/a"
+    if percent:
+        return f"{100 * outward(float(v), digits, rounding):.{max(digits - 2, 0)}f}%"
+    return f"{outward(float(v), digits, rounding):.{digits}f}"
+
+
+def fmt_ci(value, lo=None, hi=None, digits: int = 3, percent: bool = False) -> str:
+    """``0.970 [0.930, 1.000]``: the one way every table, headline, log line and command prints a rate
+    with its interval, bounds rounded outward so that the printed interval is never narrower than the
+    computed one. Without either bound it is the value alone; NaN -> ``n/a``."""
+    if _missing(lo) and _missing(hi):
+        return fmt_num(value, digits, percent=percent)
+    if _missing(value):
+        return "n/a"
+    return (f"{fmt_num(value, digits, percent=percent)} [{fmt_num(lo, digits, 'down', percent)}, "
+            f"{fmt_num(hi, digits, 'up', percent)}]")
+
+
 # --------------------------------------------------------------------------- bootstrap
 
 

@@ -14,7 +14,6 @@ bf16 is native, PyTorch + bf16 autocast is faster still, so ``auto`` never picks
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Mapping
@@ -22,6 +21,8 @@ from typing import Mapping
 import numpy as np
 import torch
 from torch import nn
+
+from scxnn.utils import sha256_file
 
 OPSET = 17
 
@@ -85,14 +86,6 @@ def session(path: str | os.PathLike, threads: int | None = None):
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
-def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
-
-
 class OrtEnsemble:
     """One ONNX Runtime session per finding model, exported on first use into ``cache_dir``."""
 
@@ -103,7 +96,7 @@ class OrtEnsemble:
         self.findings = list(models)
         self.sessions = []
         for i, (finding, model) in enumerate(models.items()):
-            key = _digest(Path(checkpoints[finding])) if checkpoints else f"m{i}"
+            key = sha256_file(checkpoints[finding])[:16] if checkpoints else f"m{i}"
             path = cache / f"{finding}-{key}.onnx"
             if not path.is_file():
                 export(model, path)

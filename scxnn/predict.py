@@ -29,7 +29,7 @@ native bf16 (auto-detected), one film at a time on a CPU. Runs are resumable: fi
 (keyed by the file's path and content hash) and a rerun scores only what is new or changed.
 
 File names can hold a patient's name. ``report.html``, the page meant to be shared, names films by
-``film_id`` (from the file's content hash) unless ``names_in_report``; overlays and thumbnails are
+``film_id`` (from the file's content hash) unless ``names_in_report``; overlays, thumbnails and films/ are
 named by hashes; with ``anonymise_names`` the ``file`` column of ``predictions.csv`` holds the
 ``film_id`` too, so no input name is written anywhere.
 """
@@ -37,7 +37,6 @@ named by hashes; with ``anonymise_names`` the ``file`` column of ``predictions.c
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +48,9 @@ import torch
 
 from scxnn.checkpoints import RunIncomplete
 from scxnn.config import Config, load_resolved
-from scxnn.utils import atomic_write_bytes, atomic_write_text, log, remove_stale_temporaries, sha256_file
+from scxnn.metrics import fmt_num
+from scxnn.pixels import encode_png, read_png
+from scxnn.utils import atomic_write_bytes, atomic_write_text, log, remove_stale_temporaries, sha256_file, sha256_text
 
 DECISIONS = ("definite_normal", "likely_normal", "needs_review", "rejected")
 PENDING = "pending"  # a would-be-normal film before the batch-level check (only while a run is in progress)
@@ -188,7 +189,7 @@ class Screener:
 def film_id(path: str | os.PathLike, digest: str) -> str:
     """A film's name where its file name must not appear: from the content hash (a name-derived
     hash could be reversed by guessing names), or the path's for a file that could not be read."""
-    return "film-" + (digest[:12] if digest else hashlib.sha256(f"unreadable\0{path}".encode()).hexdigest()[:12])
+    return "film-" + (digest[:12] if digest else sha256_text(f"unreadable\0{path}", 12))
 
 
 # --------------------------------------------------------------------------- screening
@@ -205,20 +206,22 @@ def _row(path: Path, digest: str, screener: Screener) -> dict:
 def screen_file(path: Path, screener: Screener, digest: str = "") -> tuple[dict, np.ndarray | None]:
     """(row, preprocessed film or None) for one file, all in this process; never raises for a bad
     file. :func:`predict` does the reading in a worker process instead (a decoder may abort)."""
-    from scxnn.preprocess import ScreenJob, screening_pixels
+    from scxnn.batch import ScreenJob, screening_pixels
 
     _, pixels, why = screening_pixels(ScreenJob({"image_id": str(path)}, str(path), screener.cfg.preprocess))
     return score_film(_row(path, digest, screener), pixels, why, screener)
 
 
 def score_film(row: dict, pixels: tuple | None, why: str | None, screener: Screener) -> tuple[dict, np.ndarray | None]:
-    """Fill ``row`` from the decoding stage's result (:func:`scxnn.preprocess.screening_pixels`) and
+    """Fill ``row`` from the decoding stage's result (:func:`scxnn.batch.screening_pixels`) and
     the models: rejected with ``why``, or scored and decided. Any failure while scoring (a
-    MemoryError, a bug) rejects this film with the reason; the batch goes on."""
-    img8, flags = pixels if pixels is not None else (None, ())
+    MemoryError, a bug) rejects this film with the reason; the batch goes on. Returns the row and
+    the picture to show: the preprocessed film, or for a film the gate refused after decoding (a
+    hip, a tibia) its preview, so the reader can check the refusal; None when nothing decoded."""
+    img8, flags, shown = pixels if pixels is not None else (None, (), None)
     if img8 is None:
         row.update(decision="rejected", reason=why or "unreadable", scope_flags=";".join(flags))
-        return row, None
+        return row, shown
     try:
         s = screener.score(img8)
         top = max(s["p_target"], key=s["p_target"].get)
@@ -264,7 +267,7 @@ def decide(row: dict, screener: Screener, batch=None) -> tuple[str, str]:
     if np.isfinite(certified):
         return "likely_normal", (f"not certified: SVM score {score:.3f} lies between the certified threshold {certified:.3f} and the "
                                  f"threshold in use {t:.3f}; in scope, in distribution, {batch.describe()}")
-    vouched = f"the run's validation certifies sensitivity >= {th.point_sensitivity_lo:.3f} at its point threshold" if th is not None else ""
+    vouched = f"the run's validation certifies sensitivity >= {fmt_num(th.point_sensitivity_lo, rounding='down')} at its point threshold" if th is not None else ""
     return "likely_normal", (f"uncertified site: SVM score {score:.3f} < threshold {t:.3f}, but no certified threshold covers it "
                              f"(target {screener.cfg.ensemble.sensitivity_target:.0%}; {vouched}); certify this site with `scxnn certify`")
 
@@ -290,25 +293,57 @@ def finalize(table: pd.DataFrame, screener: Screener):
 def _overlay(screener: Screener, img8: np.ndarray, finding: str) -> bytes:
     import cv2
 
-    from scxnn.cam import gradcam, overlay
+    from scxnn.cam import gradcam, overlay, with_colour_scale
 
     x = torch.from_numpy(img8.astype(np.float32) / 255.0)[None, None].to(screener.device)
     cam = gradcam(screener.models[finding].model, x, target_class=1)[0]
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(overlay(img8, cam), cv2.COLOR_RGB2BGR))
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(with_colour_scale(overlay(img8, cam)), cv2.COLOR_RGB2BGR))
     return buf.tobytes()
 
 
 def _key(path: Path, digest: str) -> str:
-    return hashlib.sha256(f"{path}\0{digest}".encode()).hexdigest()[:16]
+    return sha256_text(f"{path}\0{digest}", 16)
+
+
+# The columns that mark a predictions.csv as this tool's: resuming reads them, and a folder holding
+# another tool's file of that name is refused rather than overwritten.
+_OWN_COLUMNS = ("file", "film_id", "sha256", "decision", "reason", "score", "threshold")
+
+
+class OutputFolderInUse(FileExistsError):
+    """``--out`` holds files that ``scxnn predict`` did not write; they are never overwritten."""
+
+
+def previous_predictions(out: Path) -> pd.DataFrame | None:
+    """The predictions of an earlier run into ``out`` (to resume), None for a folder without them.
+    A ``predictions.csv`` or ``report.html`` that is not this tool's is an :class:`OutputFolderInUse`."""
+    pred, report = out / PREDICTIONS_NAME, out / REPORT_NAME
+    if not pred.is_file():
+        if report.is_file():
+            raise OutputFolderInUse(f"{out} already holds a {REPORT_NAME} without the {PREDICTIONS_NAME} that scxnn predict "
+                                    f"writes beside it; it is not overwritten. Choose another --out, or move {report} away")
+        return None
+    try:
+        old = pd.read_csv(pred, dtype={"sha256": str, "file": str}, keep_default_na=False, na_values=[""])
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        old, why = None, f"it cannot be read as a table ({type(e).__name__})"
+    else:
+        missing = [c for c in _OWN_COLUMNS if c not in old]
+        why = f"it lacks the columns {', '.join(missing)}" if missing else ""
+    if old is None or why:
+        raise OutputFolderInUse(f"{pred} was not written by scxnn predict ({why}); it is not overwritten. "
+                                "Choose another --out, or move that file away")
+    return old
 
 
 def predict(run_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
             threshold: str = "point", device: str = "auto", bf16: str = "auto", overlays: bool = True,
             progress: bool = True, screener: Screener | None = None, backend: str = "torch",
             certificate: str | os.PathLike | None = None, anonymise_names: bool = False,
-            names_in_report: bool = False) -> pd.DataFrame:
-    """Screen ``inputs`` with the run in ``run_dir``; writes predictions.csv, overlays/, thumbnails/
-    and report.html into ``out_dir``. Returns the predictions (one row per input, input order), with
+            names_in_report: bool = False, full_size: bool = True) -> pd.DataFrame:
+    """Screen ``inputs`` with the run in ``run_dir``; writes predictions.csv, overlays/, thumbnails/,
+    films/ (each film as the models saw it, at ``preprocess.size``, unless not ``full_size``) and
+    report.html into ``out_dir``. Returns the predictions (one row per input, input order), with
     the decisions settled by the batch-level check (:func:`finalize`); ``table.attrs["batch"]`` is
     its verdict. ``certificate``: a site certificate from ``scxnn certify``. ``anonymise_names``:
     no input name in any output (``file`` holds the ``film_id``); ``names_in_report``: show the
@@ -317,24 +352,26 @@ def predict(run_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike], out
 
     from scxnn import html_report
 
+    from scxnn.batch import ScreenJob, run_isolated, screening_pixels
+    from scxnn.dicom import find_images
+
     out = Path(out_dir)
+    # What the person typed is checked before the models load (tens of seconds): a mistyped path, an
+    # empty folder, an --out that holds another tool's files.
+    if anonymise_names and names_in_report:
+        raise ValueError("--anonymise-names and --names-in-report contradict each other; pick one")
+    files, problems = find_images(inputs, strict=True)
+    old = previous_predictions(out)
     # ONNX graphs go beside the predictions: the run folder may be read-only (a shared model store).
     screener = screener or Screener.from_run(run_dir, threshold, device, bf16, backend=backend, onnx_dir=out / "onnx",
                                              certificate=certificate)
-    from scxnn.dicom import find_images
-    from scxnn.preprocess import ScreenJob, run_isolated, screening_pixels
-
-    if anonymise_names and names_in_report:
-        raise ValueError("--anonymise-names and --names-in-report contradict each other; pick one")
     (out / "thumbnails").mkdir(parents=True, exist_ok=True)
-    for folder in (out, out / "thumbnails", out / "overlays"):  # left by a kill -9 of an earlier run
+    if full_size:
+        (out / "films").mkdir(exist_ok=True)
+    for folder in (out, out / "thumbnails", out / "overlays", out / "films"):  # left by a kill -9 of an earlier run
         remove_stale_temporaries(folder)
-    files, problems = find_images(inputs)
-    if not files and not problems:
-        raise FileNotFoundError(f"no input files found in {', '.join(map(str, inputs))}")
     done: dict[tuple[str, str], dict] = {}
-    if (out / PREDICTIONS_NAME).is_file():
-        old = pd.read_csv(out / PREDICTIONS_NAME, dtype={"sha256": str, "file": str}, keep_default_na=False, na_values=[""])
+    if old is not None:
         if "threshold" in old and len(old) and not np.allclose(old["threshold"].astype(float), screener.threshold):
             log.info("%s was made with another threshold; rescoring everything", out / PREDICTIONS_NAME)
         else:
@@ -368,7 +405,7 @@ def predict(run_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike], out
             ranks.append(order[str(path)])
         else:
             todo[_key(path, digest)] = (path, digest)
-    # Decoding runs in a worker process (scxnn.preprocess.run_isolated): a native decoder that
+    # Decoding runs in a worker process (scxnn.batch.run_isolated): a native decoder that
     # aborts on a corrupt file (gdcm does, found by the fuzz test) costs that film, not the batch.
     jobs = [ScreenJob({"image_id": key}, str(path), screener.cfg.preprocess) for key, (path, _) in todo.items()]
     new = 0
@@ -379,7 +416,10 @@ def predict(run_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike], out
         row, img8 = score_film(_row(path, digest, screener), pixels, why, screener)
         if img8 is not None:
             atomic_write_bytes(out / "thumbnails" / f"{key}.png", html_report.thumbnail_png(img8))
-            if overlays and row["decision"] == "needs_review" and row["top_finding"]:
+            if full_size:  # the film at the models' resolution, for the report's "full size" link
+                atomic_write_bytes(out / "films" / f"{key}.png", encode_png(img8))
+                row["image"] = f"films/{key}.png"
+            if overlays and row["decision"] == "needs_review" and row["top_finding"]:  # scored: img8 is the film
                 overlay = f"overlays/{key}__{row['top_finding']}.png"  # hashed: a file name may hold a patient's name
                 try:
                     atomic_write_bytes(out / overlay, _overlay(screener, img8, row["top_finding"]))
@@ -405,16 +445,22 @@ def predict(run_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike], out
 def _write_report(table: pd.DataFrame, out: Path, screener: Screener, batch, names_in_report: bool = False) -> Path:
     from scxnn import __version__, html_report
 
-    thumbs, overlays = {}, {}
+    thumbs, overlays, full = {}, {}, {}
     shown = table.copy()
     if not names_in_report:
         shown["file"] = shown["film_id"]
+
+    def beside(rel) -> str | None:  # a picture file of this run's, relative to the report
+        return rel if isinstance(rel, str) and rel and (out / rel).is_file() else None
+
     for r, name in zip(table.to_dict("records"), shown["file"]):
         t = out / "thumbnails" / f"{_key(Path(r['file']), r['sha256'] if isinstance(r['sha256'], str) else '')}.png"
         if t.is_file():
             thumbs[name] = t.read_bytes()
-        if isinstance(r.get("overlay"), str) and (out / r["overlay"]).is_file():
-            overlays[name] = (out / r["overlay"]).read_bytes()
+        overlay = beside(r.get("overlay"))
+        if overlay:  # inline as a thumbnail; the full-resolution overlay is a link
+            overlays[name] = html_report.thumbnail_png(read_png(out / overlay))
+        full[name] = (beside(r.get("image")), overlay)
     meta = {
         "models": f"profile {screener.cfg.profile}, {len(screener.models)} finding models + SVM",
         "threshold": f"{screener.threshold_name} = {screener.threshold:.4f} (sensitivity target "
@@ -424,5 +470,5 @@ def _write_report(table: pd.DataFrame, out: Path, screener: Screener, batch, nam
         "inference": f"{screener.device.type}, {'bf16' if screener.bf16 else 'fp32'}, channels_last, decoder off",
         "scxnn": __version__,
     }
-    return html_report.write_report(shown, out / REPORT_NAME, thumbnails=thumbs, overlays=overlays, meta=meta)
+    return html_report.write_report(shown, out / REPORT_NAME, thumbnails=thumbs, overlays=overlays, meta=meta, full_size=full)
 

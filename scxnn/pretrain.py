@@ -63,7 +63,7 @@ def trunk_settings(cfg: Config) -> dict:
 
 
 def trunk_dir(cfg: Config) -> Path:
-    from scxnn.preprocess import fingerprint
+    from scxnn.pixels import fingerprint
 
     return cfg.path("runs") / "trunk" / f"{cfg.model.backbone}-{fingerprint(cfg.preprocess)}"
 

@@ -1,4 +1,5 @@
-"""Small shared helpers: the one seeding function, atomic writes, hashing, logging."""
+"""Small shared helpers: the one seeding function and the RNG states of a checkpoint, atomic writes,
+hashing, logging."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Any, Iterator
 
 import numpy as np
 
@@ -41,6 +42,36 @@ def seed_everything(seed: int, deterministic: bool = True) -> np.random.Generato
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
     return np.random.default_rng(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch RNG states as plain ints / lists / tensors (weights_only-loadable),
+    for a checkpoint; :func:`set_rng_state` puts them back."""
+    import torch
+
+    py = random.getstate()
+    np_state = np.random.get_state()
+    st: dict[str, Any] = {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def set_rng_state(st: dict[str, Any]) -> None:
+    """Restore the RNG states :func:`rng_state` took."""
+    import torch
+
+    v, internal, gauss = st["python"]
+    random.setstate((v, tuple(internal), gauss))
+    n = st["numpy"]
+    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(st["torch"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
 
 
 _TMP_SUFFIX = ".tmp"
@@ -117,11 +148,19 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes, read in chunks: the one file hash (image hashes for the
+    split check, checkpoint and artifact digests)."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def sha256_text(text: str | bytes, n: int | None = None) -> str:
+    """Hex SHA-256 of a string (UTF-8) or bytes, cut to ``n`` characters: the one text hash behind
+    de-identified ids, fingerprints and cache keys."""
+    return hashlib.sha256(text.encode() if isinstance(text, str) else text).hexdigest()[:n]
 
 
 def setup_logging(level: int | str = logging.INFO) -> None:

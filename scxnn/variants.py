@@ -13,8 +13,8 @@ resume from their checkpoints.
 
 from __future__ import annotations
 
-import hashlib
 import json
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from scxnn.config import Config, result_sections, save_resolved, variant_config
-from scxnn.utils import atomic_write_text, file_lock, log, seed_everything
+from scxnn.utils import atomic_write_text, file_lock, log, seed_everything, sha256_text
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -49,7 +49,7 @@ def variant_hash(cfg: Config, name: str) -> str:
     """The cache key of a variant's results: its models' settings, and the films it scores."""
     h = models_hash(cfg, name)
     if cfg.variants.max_films:
-        h = hashlib.sha256(f"{h}:max_films={cfg.variants.max_films}".encode()).hexdigest()[:12]
+        h = sha256_text(f"{h}:max_films={cfg.variants.max_films}", 12)
     return h
 
 
@@ -198,7 +198,7 @@ def run_variant(cfg: Config, name: str, progress: bool = True) -> dict:
     from scxnn import ensemble
     from scxnn.checkpoints import BEST_NAME
     from scxnn.data import MANIFEST_NAME, read_manifest
-    from scxnn.preprocess import build_study_cache, cache_dir
+    from scxnn.sources import build_study_cache, cache_dir
     from scxnn.train import train_finding
 
     vcfg = variant_config(cfg, name)
@@ -208,6 +208,9 @@ def run_variant(cfg: Config, name: str, progress: bool = True) -> dict:
     if result.is_file():
         done = json.loads(result.read_text())
         if done.get("hash") == h:
+            # Still the result of these settings: mark it current, or make would find the target
+            # older than the step-01 run it depends on and ask for it again on every run.
+            os.utime(result)
             return done
     t0 = time.perf_counter()
     names = names_for_hash(cfg, h)

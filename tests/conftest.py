@@ -55,7 +55,7 @@ def smoke_cache(tmp_path_factory):
     """The smoke profile's synthetic data + PNG cache in a temporary folder (seconds), shared by the
     training tests: ``paths.data`` = ``<it>/data``, ``paths.runs`` = ``<it>/runs``."""
     from scxnn.config import load_config
-    from scxnn.preprocess import build_study_cache
+    from scxnn.sources import build_study_cache
 
     tmp = tmp_path_factory.mktemp("smoke")
     cfg = load_config("smoke", {"paths.data": str(tmp / "data"), "paths.runs": str(tmp / "runs")})

@@ -60,6 +60,7 @@ def _no_raw_ids(df: pd.DataFrame, *needles: str) -> None:
 
 
 # ------------------------------------------------------------------ real samples
+@pytest.mark.realdata
 def test_kermany_real(tmp_path):
     root = require_shared("realdata", "kermany_dev")
     df = build_manifest("kermany", root, tmp_path, F, U, seed=0)
@@ -89,6 +90,7 @@ def test_kermany_real(tmp_path):
     assert (sub["split"].values == df["split"].values).all()  # same patients, same seed -> same split
 
 
+@pytest.mark.realdata
 def test_nih_mini_real(tmp_path):
     root = require_shared("realdata", "nih_cxr14_mini")
     df = nih.build(root, tmp_path, F, U, seed=0)
@@ -188,6 +190,103 @@ def test_vindr_fake(tmp_path):
     m = cv2.imread(str(tmp_path / "out" / data.parse_masks(r.loc[oid("vindr", "aaa"), "masks"])["nodule"]), cv2.IMREAD_UNCHANGED)
     assert m.shape == (20, 30) and m[3:9, 2:8].all() and m[5:10, 6:12].all() and not m[3:5, 9:12].any() and not m[15:].any()
     assert r.loc[oid("vindr", "bbb"), "label_type"] == "weak"
+
+
+def test_kermany_upstream_layout_fake(tmp_path):
+    # The Mendeley/Kaggle folders: no CSV, the class in the folder, the pneumonia type and the
+    # patient in the file name; the upstream train/test folders are not the study's split.
+    root = tmp_path / "chest_xray"
+    names = ["train/NORMAL/IM-0115-0001.jpeg", "train/NORMAL/NORMAL2-IM-0007-0001.jpeg", "val/NORMAL/IM-0200-0001.jpeg",
+             "train/PNEUMONIA/person1_bacteria_1.jpeg", "test/PNEUMONIA/person1_virus_7.jpeg",
+             "train/PNEUMONIA/person22_virus_55.jpeg", "train/PNEUMONIA/renamed_by_someone.jpeg"]
+    for n in names:
+        _png(root / n)
+    df = kermany.build(root, tmp_path / "out", F, U, seed=0)
+    assert len(df) == 6
+    assert [Path(r["path"]).name for r in df.attrs["skipped"]] == ["renamed_by_someone.jpeg"]
+    assert "patient" in df.attrs["skipped"][0]["reason"]
+    data.validate_manifest(df, F, U)
+    name = df["path"].map(lambda p: Path(p).name)
+    normal = name.str.startswith(("IM-", "NORMAL2"))
+    assert (df.loc[normal, "pneumonia"] == 0).all() and (df.loc[normal, list(F)] == 0).all().all()
+    assert (df.loc[~normal, "pneumonia"] == 1).all() and df.loc[~normal, list(F)].isna().all().all()
+    # person1's bacterial (train/) and viral (test/) films are one patient, so one split
+    p1 = df[name.str.startswith("person1_")]
+    assert len(p1) == 2 and p1["patient_id"].nunique() == 1 and p1["split"].nunique() == 1
+    assert set(df["view"]) == {"AP"} and set(df["label_type"]) == {"weak"}
+    _no_raw_ids(df.drop(columns=["path"]), "person", "IM-", "NORMAL2")
+    sub = kermany.build(root, tmp_path / "sub", kermany.SUBTYPES, (), seed=0)
+    by = sub.assign(name=sub["path"].map(lambda p: Path(p).name)).set_index("name")
+    assert by.loc["person1_bacteria_1.jpeg", "bacterial_pneumonia"] == 1 and by.loc["person1_bacteria_1.jpeg", "viral_pneumonia"] == 0
+    assert by.loc["person22_virus_55.jpeg", "viral_pneumonia"] == 1 and by.loc["IM-0115-0001.jpeg", "viral_pneumonia"] == 0
+
+
+def test_kermany_labels_csv_layout_fake(tmp_path):
+    root = tmp_path / "kermany_dev"
+    for n in ("images/normal/IM-0001-0001.jpeg", "images/bacterial/person3_bacteria_10.jpeg", "images/odd/person4_virus_11.jpeg"):
+        _png(root / n)
+    pd.DataFrame({"path": ["images/normal/IM-0001-0001.jpeg", "images/bacterial/person3_bacteria_10.jpeg",
+                           "images/odd/person4_virus_11.jpeg", "images/normal/IM-0009-0001.jpeg"],
+                  "label": ["normal", "pneumonia_bacterial", "covid", "normal"]}).to_csv(root / "labels.csv", index=False)
+    df = kermany.build(root, tmp_path / "out", F, U, seed=0)
+    assert len(df) == 2
+    reasons = {Path(r["path"]).name: r["reason"] for r in df.attrs["skipped"]}
+    assert "missing on disk" in reasons["IM-0009-0001.jpeg"] and "unknown Kermany label 'covid'" in reasons["person4_virus_11.jpeg"]
+    assert sorted(df["pneumonia"].tolist()) == [0, 1]
+
+
+def _nih_official(root: Path) -> None:
+    """The official NIH release in miniature: Data_Entry, a box list in 1024-px space, images in
+    images_0NN/images/, and the official train_val / test lists."""
+    entries = [("00000001_000.png", "Effusion|Infiltration", "00000001", "PA"),
+               ("00000001_001.png", "No Finding", "00000001", "PA"),
+               ("00000002_000.png", "Mass", "00000002", "AP"),
+               ("00000003_000.png", "Infiltration", "00000003", "PA"),
+               ("00000004_000.png", "Pneumonia|Edema", "00000004", "AP"),
+               ("00000005_000.png", "No Finding", "00000005", "PA"),
+               ("00000006_000.png", "Cardiomegaly", "00000006", "PA")]
+    rows = [{"Image Index": n, "Finding Labels": lab, "Follow-up #": 0, "Patient ID": pid, "Patient Age": 58, "Patient Gender": "M",
+             "View Position": view, "OriginalImage[Width": 2048, "Height]": 2048, "OriginalImagePixelSpacing[x": 0.14, "y]": 0.14}
+            for n, lab, pid, view in entries]
+    pd.DataFrame(rows).to_csv(root / "Data_Entry_2017_v2020.csv", index=False)
+    for i, (n, *_rest) in enumerate(entries[:-1]):  # the last one is listed but not on disk
+        _png(root / f"images_00{1 + i % 2}" / "images" / n, 64, 64)
+    (root / "BBox_List_2017.csv").write_text("Image Index,Finding Label,Bbox [x,y,w,h],,,\n"
+                                             "00000001_000.png,Effusion,512,256,256,128\n"
+                                             "00000001_000.png,Infiltrate,0,0,1024,1024\n"
+                                             "00000002_000.png,Mass,0,0,128,128\n")
+    (root / "train_val_list.txt").write_text("00000001_000.png\n00000001_001.png\n00000002_000.png\n00000003_000.png\n00000005_000.png\n")
+    (root / "test_list.txt").write_text("00000004_000.png\n")
+
+
+def test_nih_official_layout_fake(tmp_path):
+    root = tmp_path / "nih"
+    root.mkdir()
+    _nih_official(root)
+    df = nih.build(root, tmp_path / "out", F, U, seed=0)
+    r = df.set_index(df["path"].map(lambda p: Path(p).name))
+    assert len(df) == 6 and [Path(x["path"]).name for x in df.attrs["skipped"]] == ["00000006_000.png"]
+    data.validate_manifest(df, F, U)
+    assert not {"Patient Age", "Patient Gender", "age", "sex"} & set(df.columns)
+    _no_raw_ids(df.drop(columns=["path"]), "00000001", "00000002")
+    assert r.loc["00000001_000.png", "pleural_effusion"] == 1 and r.loc["00000002_000.png", "nodule"] == 1  # Mass -> nodule
+    # "No Finding": every finding 0, even the ones NIH never labels
+    assert (r.loc["00000005_000.png", list(F) + list(U)].astype(float) == 0).all()
+    # Infiltration is unmapped: the labelled findings are 0, the never-labelled ones unknown
+    assert r.loc["00000003_000.png", "consolidation"] == 0 and pd.isna(r.loc["00000003_000.png", "pneumoperitoneum"])
+    assert r.loc["00000004_000.png", "pneumonia"] == 1 and r.loc["00000004_000.png", "edema"] == 1
+    # the official test list is honoured; train_val is split by patient into train and val
+    assert r.loc["00000004_000.png", "split"] == "test" and set(r.drop(index="00000004_000.png")["split"]) <= {"train", "val"}
+    assert r.loc["00000001_000.png", "split"] == r.loc["00000001_001.png", "split"]
+    data.check_patient_splits(df)
+    # boxes: the effusion box, rescaled from 1024 px to this 64-px file; the Infiltrate box is unmapped
+    hard = df[df["label_type"] == "hard"]
+    assert sorted(hard["path"].map(lambda p: Path(p).name)) == ["00000001_000.png", "00000002_000.png"]
+    masks = data.parse_masks(r.loc["00000001_000.png", "masks"])
+    assert set(masks) == {"pleural_effusion"}
+    m = cv2.imread(str(tmp_path / "out" / masks["pleural_effusion"]), cv2.IMREAD_UNCHANGED)
+    assert m.shape == (64, 64) and m[17:23, 33:47].all() and not m[:15].any() and not m[:, :31].any()
+    assert m.sum() // 255 == pytest.approx(16 * 8, rel=0.3)
 
 
 def test_chexpert_fake(tmp_path):

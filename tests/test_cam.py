@@ -1,5 +1,6 @@
-"""Grad-CAM (scxnn.cam): map shape and range, the model left untouched, localisation of a known
-lesion, the metrics on hand-made arrays, overlays for loose files, and Figure 5 on the smoke runs."""
+"""Grad-CAM (scxnn.cam) and its localisation scores (scxnn.localisation): map shape and range, the
+model left untouched, localisation of a known lesion, the metrics on hand-made arrays, overlays for
+loose files, and Figure 5 and the localisation table on the smoke runs."""
 
 from __future__ import annotations
 
@@ -10,20 +11,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from scxnn.cam import (
-    LogitsOnly,
-    cam_for_files,
-    figure5,
-    gradcam,
-    localization_table,
-    overlay,
-    peak,
-    pointing_game,
-    random_baseline,
-    top_region_iou,
-)
+from scxnn.cam import LogitsOnly, cam_for_files, figure5, gradcam, overlay
 from scxnn.checkpoints import LoadedModel, PreprocessMismatch, find_model_dirs, load_models
 from scxnn.config import load_config
+from scxnn.localisation import localization_table, peak, pointing_game, random_baseline, top_region_iou
 from scxnn.models import SCXNN, build_model
 
 
@@ -240,7 +231,7 @@ def test_overlay():
 def smoke_ckpt(tmp_path_factory):
     """A checkpoint in the project's own format (what load_model and load_checkpoint read): a
     random-init smoke-profile model, its embedded config and its preprocessing fingerprint."""
-    from scxnn.preprocess import fingerprint
+    from scxnn.pixels import fingerprint
     from scxnn.checkpoints import CHECKPOINT_FORMAT, save_checkpoint
 
     cfg = load_config("smoke")
@@ -319,3 +310,17 @@ def test_figure5_and_localization_table_on_smoke_runs(smoke_study):
         v = table[col].to_numpy(float)
         assert (np.isnan(v) | ((v >= 0) & (v <= 1))).all(), col
     assert (table["n"] <= 5).all()
+
+
+@pytest.mark.parametrize("size", [64, 512])
+def test_an_overlay_carries_its_colour_scale(size):
+    from scxnn.cam import with_colour_scale
+
+    img = np.full((size, size), 100, np.uint8)
+    rgb = overlay(img, np.zeros((size, size), np.float32))
+    out = with_colour_scale(rgb)
+    assert out.dtype == np.uint8 and out.shape[0] == size and out.shape[1] > size
+    assert np.array_equal(out[:, :size], rgb)  # the film itself is untouched
+    bar = out[:, size:][:, (out[size // 2, size:] != 255).any(axis=1)]  # the coloured columns
+    top, bottom = bar[1, bar.shape[1] // 2].astype(int), bar[-2, bar.shape[1] // 2].astype(int)
+    assert top[0] > top[2] and bottom[2] > bottom[0]  # jet: red at "high" (top), blue at "low"

@@ -16,7 +16,7 @@ from scxnn.checkpoints import (
     save_checkpoint,
 )
 from scxnn.config import load_config
-from scxnn.preprocess import fingerprint
+from scxnn.pixels import fingerprint
 
 
 @pytest.fixture(scope="module")

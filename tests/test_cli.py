@@ -22,13 +22,19 @@ def test_parser_has_every_subcommand():
     assert set(SUBCOMMANDS) <= set(sub.choices)
 
 
+RUN_CONFIG_COMMANDS = ("notebook", "evaluate", "certify", "predict", "gradcam")
+
+
 @pytest.mark.parametrize("cmd", SUBCOMMANDS)
 def test_help(cmd, capsys):
     with pytest.raises(SystemExit) as e:
         main([cmd, "--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    assert "--profile" in out and "--set" in out
+    # Commands that work from a trained run read its resolved config and take no --profile or --set.
+    options = out.split("options:", 1)[-1]
+    takes = cmd not in RUN_CONFIG_COMMANDS
+    assert ("\n  --profile PROFILE" in options) == takes and ("\n  --set KEY=VALUE" in options) == takes
 
 
 def test_console_script_and_module_entry_points():
@@ -115,6 +121,7 @@ def test_synth_cli_writes_the_study(tmp_path, capsys):
     assert "internal" in capsys.readouterr().out
 
 
+@pytest.mark.realdata
 def test_manifest_cli_on_the_real_kermany_sample(tmp_path, capsys):
     from conftest import require_shared
 
@@ -133,7 +140,7 @@ def _study(tmp_path, manifest: str):
     p0 in both train and val. Returns (the --set overrides, the manifest's path)."""
     from scxnn.config import load_config, save_resolved
     from scxnn.data import MANIFEST_NAME, new_manifest, write_manifest
-    from scxnn.preprocess import cache_dir
+    from scxnn.sources import cache_dir
 
     ov = {"paths.data": str(tmp_path / "data"), "paths.runs": str(tmp_path / "runs")}
     cfg = load_config("smoke", ov)
@@ -172,7 +179,8 @@ def test_bad_input_is_one_error_line_and_exit_2(case, tmp_path, capsys):
     manifest, argv = BAD_INPUT[case]
     ov, m = _study(tmp_path, manifest)
     capsys.readouterr()
-    assert main([*argv(tmp_path, m), "--profile", "smoke", *ov]) == 2
+    argv = argv(tmp_path, m)
+    assert main([*argv, *([] if argv[0] in RUN_CONFIG_COMMANDS else ["--profile", "smoke", *ov])]) == 2
     err = capsys.readouterr().err
     lines = [ln for ln in err.splitlines() if " INFO scxnn: " not in ln and " WARNING scxnn: " not in ln]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
@@ -199,3 +207,28 @@ def test_an_error_a_library_raised_names_it_and_debug_raises_it(tmp_path, capsys
     assert err.startswith("error: ") and err.rstrip().endswith("(ParserError from pandas; --debug shows the traceback)"), err
     with pytest.raises(pd.errors.ParserError):
         main([*argv, "--debug"])
+
+
+@pytest.mark.parametrize("command", [
+    ["predict", "--models", "runs/x", "--out", "o", "in"],
+    ["certify", "--models", "runs/x", "--manifest", "m.csv", "--out", "o"],
+    ["evaluate", "--models", "runs/x", "--manifest", "m.csv", "--out", "o"],
+    ["gradcam", "--models", "runs/x", "a.png"],
+    ["notebook", "a.ipynb", "b.ipynb"],
+], ids=lambda c: c[0])
+def test_commands_that_read_the_runs_config_refuse_profile_and_set(command, capsys):
+    # They work from a trained run's resolved config: a --profile or --set they silently ignored
+    # would look as if it had been applied.
+    for extra in (["--profile", "demoo"], ["--set", "train.max_epochs=2"]):
+        with pytest.raises(SystemExit) as e:
+            main([*command, *extra])
+        assert e.value.code == 2
+        assert f"unrecognized arguments: {' '.join(extra)}" in capsys.readouterr().err
+
+
+def test_version_names_the_package(capsys):
+    from scxnn import __version__
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"scxnn {__version__}"

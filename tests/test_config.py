@@ -54,6 +54,7 @@ def test_thesis_profile_matches_the_thesis_settings():
     assert cfg.preprocess.clip_percentiles == (0.5, 99.5) and cfg.preprocess.contrast == "clahe"
 
 
+@pytest.mark.realdata
 @pytest.mark.filterwarnings("ignore::scxnn.thesis.ThesisTablesWarning")
 def test_findings_and_risk_groups_match_thesis_table1():
     tables = load_tables(require_shared())

@@ -142,3 +142,17 @@ def test_in_scope_leaves_out_flagged_films_and_counts_each_flag(flags, kept, cou
     assert len(out) == kept and got == counts and (flags is None or out["scope_flags"].eq("").all())
     assert list(out.index) == list(range(kept))
     assert ("3 of 4 films left out as out of scope (lateral: 2, modality:CT: 1, non_chest:ABDOMEN: 1)" in caplog.text) == bool(counts)
+
+
+def test_write_manifest_keeps_a_different_file_it_replaces(tmp_path, caplog):
+    # A manifest edited by hand, or an earlier build, is never silently lost to a rerun.
+    path = tmp_path / "manifest.csv"
+    first, second = pd.DataFrame({"image_id": ["a"]}), pd.DataFrame({"image_id": ["b"]})
+    write_manifest(first, path)
+    write_manifest(first, path)  # the same contents: nothing to keep
+    assert not (tmp_path / "manifest.csv.previous").exists()
+    with caplog.at_level("WARNING", logger="scxnn"):
+        write_manifest(second, path)
+    assert pd.read_csv(tmp_path / "manifest.csv.previous")["image_id"].tolist() == ["a"]
+    assert pd.read_csv(path)["image_id"].tolist() == ["b"]
+    assert "manifest.csv.previous" in caplog.text

@@ -456,6 +456,7 @@ def _real_rows():
     return root, _inventory(root)
 
 
+@pytest.mark.realdata
 def test_real_samples_decode_or_fail_clearly():
     root, rows = _real_rows()
     assert {row["path"] for row in rows} == {str(p.relative_to(root)) for p in root.rglob("*.dcm")}
@@ -479,6 +480,7 @@ def test_real_samples_decode_or_fail_clearly():
             assert r.in_scope, row["path"]
 
 
+@pytest.mark.realdata
 def test_real_hip_and_tibia_flagged():
     root = require_shared("realdata", "dicom_cr_samples")
     assert read_image(root / "non_chest_cr/WG04_RG2_rle.dcm").scope_flags == ("non_chest:HIP",)
@@ -496,6 +498,7 @@ def _lungs_darker_than_mediastinum(p: np.ndarray) -> bool:
     return lungs < mediastinum and lungs < np.median(p)
 
 
+@pytest.mark.realdata
 @pytest.mark.parametrize(
     "name",
     [
@@ -512,6 +515,7 @@ def test_real_chest_polarity(name):
         assert _lungs_darker_than_mediastinum(read_image(root / name, voi_lut=voi).pixels)
 
 
+@pytest.mark.realdata
 def test_fake_monochrome1_follows_the_header():
     # The file is the SIIM image with PhotometricInterpretation rewritten to MONOCHROME1
     # but pixels left as MONOCHROME2. The reader trusts the header (documented in

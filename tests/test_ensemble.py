@@ -168,15 +168,15 @@ def _table(n_val=120, n_test=60, seed=0):
 
 
 def test_fit_ensemble_uses_validation_only_with_out_of_fold_thresholds():
-    from scxnn.ensemble import fit_ensemble, logit_columns
+    from scxnn.ensemble import fit_ensemble, logit_columns, validation_rows
 
     cfg, t = _table()
-    svm, th = fit_ensemble(cfg, t)
+    svm, th, _ = fit_ensemble(cfg, validation_rows(t))
     assert th.scores == "out-of-fold" and th.n_val == 120
     poisoned = t.copy()
     test = poisoned["split"] == "test"
     poisoned.loc[test, "abnormal"] = 1 - poisoned.loc[test, "abnormal"]  # test labels must not matter
-    svm2, th2 = fit_ensemble(cfg, poisoned)
+    svm2, th2, _ = fit_ensemble(cfg, validation_rows(poisoned))
     X = t[logit_columns(list(cfg.findings))].to_numpy()
     assert np.array_equal(svm.decision_function(X), svm2.decision_function(X)) and th == th2
 
@@ -196,29 +196,29 @@ def test_threshold_lies_between_separated_groups():
 def test_threshold_selection_cannot_see_test_rows():
     """Structural: the fit receives validation_rows(table) only. Test rows full of NaN logits would
     crash StandardScaler/SVC if any of them reached the fit, and cannot change the thresholds."""
-    from scxnn.ensemble import fit_ensemble, fit_ensemble_with_scores, validation_rows
+    from scxnn.ensemble import fit_ensemble, validation_rows
 
     cfg, t = _table()
-    svm, th = fit_ensemble(cfg, t)
+    svm, th, _ = fit_ensemble(cfg, validation_rows(t))
     poisoned = t.copy()
     test = poisoned["split"] == "test"
     cols = logit_columns(list(cfg.findings))
     poisoned.loc[test, cols] = np.nan
     poisoned.loc[test, "abnormal"] = 1 - poisoned.loc[test, "abnormal"]
-    svm2, th2 = fit_ensemble(cfg, poisoned)
+    svm2, th2, _ = fit_ensemble(cfg, validation_rows(poisoned))
     assert th2 == th
     assert set(validation_rows(poisoned)["split"]) == {"val"}
     with pytest.raises(ValueError, match="non-validation"):
-        fit_ensemble_with_scores(cfg, t)
+        fit_ensemble(cfg, t)
     with pytest.raises(ValueError, match="no validation films"):
-        fit_ensemble(cfg, t[t["split"] == "test"])
+        fit_ensemble(cfg, validation_rows(t[t["split"] == "test"]))
 
 
 def test_validation_scores_are_out_of_fold_and_saved(tmp_path):
-    from scxnn.ensemble import fit_ensemble_with_scores, validation_rows
+    from scxnn.ensemble import fit_ensemble, validation_rows
 
     cfg, t = _table()
-    svm, th, vs = fit_ensemble_with_scores(cfg, validation_rows(t))
+    svm, th, vs = fit_ensemble(cfg, validation_rows(t))
     assert len(vs) == th.n_val == 120 and list(vs.columns) == ["image_id", "patient_id", "abnormal", "score"]
     X = validation_rows(t)[logit_columns(list(cfg.findings))].to_numpy()
     # out-of-fold scores differ from the final SVM's own (in-sample) scores

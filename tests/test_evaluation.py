@@ -101,13 +101,17 @@ def test_evaluation_sets_are_test_rows_only_one_per_site_in_order(table):
         assert set(table.loc[mask, "split"]) == {"test"} and set(table.loc[mask, "site"]) == {name}
 
 
-def test_add_scores_runs_the_svm_on_the_logit_columns(table):
+def test_table_scores_runs_the_svm_on_the_logit_columns(table):
+    from scxnn.ensemble import table_scores
+
     cols = logit_columns(list(FINDINGS), 3)
     val = table[table["split"] == "val"]
     svm = DefiniteNormalSVM().fit(val[cols].to_numpy(float), val["abnormal"])
-    out = E.add_scores(table.drop(columns="score"), svm, list(FINDINGS), 3)
-    assert "score" not in table.drop(columns="score") and len(out) == len(table)
-    np.testing.assert_allclose(out["score"], svm.decision_function(table[cols].to_numpy(float)))
+    # the column order of the table must not matter: the SVM's columns are named, not positional
+    shuffled = table[list(reversed(table.columns))]
+    np.testing.assert_allclose(table_scores(svm, shuffled, list(FINDINGS), 3), svm.decision_function(table[cols].to_numpy(float)))
+    with pytest.raises(KeyError, match="table_scores"):
+        E.table2(table.drop(columns="score"), 0.0, 10, 0)
 
 
 # --------------------------------------------------------------------------- Table 2 / 7
@@ -154,6 +158,7 @@ def test_thesis_columns_reproduce_the_thesis_numbers(table):
     assert out.loc[["temporal", "hospital_b"], "thesis_sensitivity"].isna().all()  # not in the thesis
 
 
+@pytest.mark.realdata
 def test_real_thesis_tables_fill_every_site():
     from scxnn.thesis import ThesisTablesWarning, load_tables
 
@@ -472,7 +477,9 @@ def test_smoke_run_tables(smoke_study):
     raw = pd.read_parquet(step3 / "logits.parquet")
     cols, val = logit_columns(list(cfg.findings), cfg.model.num_classes), raw[raw["split"] == "val"]
     svm = DefiniteNormalSVM().fit(val[cols].to_numpy(float), val["abnormal"])
-    t = E.add_scores(raw, svm, list(cfg.findings), cfg.model.num_classes)
+    from scxnn.ensemble import table_scores
+
+    t = raw.assign(score=table_scores(svm, raw, list(cfg.findings), cfg.model.num_classes))
     thr = E.point_threshold(t.loc[t["split"] == "val", "score"], val["abnormal"], cfg.ensemble.sensitivity_target)
     t2 = E.table2(t, thr, N_BOOT, cfg.seed, cfg.evaluate.ci)
     assert (t2[["tn", "fn", "fp", "tp"]].sum(axis=1) == t2["images"]).all()
@@ -581,7 +588,7 @@ def test_seen_films_record_lists_every_training_and_validation_film(smoke_cache,
     from scxnn.config import load_config
     from scxnn.data import MANIFEST_NAME, read_manifest
     from scxnn.ensemble import write_seen_films
-    from scxnn.preprocess import cache_dir
+    from scxnn.sources import cache_dir
 
     cfg = load_config("smoke", {"paths.data": str(smoke_cache / "data"), "paths.runs": str(tmp_path)})
     path = write_seen_films(cfg, tmp_path)
@@ -590,3 +597,19 @@ def test_seen_films_record_lists_every_training_and_validation_film(smoke_cache,
     want = m[m["split"].isin(["train", "val"])]
     assert len(seen) == len(want) > 0 and set(seen["source_sha256"]) == set(want["source_sha256"].astype(str))
     assert set(seen.columns) == {"patient_id", "split", "source_sha256"}  # hashed ids, no paths or labels
+
+
+@pytest.mark.parametrize("args, kwargs, shown", [
+    ((0.9712, 0.93, 1.0), {"digits": 2}, "0.97 [0.93, 1.00]"),
+    # a lower bound of 0.9996 must never print as 1.000: bounds round outward, the value to nearest
+    ((0.99995, 0.9996, 1.0), {}, "1.000 [0.999, 1.000]"),
+    ((0.081, 0.05, 0.1), {"digits": 2, "percent": True}, "8% [5%, 10%]"),
+    ((0.0081, 0.00449, 0.0101), {"percent": True}, "0.8% [0.4%, 1.1%]"),
+    ((float("nan"),), {}, "n/a"),
+    ((float("nan"), 0.1, 0.2), {}, "n/a"),
+    ((0.5, float("nan"), float("nan")), {}, "0.500"),
+    ((0.5, None, 0.7), {}, "0.500 [n/a, 0.700]"),
+], ids=["digits2", "outward", "percent", "percent3", "nan", "nan-value", "no-bounds", "one-bound"])
+def test_fmt_ci_is_the_one_interval_format(args, kwargs, shown):
+    from scxnn.metrics import fmt_ci
+    assert fmt_ci(*args, **kwargs) == shown

@@ -90,7 +90,7 @@ def _summary(reasons: pd.Series) -> str:
 
 @pytest.mark.timeout(600)
 def test_fuzzed_films_never_break_preprocess(mutants, tmp_path):
-    from scxnn.preprocess import preprocess_inputs
+    from scxnn.batch import preprocess_inputs
 
     folder, paths = mutants
     cfg = load_config("smoke", {"data.workers": 2})

@@ -4,7 +4,6 @@ takes more than 2 GB, and leaves nothing running. The defect files are generated
 from __future__ import annotations
 
 import re
-import resource
 import subprocess
 import sys
 import textwrap
@@ -116,12 +115,45 @@ def test_a_predict_batch_finishes_over_good_films_and_every_defect(tmp_path):
     assert len(pd.read_csv(tmp_path / "out" / "predictions.csv")) == len(t)
 
 
-def _peak_rss_mb(code: str, cwd: Path) -> tuple[float, subprocess.CompletedProcess]:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=cwd, capture_output=True, text=True, timeout=600)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    # ru_maxrss of children is the largest of any waited-for descendant; only a new maximum shows.
-    return max(after, before if after > before else 0) / 1024, done
+_MEASURE = """
+import os, subprocess, sys
+child = subprocess.Popen([sys.executable, "-c", sys.argv[1]])
+_, status, usage = os.wait4(child.pid, 0)
+with open(sys.argv[2], "w") as fh:
+    fh.write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def _peak_rss_mb(code: str, cwd: Path, out: Path, timeout: float = 600) -> tuple[float, subprocess.CompletedProcess]:
+    """Peak RSS of ``code`` run in a fresh Python, and of everything it waited for, in MB.
+
+    Neither getrusage(RUSAGE_CHILDREN) (the largest child of the whole session: once the smoke study
+    had been built it measured a training job) nor wait4 on a child of pytest will do: Linux carries
+    the forking process's high-water mark into the child's ru_maxrss across exec, so a child of a
+    2-GB pytest reads 2 GB (CI failed both ways). A small Python in between forks the measured one
+    and reports its wait4."""
+    stdout, stderr, peak = out / "child.out", out / "child.err", out / "child.peak"
+    with open(stdout, "w") as o, open(stderr, "w") as e:
+        done = subprocess.run([sys.executable, "-c", _MEASURE, textwrap.dedent(code), str(peak)], cwd=cwd, stdout=o,
+                              stderr=e, text=True, timeout=timeout)
+    result = subprocess.CompletedProcess(done.args, done.returncode, stdout.read_text(), stderr.read_text())
+    return (int(peak.read_text()) / 1024 if peak.is_file() else float("nan")), result
+
+
+def test_the_peak_is_this_childs_not_the_sessions(tmp_path):
+    # The regression behind a red CI: a big earlier child (the smoke study) was charged to the batch.
+    subprocess.run([sys.executable, "-c", "b = bytearray(600 * 2**20); b[::4096] = b'x' * len(b[::4096])"], check=True)
+    # ... and a big pytest: its high-water mark once came along into every child it forked.
+    ballast = bytearray(700 * 2**20)
+    ballast[::4096] = b"x" * len(ballast[::4096])
+    small, done = _peak_rss_mb("print('ok')", ROOT, tmp_path)
+    del ballast
+    assert done.returncode == 0 and done.stdout == "ok\n"
+    assert small < 300, small
+    big, _ = _peak_rss_mb("import subprocess, sys; subprocess.run([sys.executable, '-c', "
+                          "\"b = bytearray(400 * 2**20); b[::4096] = b'x' * len(b[::4096])\"], check=True)", ROOT, tmp_path)
+    assert big > 400, big  # a grandchild the child waited for still counts
 
 
 @pytest.mark.timeout(600)
@@ -138,10 +170,11 @@ def test_no_defect_makes_preprocess_or_predict_use_more_than_2_gb(tmp_path):
         s.models, s.threshold_name, s.device, s.bf16 = {{}}, "point", type("D", (), {{"type": "cpu"}})(), False
         predict(None, [{str(folder)!r}], {str(tmp_path / 'pred')!r}, overlays=False, progress=False, screener=s)
     """
-    peak, done = _peak_rss_mb(code, ROOT)
+    peak, done = _peak_rss_mb(code, ROOT, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     skipped = pd.read_csv(tmp_path / "png" / "skipped.csv")
     assert len(skipped) == len([e for e in expected.values() if e])
+    print(f"peak RSS of preprocess + predict over the defect batch: {peak:.0f} MB")
     assert peak < RSS_LIMIT_MB, f"peak RSS {peak:.0f} MB"
 
 

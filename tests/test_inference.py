@@ -18,7 +18,7 @@ FINDINGS = ("nodule", "pneumothorax")
 
 def _save_model(path, cfg, seed: int):
     from scxnn.models import build_model
-    from scxnn.preprocess import fingerprint
+    from scxnn.pixels import fingerprint
     from scxnn.checkpoints import CHECKPOINT_FORMAT, save_checkpoint
 
     torch.manual_seed(seed)

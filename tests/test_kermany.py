@@ -16,6 +16,8 @@ from conftest import ROOT, require_shared
 from scxnn.cli import main
 from scxnn.config import load_config
 
+pytestmark = pytest.mark.realdata  # every test reads ../shared/realdata/kermany_dev
+
 TINY = ["preprocess.size=64", "train.max_epochs=1", "train.max_images_per_epoch=16", "train.max_val_images=24",
         "train.augment=false", "evaluate.bootstrap=200", "evaluate.batch_size=16"]
 
@@ -32,7 +34,7 @@ def kermany_run(tmp_path_factory):
     args = [a for s in sets for a in ("--set", s)]
     cfg = load_config("kermany", sets)
     from scxnn.pipeline import start_step
-    from scxnn.preprocess import build_study_cache
+    from scxnn.sources import build_study_cache
 
     start_step(cfg, "01_preprocessing")
     manifest, skipped = build_study_cache(cfg, progress=False)
@@ -188,11 +190,11 @@ def test_notebooks_04_to_07_run_on_a_weak_label_profile(kermany_run, tmp_path):
 
 
 def test_evaluate_refuses_models_trained_on_other_preprocessing(kermany_run, tmp_path, capsys, monkeypatch):
-    import scxnn.preprocess
+    import scxnn.pixels
 
     _, tmp, *_ = kermany_run
     # As if the preprocessing code had changed since the models were trained.
-    monkeypatch.setattr(scxnn.preprocess, "fingerprint", lambda p: "0" * 12)
+    monkeypatch.setattr(scxnn.pixels, "fingerprint", lambda p: "0" * 12)
     dev = tmp / "data" / "raw" / "manifest.csv"
     assert main(["evaluate", "--models", str(tmp / "runs"), "--manifest", str(dev), "--out", str(tmp_path / "e"), "--drop-seen", "--no-progress"]) == 2
     assert "trained on preprocessing" in capsys.readouterr().err
@@ -244,3 +246,24 @@ def test_certify_a_site_then_screen_with_its_certificate(kermany_run, tmp_path, 
     plain = pd.read_csv(tmp_path / "p2" / "predictions.csv")
     assert not (plain["decision"] == "definite_normal").any()
     assert plain.loc[plain["decision"] == "likely_normal", "reason"].str.contains("scxnn certify").all()
+
+
+def test_figure5_of_classification_only_models_has_no_placeholder_panels(kermany_run):
+    # No decoder, so no reconstruction column: one panel per finding, never a "no decoder" placeholder.
+    from scxnn.cam import figure5
+    from scxnn.checkpoints import find_model_dirs, load_models
+
+    cfg, tmp, *_ = kermany_run
+    models = load_models(find_model_dirs(tmp / "runs" / "02_train_disease_model"))
+    fig = figure5(cfg, models)
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert len(fig.axes) == len(cfg.findings) and "no decoder" not in texts
+    assert "decoder" not in fig._suptitle.get_text()
+
+
+def test_no_reconstruction_figure_for_a_classification_only_model(kermany_run):
+    from scxnn.training_figures import reconstruction_examples
+
+    cfg, tmp, *_ = kermany_run
+    finding = next(iter(cfg.findings))
+    assert reconstruction_examples(cfg, finding, tmp / "runs" / "02_train_disease_model" / finding / "best.pt") is None

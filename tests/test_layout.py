@@ -131,3 +131,76 @@ def test_no_module_imports_from_a_higher_floor(module):
     floors = _floors()
     higher = sorted(d for d in _scxnn_imports()[module] if d in floors and floors[d] > floors[module])
     assert not higher, f"scxnn.{module} (floor {floors[module] + 1}) imports {higher} from higher floors"
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """{dotted scxnn module: the scxnn modules it imports}: module-level, in-function and relative
+    imports. ``from scxnn.x import y`` is an import of ``scxnn.x.y`` when that is a module, else of
+    ``scxnn.x``; the implicit import of a package's ``__init__`` by its submodules is not an edge."""
+    import ast
+
+    mods = {}
+    for p in sorted((ROOT / "scxnn").rglob("*.py")):
+        parts = p.relative_to(ROOT).with_suffix("").parts
+        mods[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = p
+    graph: dict[str, set[str]] = {}
+    for name, p in mods.items():
+        package = name if p.name == "__init__.py" else name.rpartition(".")[0]
+        deps = graph.setdefault(name, set())
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join(up + ([base] if base else []))
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in mods else base for a in node.names]
+            else:
+                continue
+            for t in targets:
+                while t and t not in mods:
+                    t = t.rpartition(".")[0]
+                if t and t != name:
+                    deps.add(t)
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of ``graph`` as a path ``[a, b, ..., a]``, or None when it has none."""
+    state: dict[str, str] = {}
+    stack: list[str] = []
+
+    def visit(v: str) -> list[str] | None:
+        state[v] = "open"
+        stack.append(v)
+        for w in sorted(graph.get(v, ())):
+            if state.get(w) == "open":
+                return stack[stack.index(w):] + [w]
+            if w not in state and (found := visit(w)):
+                return found
+        stack.pop()
+        state[v] = "done"
+        return None
+
+    for v in sorted(graph):
+        if v not in state and (found := visit(v)):
+            return found
+    return None
+
+
+def test_the_cycle_finder_finds_cycles_and_the_graph_sees_every_kind_of_import():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
+    g = _module_graph()
+    assert "scxnn.pixels" in g["scxnn.batch"]  # module level
+    assert "scxnn.pixels" in g["scxnn.synth.realism"]  # inside a function
+    assert "scxnn.synth.build" in g["scxnn.synth"] and "scxnn.synth" in g["scxnn.sources"]
+
+
+@pytest.mark.parametrize("graph", ["modules", "floors' units"])
+def test_no_import_cycle(graph):
+    """No scxnn module imports, directly or not, one that imports it back: not between modules, and
+    not between the units the floors place (a subpackage such as ``synth`` counting as one)."""
+    cycle = _cycle(_module_graph() if graph == "modules" else _scxnn_imports())
+    assert cycle is None, f"import cycle: {' -> '.join(cycle)}"

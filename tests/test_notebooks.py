@@ -83,3 +83,23 @@ def test_nbstripout_filter_strips_outputs_but_keeps_the_parameters_tag(tmp_path)
     code = [c for c in clean["cells"] if c["cell_type"] == "code"]
     assert all(c["outputs"] == [] and c["execution_count"] is None for c in code)
     assert "parameters" in code[0]["metadata"]["tags"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_committed_notebook_is_what_the_git_filter_writes(path):
+    # The filter the venv bootstrap installs (nbstripout --keep-id) must leave a committed notebook
+    # byte for byte as it is; otherwise installing it shows every notebook as modified.
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "nbstripout", "--keep-id"], input=path.read_bytes(), capture_output=True, check=True)
+    assert out.stdout == path.read_bytes(), f"{path.name}: run `.venv/bin/python -m nbstripout --keep-id {path}` and commit"
+
+
+def test_the_installed_git_filter_keeps_cell_ids():
+    import subprocess
+
+    # `make test` built the venv (and installed the filter) before pytest started.
+    assert (ROOT / ".venv" / ".installed").is_file(), "run the tests through `make test`, which builds .venv"
+    clean = subprocess.run(["git", "config", "--get", "filter.nbstripout.clean"], cwd=ROOT, capture_output=True, text=True).stdout
+    assert "nbstripout --keep-id" in clean, f"filter.nbstripout.clean is {clean!r}: rerun `make setup`"

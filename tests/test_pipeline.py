@@ -7,6 +7,7 @@ second run a no-op and a change rerun only what depends on it.
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import numpy as np
 
@@ -102,10 +103,12 @@ def test_a_change_reruns_only_what_depends_on_it(smoke_reports):
     assert would_run("notebooks/05_novel_diseases.ipynb") == {str(EXEC.relative_to(ROOT) / "05_novel_diseases.ipynb")}
     downstream_of_03 = would_run("notebooks/03_svm_ensemble.ipynb")
     assert {p.rsplit("/", 1)[-1] for p in downstream_of_03} == {"03_svm_ensemble.ipynb", "04_evaluation.ipynb", "05_novel_diseases.ipynb"}
-    everything = would_run(f"params/{PROFILE}.yaml")
+    # The profile's resolved settings (.make/<profile>.settings, rewritten when they change) are
+    # everything's prerequisite, so a change of them reruns the whole study.
+    everything = would_run(f".make/{PROFILE}.settings")
     assert len(everything) == len(STEPS) - 1 + len(load_config(PROFILE).findings)
-    # the 2-class variant reruns with the params (it finds its cached result when they did not change it)
-    out = _make("-n", "-W", f"params/{PROFILE}.yaml", "reports").stdout
+    # the 2-class variant reruns with the settings (it finds its cached result when they did not change it)
+    out = _make("-n", "-W", f".make/{PROFILE}.settings", "reports").stdout
     assert "scxnn variant" in out and "scxnn index" in out
 
 
@@ -123,6 +126,7 @@ def test_missing_upstream_step_names_the_make_target(tmp_path):
     assert require_step(cfg, "03_svm_ensemble") == tmp_path / "runs" / "03_svm_ensemble"
 
 
+@pytest.mark.realdata
 def test_predict_screens_real_dicoms_and_synthetic_films(smoke_reports, tmp_path):
     """`scxnn predict` on the real DICOM samples and a few synthetic films with the trained smoke run:
     hip and tibia files are rejected as out of scope, the 12-bit JPEG files as unreadable, and every
@@ -151,6 +155,36 @@ def test_predict_screens_real_dicoms_and_synthetic_films(smoke_reports, tmp_path
     # resumable: a second run keeps every row and scores nothing again
     assert main(["predict", "--models", str(cfg.path("runs")), str(real), *map(str, synth), "--out", str(out), "--no-progress"]) == 0
     assert pd.read_csv(out / "predictions.csv")["decision"].tolist() == t["decision"].tolist()
+
+
+def test_predict_json_summary_is_the_only_stdout(smoke_reports, tmp_path, capsys):
+    # `--json` is for the next tool in a pipe: one JSON object on stdout, nothing else; -q keeps logs
+    # and progress bars off stderr too.
+    import json
+
+    from scxnn.cli import main
+
+    cfg = load_config(PROFILE)
+    synth = sorted((cfg.path("data") / "raw" / "images" / "internal").glob("*.dcm"))[:4]
+    capsys.readouterr()
+    assert main(["-q", "predict", "--models", str(cfg.path("runs")), *map(str, synth), "--out", str(tmp_path / "o"), "--json"]) == 0
+    out, err = capsys.readouterr()
+    summary = json.loads(out)
+    assert summary["films"] == 4 and sum(summary["decisions"].values()) == 4
+    assert Path(summary["report"]).is_file() and "verdict" in summary["batch"]
+    assert "INFO" not in err and "it/s" not in err
+    # Every film and Grad-CAM overlay opens at full resolution from the report; inline, only thumbnails.
+    import base64
+    import re
+
+    import cv2
+
+    html = Path(summary["report"]).read_text()
+    links = re.findall(r'<a class="full" href="([^"]+)"', html)
+    assert sum(h.startswith("films/") for h in links) == 4
+    assert all((tmp_path / "o" / h).is_file() for h in links)
+    for uri in re.findall(r'src="data:image/png;base64,([^"]+)"', html):
+        assert max(cv2.imdecode(np.frombuffer(base64.b64decode(uri), np.uint8), cv2.IMREAD_UNCHANGED).shape[:2]) <= 128
 
 
 def test_bf16_and_fp32_decisions_agree(smoke_reports):
@@ -195,7 +229,7 @@ def test_variants_score_only_the_films_their_tables_read(smoke_reports):
     from scxnn.ensemble import LOGITS_NAME, OOD_NAME
 
     cfg = load_config(PROFILE)
-    for name in ("two_class", "lambda_0.2"):
+    for name in ("two_class", "resnet50"):
         d = variants.variant_dir(cfg, name)
         t = pd.read_parquet(d / LOGITS_NAME, columns=["site", "split"])
         assert set(zip(t["site"], t["split"])) <= {("internal", "val"), ("internal", "test")}, name

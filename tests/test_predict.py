@@ -134,6 +134,31 @@ def test_predict_gives_unsearchable_inputs_a_row_and_hides_names_when_asked(tmp_
     assert "DOE_JOHN" in (tmp_path / "named" / "report.html").read_text()
 
 
+def test_the_report_links_each_film_at_the_models_resolution(tmp_path):
+    # Issue 18: a 128-px thumbnail is too small to judge a film. films/ holds each one as the models
+    # saw it, and the report links to it; a refused film that decoded gets its picture too.
+    import re
+
+    from scxnn.pixels import read_png
+
+    s = _FakeScreener(score_value=-1.0)
+    s.models, s.threshold_name, s.device, s.bf16 = {}, "point", type("D", (), {"type": "cpu"})(), False
+    inputs = tmp_path / "in"
+    _png(inputs / "a.png", _film((320, 300)))
+    _png(inputs / "strip.png", _film((40, 400)))  # decodes, refused by the plausibility gate
+    t = predict(None, [inputs], tmp_path / "out", overlays=False, progress=False, screener=s)
+    films = t.set_index(t["file"].map(lambda f: Path(f).name))["image"]
+    size = s.cfg.preprocess.size
+    assert read_png(tmp_path / "out" / films["a.png"]).shape == (size, size)
+    assert t.loc[t["file"].str.endswith("strip.png"), "decision"].item() == "rejected"
+    assert read_png(tmp_path / "out" / films["strip.png"]).shape[1] >= 256  # its preview, large enough to see
+    html = (tmp_path / "out" / "report.html").read_text()
+    links = re.findall(r'<a class="full" href="([^"]+)"', html)
+    assert sorted(links) == sorted(films) and all((tmp_path / "out" / h).is_file() for h in links)
+    t = predict(None, [inputs], tmp_path / "small", overlays=False, progress=False, screener=s, full_size=False)
+    assert not (tmp_path / "small" / "films").exists() and "full size" not in (tmp_path / "small" / "report.html").read_text()
+
+
 @pytest.mark.parametrize("score, ood, expected", [
     (-1.0, 0.0, PENDING),  # would be normal: settled only by the batch-level check at the end
     (0.5, 0.0, "needs_review"),  # the SVM says abnormal
@@ -250,8 +275,11 @@ def test_bad_and_out_of_scope_files_are_rejected_without_scoring(tmp_path):
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
     ds.PixelData = (_film((300, 300)).astype(np.uint16) * 16).tobytes()
     pydicom.dcmwrite(tmp_path / "hip.dcm", ds, enforce_file_format=True)
-    row, _ = screen_file(tmp_path / "hip.dcm", s)
+    row, shown = screen_file(tmp_path / "hip.dcm", s)
     assert row["decision"] == "rejected" and "out of scope" in row["reason"] and "non_chest:HIP" in row["scope_flags"]
+    # It decoded, so the report can show it: the reader checks the refusal with their own eyes.
+    assert shown is not None and shown.dtype == np.uint8 and shown.shape == (256, 256) and shown.std() > 10
+    assert screen_file(broken, s)[1] is None  # nothing decoded, nothing to show
     assert s.calls == 0  # nothing above reached the models
 
 
@@ -290,3 +318,67 @@ def test_a_run_without_its_steps_is_refused(tmp_path):
 
     with pytest.raises(RunIncomplete, match="make ensemble"):
         Screener.from_run(tmp_path)
+
+
+@pytest.mark.parametrize("case", ["foreign_predictions", "unreadable_predictions", "report_without_predictions",
+                                  "mistyped_input", "empty_folder"])
+def test_what_a_person_typed_is_checked_before_the_models_load(tmp_path, case):
+    # run_dir is a folder with no run in it: reaching the model loading would raise RunIncomplete,
+    # so each of these must be refused first, and nothing in --out may be touched.
+    from scxnn.predict import OutputFolderInUse, RunIncomplete
+
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    _png(inputs / "a.png", _film())
+    out.mkdir()
+    given = [inputs]
+    if case == "foreign_predictions":
+        (out / "predictions.csv").write_text("patient,label\nP1,pneumonia\n")
+    elif case == "unreadable_predictions":
+        (out / "predictions.csv").write_bytes(b"\xff\xfe\x00garbage")
+    elif case == "report_without_predictions":
+        (out / "report.html").write_text("<html>someone's report</html>")
+    elif case == "mistyped_input":
+        given = [inputs, tmp_path / "inptus"]
+    else:
+        (tmp_path / "empty").mkdir()
+        given = [tmp_path / "empty"]
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    error = OutputFolderInUse if "predictions" in case or "report" in case else FileNotFoundError
+    with pytest.raises(error) as e:
+        predict(tmp_path / "no_run_here", given, out, overlays=False, progress=False)
+    assert not isinstance(e.value, RunIncomplete)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    if case == "mistyped_input":
+        assert "inptus" in str(e.value)
+
+
+@pytest.mark.parametrize("case", ["mistyped_input", "empty_folder", "foreign_predictions"])
+def test_cli_predict_refuses_a_user_mistake_with_exit_2_and_no_traceback(tmp_path, capsys, case):
+    from scxnn.cli import main
+
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    _png(inputs / "a.png", _film())
+    out.mkdir()
+    given = [str(inputs)]
+    if case == "mistyped_input":
+        given = [str(tmp_path / "nope")]
+    elif case == "empty_folder":
+        (tmp_path / "empty").mkdir()
+        given = [str(tmp_path / "empty")]
+    else:
+        (out / "predictions.csv").write_text("a,b\n1,2\n")
+    assert main(["predict", *given, "--models", str(tmp_path / "no_run"), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+
+
+def test_a_refused_film_that_decoded_is_shown_in_the_report(tmp_path):
+    s = _FakeScreener(score_value=-1.0)
+    s.models, s.threshold_name, s.device, s.bf16 = {}, "point", type("D", (), {"type": "cpu"})(), False
+    inputs = tmp_path / "in"
+    _png(inputs / "tiny.png", _film((48, 48)))  # decodes, then the gate refuses it (smaller than a radiograph)
+    (inputs / "junk.png").write_bytes(b"not an image at all")
+    t = predict(None, [inputs], tmp_path / "out", overlays=False, progress=False, screener=s)
+    assert set(t["decision"]) == {"rejected"} and len(list((tmp_path / "out" / "thumbnails").glob("*.png"))) == 1
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert page.count("data:image/png;base64,") >= 1 and "no image" in page  # the junk file has none

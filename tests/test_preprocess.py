@@ -1,4 +1,4 @@
-"""scxnn.preprocess: the thesis' steps, mask geometry, dilation, and the resumable batch."""
+"""scxnn.pixels and scxnn.batch: the thesis' steps, mask geometry, dilation, and the resumable batch."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ import pandas as pd
 import pytest
 
 from scxnn.config import load_config
-from scxnn.preprocess import (
+from scxnn.batch import preprocess_inputs
+from scxnn.pixels import (
     Geometry,
     clip_and_normalise,
     dilate_mask,
     fingerprint,
     percentiles,
-    preprocess_inputs,
     preprocess_pixels,
     read_png,
     reference_pipeline,
@@ -237,7 +237,7 @@ def test_manifest_input_keeps_labels_and_maps_masks(tmp_path):
 
 def crash_on_bad(job):
     """Stands in for a decoder that aborts its process on one file (as gdcm can)."""
-    from scxnn.preprocess import _process
+    from scxnn.batch import _process
 
     if job.source.endswith("broken.dcm"):
         os.abort()
@@ -246,7 +246,7 @@ def crash_on_bad(job):
 
 @pytest.mark.timeout(300)
 def test_a_worker_crash_skips_only_the_culprit(folder, tmp_path, monkeypatch):
-    import scxnn.preprocess as P
+    import scxnn.batch as P
 
     cfg = load_config("smoke", params=PARAMS)
     jobs, _ = P.jobs_from_paths([folder], tmp_path / "out", cfg.preprocess)

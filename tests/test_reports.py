@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from scxnn import reports
+from scxnn import figures, reports
 from scxnn.config import load_config
-from scxnn.preprocess import encode_png
+from scxnn.pixels import encode_png
 
 matplotlib.use("Agg")
 
@@ -110,13 +110,18 @@ def test_index_lists_everything_with_captions_and_links(cfg):
         assert (root / unquote(link)).is_file(), link
 
 
-def test_index_is_deterministic_and_not_rewritten(cfg):
+def test_index_is_deterministic_and_not_rewritten_but_renewed(cfg):
+    import os
+
     root = _populate(cfg)
     first = reports.write_index(root)
-    text, mtime = first.read_text(), first.stat().st_mtime_ns
+    text, inode = first.read_text(), first.stat().st_ino
+    os.utime(first, (1, 1))
     _populate(cfg)  # same content rewritten
     assert reports.write_index(root).read_text() == text
-    assert first.stat().st_mtime_ns == mtime
+    # The same file (not rewritten), but its time stamp renewed: it is a Make target, and one older
+    # than the notebooks it lists would be out of date for every later `make -q`.
+    assert first.stat().st_ino == inode and first.stat().st_mtime > 1
     assert reports.index_markdown(root, ["smoke", "nope"]) == reports.index_markdown(root, ["smoke"])
     assert "Profile `smoke`" not in reports.index_markdown(root, ["nope"])
 
@@ -124,12 +129,6 @@ def test_index_is_deterministic_and_not_rewritten(cfg):
 def test_index_of_empty_reports(tmp_path):
     text = reports.write_index(tmp_path).read_text()
     assert text.startswith("# Reports") and "No tables or figures yet." in text
-
-
-def test_fmt_ci():
-    assert reports.fmt_ci(0.9712, 0.93, 1.0) == "0.97 [0.93, 1.00]"
-    assert reports.fmt_ci(0.081, 0.05, 0.1, percent=True) == "8% [5%, 10%]"
-    assert reports.fmt_ci(float("nan")) == "n/a"
 
 
 # --------------------------------------------------------------------------- figures
@@ -144,7 +143,7 @@ def test_roc_one_line_per_set_with_both_classes():
         "external1": (np.ones(5), rng.normal(size=5)),  # one class: skipped
         "empty": ([], []),
     }
-    fig = reports.roc_figure(curves, operating={"internal test": (0.3, 0.95), "external1": (np.nan, np.nan)},
+    fig = figures.roc_figure(curves, operating={"internal test": (0.3, 0.95), "external1": (np.nan, np.nan)},
                              thesis_points={"internal test": (0.7, 0.997)})
     assert isinstance(fig, Figure) and len(fig.axes) == 1
     ax = fig.axes[0]
@@ -158,7 +157,7 @@ def test_roc_one_line_per_set_with_both_classes():
 
 
 def test_roc_empty():
-    fig = reports.roc_figure({})
+    fig = figures.roc_figure({})
     assert isinstance(fig, Figure) and not _visible_lines(fig.axes[0])
 
 
@@ -174,17 +173,17 @@ def _yield_df() -> pd.DataFrame:
 
 
 def test_yield_figure():
-    fig = reports.yield_figure(_yield_df())
+    fig = figures.yield_figure(_yield_df())
     assert len(fig.axes) == 2
     assert len(_visible_lines(fig.axes[0])) == 2
     assert len(_visible_lines(fig.axes[1])) == 2
     assert len(fig.axes[1].get_lines()) == 3  # + identity
     df = _yield_df().assign(sensitivity_lo=0.8, sensitivity_hi=1.0)
-    assert len(reports.yield_figure(df).axes[1].collections) == 2  # bands
+    assert len(figures.yield_figure(df).axes[1].collections) == 2  # bands
 
 
 def test_yield_figure_empty():
-    fig = reports.yield_figure(pd.DataFrame(columns=["target", "threshold", "set", "sensitivity", "specificity", "auto_normal"]))
+    fig = figures.yield_figure(pd.DataFrame(columns=["target", "threshold", "set", "sensitivity", "specificity", "auto_normal"]))
     assert len(fig.axes) == 2 and not _visible_lines(fig.axes[0])
 
 
@@ -201,7 +200,7 @@ def test_calibration_figure(bin_kind):
                 rows[-1].update(bin=i, bin_lo=iv.left, bin_hi=iv.right)
     df = pd.DataFrame(rows)
     df.loc[0, ["observed", "mean_predicted"]] = np.nan
-    fig = reports.calibration_figure(df)
+    fig = figures.calibration_figure(df)
     assert len(fig.axes) == 2
     top, bottom = fig.axes
     assert len(_visible_lines(top)) == 3 and len(top.get_lines()) == 4
@@ -210,7 +209,7 @@ def test_calibration_figure(bin_kind):
 
 
 def test_calibration_figure_empty():
-    fig = reports.calibration_figure(pd.DataFrame(columns=["set", "bin", "mean_predicted", "observed", "count"]))
+    fig = figures.calibration_figure(pd.DataFrame(columns=["set", "bin", "mean_predicted", "observed", "count"]))
     assert len(fig.axes) == 2 and not _visible_lines(fig.axes[0])
 
 
@@ -218,22 +217,22 @@ def test_auc_figure_nan_safe(cfg):
     df = pd.DataFrame({"finding": list(cfg.findings)[:4], "auc": [0.9, np.nan, 0.7, 0.6],
                        "auc_lo": [0.8, np.nan, np.nan, 0.5], "auc_hi": [0.95, np.nan, np.nan, 0.7],
                        "n_pos": [10, 0, 3, pd.NA], "n_neg": [50, 60, 57, 50]})
-    fig = reports.auc_figure(df, risk=cfg.findings, thesis={df.finding[0]: 0.95, "unknown": 0.5})
+    fig = figures.auc_figure(df, risk=cfg.findings, thesis={df.finding[0]: 0.95, "unknown": 0.5})
     assert len(fig.axes) == 1
     ax = fig.axes[0]
     assert len(ax.patches) == 4
     assert [t.get_text() for t in ax.get_yticklabels()] == list(df["finding"])
     assert "n/a" in [t.get_text() for t in ax.texts]
     grouped = pd.concat([df.assign(set="internal test"), df.assign(set="temporal")])
-    assert len(reports.auc_figure(grouped).axes[0].patches) == 8
+    assert len(figures.auc_figure(grouped).axes[0].patches) == 8
     per_set = pd.DataFrame({"set": ["internal", "temporal"], "n_pos": [2, 6], "n_neg": [3, 4],
                             "auc": [0.0, 0.5], "auc_lo": [0.0, 0.2], "auc_hi": [0.1, 0.8]})
-    ax = reports.auc_figure(per_set, label="set").axes[0]
+    ax = figures.auc_figure(per_set, label="set").axes[0]
     assert [t.get_text() for t in ax.get_yticklabels()] == ["internal", "temporal"] and len(ax.patches) == 2
 
 
 def test_auc_figure_empty():
-    fig = reports.auc_figure(pd.DataFrame(columns=["finding", "auc", "auc_lo", "auc_hi", "n_pos", "n_neg"]))
+    fig = figures.auc_figure(pd.DataFrame(columns=["finding", "auc", "auc_lo", "auc_hi", "n_pos", "n_neg"]))
     assert len(fig.axes) == 1 and not fig.axes[0].patches
 
 
@@ -244,25 +243,25 @@ def test_thumbnails(tmp_path):
         p.write_bytes(encode_png(np.full((32, 32), 40 * i, np.uint8)))
         paths.append(str(p))
     paths.append(str(tmp_path / "missing.png"))
-    fig = reports.thumbnails_figure(paths, ["a", "b", "c", "d"], ncols=3)
+    fig = figures.thumbnails_figure(paths, ["a", "b", "c", "d"], ncols=3)
     assert len(fig.axes) == 4
     assert sum(len(ax.images) for ax in fig.axes) == 3
     assert "unreadable" in [t.get_text() for t in fig.axes[3].texts]
-    empty = reports.thumbnails_figure([], [])
+    empty = figures.thumbnails_figure([], [])
     assert len(empty.axes) == 1 and "none" in [t.get_text() for t in empty.axes[0].texts]
 
 
 def test_thumbnail_inputs(cfg):
-    from scxnn.preprocess import cache_dir
+    from scxnn.sources import cache_dir
 
     table = pd.DataFrame({"image_id": ["a", "b"], "path": ["images/a.png", "images/b.png"]})
     missed = pd.DataFrame({"image_id": ["b"], "patient_id": ["p"], "set": ["temporal"], "score": [-1.25],
                            "findings": ["pneumothorax"], "worst_risk": ["critical"]})
-    paths, titles = reports.thumbnail_inputs(cfg, missed, table)
+    paths, titles = figures.thumbnail_inputs(cfg, missed, table)
     assert paths == [str(cache_dir(cfg) / "images/b.png")]
     assert titles == ["b · temporal · score -1.25 · critical\npneumothorax"]
     with pytest.raises(KeyError, match="path"):
-        reports.thumbnail_inputs(cfg, missed, table.drop(columns="path"))
+        figures.thumbnail_inputs(cfg, missed, table.drop(columns="path"))
 
 
 def _risk_table(thesis: bool = False) -> pd.DataFrame:
@@ -279,7 +278,7 @@ def _risk_table(thesis: bool = False) -> pd.DataFrame:
 
 
 def test_risk_figure():
-    fig = reports.risk_figure(_risk_table())
+    fig = figures.risk_figure(_risk_table())
     assert len(fig.axes) == 2  # one panel per set
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["critical", "urgent", "non-urgent", "cardiomegaly"]
@@ -294,11 +293,11 @@ def test_risk_figure():
 
 
 def test_risk_figure_with_thesis_and_empty():
-    ax = reports.risk_figure(_risk_table(thesis=True)).axes[0]
+    ax = figures.risk_figure(_risk_table(thesis=True)).axes[0]
     # ours: 9 bars; thesis: urgent unknown (NaN) -> 3 groups x 3 decisions
     assert len(ax.patches) == 18
     assert sum(bar.get_hatch() == "//" for bar in ax.patches) == 9
-    empty = reports.risk_figure(_risk_table().iloc[:0])
+    empty = figures.risk_figure(_risk_table().iloc[:0])
     assert len(empty.axes) == 1 and "no data" in [t.get_text() for t in empty.axes[0].texts]
 
 
@@ -316,7 +315,7 @@ def _ablation_df(paired: bool) -> pd.DataFrame:
 
 @pytest.mark.parametrize("paired", [False, True])
 def test_ablation_figure_with_and_without_paired_deltas(paired):
-    fig = reports.ablation_figure(_ablation_df(paired), "Table 4")
+    fig = figures.ablation_figure(_ablation_df(paired), "Table 4")
     first = fig.axes[0]
     assert len(fig.axes) == 4 and first.get_title() == ("AUC − reference row" if paired else "auc")
     labels = [t.get_text() for t in first.get_yticklabels()]
@@ -332,3 +331,45 @@ def test_ablation_figure_with_and_without_paired_deltas(paired):
         assert lo < 0.726 - 0.904 and hi > 0.178  # the interval and the thesis are in view, symmetric about 0
     else:
         assert len(first.patches) == 3  # the old bars
+
+
+@pytest.mark.parametrize("decoder, stages", [(True, 2), (False, 1), (False, 2)], ids=["decoder-2stages", "classification-1stage", "classification-2stages"])
+def test_training_curves_label_only_what_the_model_has(decoder, stages):
+    from scxnn.training_figures import training_curves
+
+    n = 4
+    h = pd.DataFrame({"stage": [1] * (n - 2) + [stages] * 2, "epoch": range(n), "lr": [1e-3] * n,
+                      "train_loss": np.linspace(1, 0.5, n), "val_loss": np.linspace(1.1, 0.6, n),
+                      "train_mse": np.linspace(0.2, 0.1, n) if decoder else [np.nan] * n,
+                      "val_mse": np.linspace(0.2, 0.1, n) if decoder else [np.nan] * n,
+                      "train_auc": np.linspace(0.6, 0.9, n), "val_auc": np.linspace(0.6, 0.8, n), "val_acc": [0.5] * n})
+    fig = training_curves(h, "nodule")
+    assert fig.axes[0].get_title() == ("loss (CE + λ·MSE)" if decoder else "loss (CE)")
+    assert fig.axes[0].get_xlabel() == ("epoch (stage 1 | stage 2)" if stages == 2 else "epoch")
+    plt.close(fig)
+
+
+def test_yield_figure_shows_an_achieved_sensitivity_far_below_the_target():
+    df = _yield_df()
+    df.loc[0, "sensitivity"] = 0.62  # a set where the validation-chosen threshold fails badly
+    df["sensitivity_lo"], df["sensitivity_hi"] = df["sensitivity"] - 0.05, df["sensitivity"].clip(upper=1.0)
+    bottom, top = figures.yield_figure(df).axes[1].get_ylim()
+    assert bottom <= 0.57 and top >= 1.0
+    plt.close("all")
+
+
+def test_roc_shows_the_auc_interval_and_a_cross_of_intervals_at_our_threshold():
+    rng = np.random.default_rng(1)
+    y = np.r_[np.zeros(30), np.ones(30)]
+    fig = figures.roc_figure({"internal": (y, y + rng.normal(0, 1, 60))}, operating={"internal": (0.3, 0.9)},
+                             auc_ci={"internal": (0.8123, 0.7049, 0.9001)},
+                             operating_ci={"internal": ((0.2, 0.45), (0.8, 0.97))})
+    ax = fig.axes[0]
+    assert any("AUC 0.812 [0.704, 0.901]" in t.get_text() for t in ax.get_legend().get_texts())
+    bars = [c for c in ax.collections if type(c).__name__ == "LineCollection"]
+    segments = [s for c in bars for s in c.get_segments()]
+    xs = sorted(tuple(np.round(s[:, 0], 3)) for s in segments if np.ptp(s[:, 0]) > 0)
+    ys = sorted(tuple(np.round(s[:, 1], 3)) for s in segments if np.ptp(s[:, 1]) > 0)
+    assert (0.2, 0.45) in xs and (0.8, 0.97) in ys
+    assert len(_visible_lines(ax)) == 1  # the cross adds no ROC line
+    plt.close(fig)

@@ -12,7 +12,8 @@ import pytest
 
 from scxnn.config import load_config
 from scxnn.data import check_patient_splits, parse_masks, validate_manifest
-from scxnn.synth import generate, plan, plot_gallery, plot_real_comparison, read_image, render
+from scxnn.gallery import plot_gallery, plot_real_comparison, read_image
+from scxnn.synth import generate, plan, render
 from scxnn.synth.sites import TABLE1, internal_counts
 
 
@@ -182,7 +183,7 @@ def test_refuses_to_write_into_a_foreign_folder(tmp_path):
 
 
 def test_gallery(smoke, tmp_path):
-    from scxnn.synth import gallery as G
+    from scxnn import gallery as G
 
     cfg, out, df = smoke
     p = plot_gallery(cfg, df, tmp_path / "gallery.png")
@@ -197,9 +198,14 @@ def test_gallery(smoke, tmp_path):
     for f, job in examples:
         assert job is not None and job["findings"] + job["unseen"] == [f], f
         assert (job["site"] == "internal") == (f in cfg.findings), f
-    # Without a manifest the plan chooses; a manifest with no example gives "(no example)" panels.
+    # Without a manifest the plan chooses. A manifest with no example of any finding (a real
+    # dataset's) draws nothing: no canvas of placeholders, and an earlier empty one is removed.
     assert plot_gallery(cfg, None, tmp_path / "g2.png").is_file()
-    assert plot_gallery(cfg, df.iloc[:0], tmp_path / "g3.png").is_file()
+    (tmp_path / "g3.png").write_bytes(b"an old blank gallery")
+    assert plot_gallery(cfg, df.iloc[:0], tmp_path / "g3.png") is None and not (tmp_path / "g3.png").exists()
+    # One finding with an example is enough to draw the gallery (the others get "(no example)").
+    one = df[(df[list(cfg.findings)].fillna(0).sum(axis=1) == 1) & (df["nodule"] == 1)].head(1)
+    assert plot_gallery(cfg, one, tmp_path / "g4.png").is_file()
 
 
 @pytest.mark.parametrize("finding", ["nodule", "pleural_effusion", "pneumothorax"])
@@ -222,7 +228,7 @@ def test_twin_differs_only_at_the_lesion(smoke, finding):
 
 
 def test_real_comparison(smoke, tmp_path):
-    from scxnn.synth.gallery import default_realdata, real_normals
+    from scxnn.gallery import default_realdata, real_normals
 
     cfg = smoke[0]
     real = default_realdata()

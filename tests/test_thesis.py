@@ -11,6 +11,7 @@ from scxnn.thesis import ThesisTablesWarning, load_tables, maybe_tables
 from conftest import require_shared
 
 
+@pytest.mark.realdata
 def test_real_tables_load_with_the_numbers_we_need():
     shared = require_shared()
     with warnings.catch_warnings(record=True):

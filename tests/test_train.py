@@ -16,11 +16,14 @@ import pytest
 import torch
 
 from scxnn import checkpoints as C
+from scxnn import distributed as D
+from scxnn import labels as L
 from scxnn import train as T
 from scxnn.config import load_config
 from scxnn.data import new_manifest
 from scxnn.dataset import RadiographDataset, load_study_manifest
-from scxnn.preprocess import dilate_mask, fingerprint
+from scxnn.inference import score_films
+from scxnn.pixels import dilate_mask, fingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
 FINDING = "nodule"
@@ -79,13 +82,13 @@ def test_finding_labels_normal_target_other_na_and_two_class_folding():
             {"atelectasis": pd.NA},  # NA among the others reads as absent
         ]
     )
-    lab3 = T.finding_labels(df, "nodule", 3, list(cfg.findings), list(cfg.unseen_findings))
+    lab3 = L.finding_labels(df, "nodule", 3, list(cfg.findings), list(cfg.unseen_findings))
     assert lab3.tolist()[:4] == [0, 1, 1, 2] and pd.isna(lab3[4]) and lab3[5] == 2 and lab3[6] == 0
-    lab2 = T.finding_labels(df, "nodule", 2, list(cfg.findings), list(cfg.unseen_findings))
+    lab2 = L.finding_labels(df, "nodule", 2, list(cfg.findings), list(cfg.unseen_findings))
     assert lab2.tolist()[:4] == [0, 1, 1, 0] and pd.isna(lab2[4]) and lab2[5] == 0
-    assert T.finding_labels(df, "nodule", 3).equals(lab3)  # defaults: the study's finding columns
+    assert L.finding_labels(df, "nodule", 3).equals(lab3)  # defaults: the study's finding columns
     with pytest.raises(ValueError):
-        T.finding_labels(df, "nodule", 4)
+        L.finding_labels(df, "nodule", 4)
 
 
 @pytest.mark.parametrize("as_file", [False, True])
@@ -100,7 +103,7 @@ def test_out_of_scope_films_neither_train_nor_validate(as_file, tmp_path, caplog
 
 
 def test_finding_seed_is_stable_and_differs_per_finding():
-    assert T.finding_seed(1, "nodule") == T.finding_seed(1, "nodule") != T.finding_seed(1, "cardiomegaly")
+    assert L.finding_seed(1, "nodule") == L.finding_seed(1, "nodule") != L.finding_seed(1, "cardiomegaly")
 
 
 # --------------------------------------------------------------------------- dataset
@@ -129,7 +132,7 @@ def tiny_cache(tmp_path):
 
 def test_recon_target_is_image_times_dilated_target_mask(tiny_cache):
     base, df, cfg, mask = tiny_cache
-    labels = T.finding_labels(df, "nodule", 3).astype(int).to_numpy()
+    labels = L.finding_labels(df, "nodule", 3).astype(int).to_numpy()
     ds = RadiographDataset(df, base, "nodule", labels, cfg)
     a, b, c = ds[0], ds[1], ds[2]
     dil = dilate_mask(mask, cfg.preprocess, None).astype(np.float32)
@@ -153,7 +156,7 @@ def test_recon_target_is_image_times_dilated_target_mask(tiny_cache):
 def test_augmentation_is_a_pure_function_of_seed_epoch_index(tiny_cache):
     base, df, cfg, _ = tiny_cache
     cfg = cfg.replace({"train.augment": True, "train.augment_p": 1.0})
-    labels = T.finding_labels(df, "nodule", 3).astype(int).to_numpy()
+    labels = L.finding_labels(df, "nodule", 3).astype(int).to_numpy()
     d1 = RadiographDataset(df, base, "nodule", labels, cfg, augment=True, seed=7)
     d2 = RadiographDataset(df, base, "nodule", labels, cfg, augment=True, seed=7)
     d1.set_epoch(3)
@@ -171,13 +174,13 @@ def test_augmentation_is_a_pure_function_of_seed_epoch_index(tiny_cache):
 
 def test_epoch_indices_balanced_capped_and_sharded():
     y = np.array([0] * 90 + [1] * 10)
-    idx = T.epoch_indices(y, 1, 5, "sampler", 60, 2)
-    assert len(idx) == 60 and idx == T.epoch_indices(y, 1, 5, "sampler", 60, 2)
-    assert idx != T.epoch_indices(y, 1, 6, "sampler", 60, 2)
+    idx = L.epoch_indices(y, 1, 5, "sampler", 60, 2)
+    assert len(idx) == 60 and idx == L.epoch_indices(y, 1, 5, "sampler", 60, 2)
+    assert idx != L.epoch_indices(y, 1, 6, "sampler", 60, 2)
     assert 0.25 < np.mean(y[idx]) < 0.75  # class-balanced draws
-    perm = T.epoch_indices(y, 1, 5, "none", 0, 2)
+    perm = L.epoch_indices(y, 1, 5, "none", 0, 2)
     assert sorted(perm) == list(range(100))
-    shards = [T.shard_indices(range(7), r, 2) for r in range(2)]
+    shards = [D.shard_indices(range(7), r, 2) for r in range(2)]
     assert len(shards[0]) == len(shards[1]) == 4 and set(shards[0]) | set(shards[1]) == set(range(7))
 
 
@@ -218,11 +221,16 @@ def test_checkpoint_embeds_config_and_fingerprint_and_loads_back(reference_run, 
     # Stage 2 trained the head only: encoder and decoder equal stage 1's best weights.
     last = C.load_checkpoint(reference_run.out_dir / C.LAST_NAME)["model"]
     assert all(torch.equal(last[k], ck["model"][k]) for k in last if not k.startswith("head."))
-    # predict: decoder skipped, logits per image.
+    # Scoring (scxnn.inference): decoder skipped, logits and pooled features per image.
     df, base = load_study_manifest(cfg, None)
-    val_df, val_y = T.training_sets(df, cfg, FINDING)["val"]
-    logits, labels = T.predict(model, RadiographDataset(val_df, base, FINDING, val_y, cfg))
-    assert logits.shape == (len(val_df), 3) and labels.tolist() == list(val_y)
+    val_df, _ = L.training_sets(df, cfg, FINDING)["val"]
+    lm = C.load_finding_model(FINDING, reference_run.best_checkpoint)
+    logits, pooled = score_films(lm, val_df, base, 4, False, torch.device("cpu"))
+    assert logits.shape == (len(val_df), 3) and len(pooled) == len(val_df) and np.isfinite(logits).all()
+    ds = RadiographDataset(val_df, base, FINDING, np.zeros(len(val_df), int), cfg)
+    with torch.inference_mode():  # the films' own order, the model's plain forward pass
+        ref = model(torch.stack([ds[i]["image"] for i in range(len(ds))]), decode=False)[0]
+    np.testing.assert_allclose(logits, ref.numpy(), atol=1e-4)
 
 
 class _Evil:
@@ -318,17 +326,18 @@ _DDP_SCRIPT = textwrap.dedent(
     import copy, json, os, sys
     import torch, torch.nn.functional as F
     from torch import nn
+    from scxnn import distributed as D
     from scxnn import train as T
 
     torch.manual_seed(0)
-    d = T.init_distributed(torch.device("cpu"))
+    d = D.init_distributed(torch.device("cpu"))
     assert d.world == 2, d
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
     ref = copy.deepcopy(model)
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(8, 1, 8, 8, generator=g), torch.randint(0, 3, (8,), generator=g)
-    idx = T.shard_indices(range(8), d.rank, d.world)
-    ddp = T.wrap_ddp(model, d, torch.device("cpu"))
+    idx = D.shard_indices(range(8), d.rank, d.world)
+    ddp = D.wrap_ddp(model, d, torch.device("cpu"))
     F.cross_entropy(ddp(x[idx]), y[idx]).backward()  # DDP averages the two shards' gradients
     F.cross_entropy(ref(x), y).backward()  # the full batch in one process
     err = max(float((a.grad - b.grad).abs().max()) for a, b in zip(model.parameters(), ref.parameters()))
@@ -384,7 +393,7 @@ def test_validation_cap_keeps_every_target_film_and_is_fixed():
     import numpy as np
     import pandas as pd
 
-    from scxnn.train import _val_subset
+    from scxnn.labels import _val_subset
 
     rows = pd.DataFrame({"image_id": [f"i{k}" for k in range(50)]})
     labels = np.r_[np.ones(6, int), np.zeros(30, int), np.full(14, 2)]
@@ -398,7 +407,7 @@ def test_validation_cap_keeps_both_classes_when_the_target_is_common():
     import numpy as np
     import pandas as pd
 
-    from scxnn.train import _val_subset
+    from scxnn.labels import _val_subset
 
     rows = pd.DataFrame({"image_id": [f"i{k}" for k in range(60)]})
     labels = np.r_[np.ones(40, int), np.zeros(12, int), np.full(8, 2)]

@@ -88,7 +88,7 @@ def test_a_finished_variant_is_not_recomputed(tmp_path):
 
 
 def test_ablation_tables_name_known_variants_and_share_the_baseline(tmp_path):
-    cfg = _cfg(tmp_path)
+    cfg = load_config("demo", {"paths.runs": str(tmp_path / "runs")})  # the thesis' rows (smoke runs a few)
     t = cfg.variants.tables
     assert list(t["table4_backbones"]) == ["vgg16", "resnet50", "googlenet", "densenet121", "densenet169", "efficientnet_b2"]
     assert t["table4_backbones"]["densenet121"] == t["table5_lambda"]["0.8"] == t["table6_preprocessing"]["clahe_reconstruction_dilation"] == "three_class"
@@ -136,7 +136,7 @@ def _fake_variant(cfg, name, films, signal, seed=0):
     logits = rng.normal(0, 0.3, (len(films), len(cols)))
     logits[:, 1] += signal * films["abnormal"].to_numpy() + films["difficulty"].to_numpy()
     table = pd.concat([table, pd.DataFrame(logits, columns=cols)], axis=1)
-    svm, th, val_scores = ensemble.fit_ensemble_with_scores(vcfg, ensemble.validation_rows(table))
+    svm, th, val_scores = ensemble.fit_ensemble(vcfg, ensemble.validation_rows(table))
     ensemble.save(svm, th, out)
     ensemble.save_logits(table, out)
     (out / ensemble.VAL_SCORES_NAME).write_text(val_scores.to_csv(index=False))

@@ -12,7 +12,6 @@ Label policy (all adapters):
 
 from __future__ import annotations
 
-import hashlib
 
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -22,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from scxnn import data
-from scxnn.utils import log, sha256_file
+from scxnn.utils import log, sha256_file, sha256_text
 
 MASK_DIR = "masks"
 
@@ -74,7 +73,7 @@ def boxes_to_mask(boxes: Iterable[Sequence[float]], shape: tuple[int, int]) -> n
 def opaque_id(dataset: str, raw_id: str) -> str:
     """The manifest's image id: public datasets put the patient in the file name (``person12_…``,
     ``00000012_000``), and no patient id may reach a manifest, so the file stem is hashed."""
-    return f"{dataset}-{hashlib.sha256(f'{dataset}:{raw_id}'.encode()).hexdigest()[:12]}"
+    return f"{dataset}-{sha256_text(f'{dataset}:{raw_id}', 12)}"
 
 
 def write_mask(mask: np.ndarray, out_dir: Path, dataset: str, image_id: str, finding: str) -> str:

@@ -87,9 +87,14 @@ def build(root, out_dir, findings: Sequence[str], unseen: Sequence[str], seed: i
         if not normal and label not in FINDING_MAP:
             skipped.append({"path": str(img), "reason": f"unknown Kermany label {label!r}"})
             continue
+        try:
+            patient = patient_of(rel)
+        except ValueError as e:  # one renamed file must not stop the dataset: it is a skipped row
+            skipped.append({"path": str(img), "reason": str(e)})
+            continue
         pos = set() if normal else {FINDING_MAP[label], SUBTYPE_MAP.get(label)}
         # Only pneumonia and its subtypes are graded; for normals code_labels zero-fills the rest.
         lab = {"pneumonia", *(SUBTYPES if normal or label in SUBTYPE_MAP else ())}
         labels = C.code_labels(pos, lab, cols, normal)
-        rows.append(C.base_row(Path(rel).stem, patient_of(rel), DATASET, img, out_dir, labels, view="AP"))
+        rows.append(C.base_row(Path(rel).stem, patient, DATASET, img, out_dir, labels, view="AP"))
     return C.finish(rows, findings, unseen, seed, split, skipped, source=DATASET)

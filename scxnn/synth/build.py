@@ -8,7 +8,6 @@ the bytes do not depend on the number of workers or on the order in which proces
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import multiprocessing as mp
 import os
@@ -25,7 +24,7 @@ from scxnn import data as D
 from scxnn.synth import sites
 from scxnn.synth.anatomy import compose, jitter, make_geometry, render_layers, sample_anatomy
 from scxnn.synth.findings import FINDINGS, sample_severity
-from scxnn.utils import atomic_write_bytes, atomic_write_text, sha256_file
+from scxnn.utils import atomic_write_bytes, atomic_write_text, sha256_file, sha256_text
 
 GENERATOR_VERSION = "3"
 META_NAME = "synth.json"
@@ -39,7 +38,7 @@ def fingerprint(cfg) -> str:
     for k in ("workers", "source", "manifest"):  # do not change the images
         d.pop(k, None)
     blob = {"version": GENERATOR_VERSION, "seed": cfg.seed, "data": d, "findings": list(cfg.findings), "unseen": list(cfg.unseen_findings)}
-    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+    return sha256_text(json.dumps(blob, sort_keys=True), 16)
 
 
 # --------------------------------------------------------------------------- planning

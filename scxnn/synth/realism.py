@@ -18,7 +18,7 @@ Recipe
 2. **Real normals.** The rows of ``labels.csv`` of the NIH mini set with ``no_finding == 1`` under
    ``images/nih1000_64px/`` (499 films, adults aged 24-94), in file order, read as greyscale.
 3. **The same preprocessing for both** (:func:`to_study_64`): the study's own
-   :func:`scxnn.preprocess.preprocess_pixels` with the profile's ``preprocess`` settings at
+   :func:`scxnn.pixels.preprocess_pixels` with the profile's ``preprocess`` settings at
    ``size=64`` (percentile clip, min-max, pad, CLAHE), as float32 in [0, 1].
 4. **Balanced classes**: the first ``min(n_synth, n_real)`` films of each set.
 5. **Feature sets**, each judged by its own classifier; the score is its ``decision_function``:
@@ -54,6 +54,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+from scxnn.metrics import fmt_ci
 
 SIZE = 64
 FEATURE_SETS = ("pixels", "histogram", "spectrum", "edges")
@@ -97,7 +99,7 @@ def to_study_64(img8: np.ndarray, cfg) -> np.ndarray:
     64 px (the profile's ``preprocess`` settings with ``size=64``); float32 in [0, 1]."""
     if img8.ndim != 2 or img8.dtype != np.uint8:
         raise ValueError(f"expected a 2-D uint8 greyscale image, got {img8.dtype} {img8.shape}")
-    from scxnn.preprocess import preprocess_pixels
+    from scxnn.pixels import preprocess_pixels
 
     p = dataclasses.replace(cfg.preprocess, size=SIZE)
     out, _ = preprocess_pixels(squash_64(img8), p)
@@ -405,7 +407,7 @@ def format_bench_realism(r: dict) -> str:
     ]
     for fs, v in r["feature_sets"].items():
         name = fs + (" *" if fs == r["headline"] else "")
-        lines.append(f"  {name:<12} {v['auc']:.3f} [{v['lo']:.3f}, {v['hi']:.3f}]     {v['control_auc']:>12.3f} {v['excess']:>+8.3f}")
+        lines.append(f"  {name:<12} {fmt_ci(v['auc'], v['lo'], v['hi']):<24} {v['control_auc']:>12.3f} {v['excess']:>+8.3f}")
     h = r["feature_sets"][r["headline"]]
     lines.append(f"  headline (* {r['headline']}: PCA(32) + RBF SVM): AUC {h['auc']:.3f} vs {h['control_auc']:.3f} for the "
                  f"{r['baseline']} baseline, excess {h['excess']:+.3f} (lower is more realistic)")

@@ -1,28 +1,17 @@
-"""The thesis' preprocessing (§3.2) and the batch step that builds the PNG cache and its manifest.
+"""The batch step of ``scxnn preprocess``: files through :mod:`scxnn.pixels` into a PNG cache and its
+manifest, in crash-isolated worker processes.
 
-Per image, in the thesis' order:
-
-1. clip intensities at the 0.5 / 99.5 percentiles (``preprocess.clip_percentiles``);
-2. min-max normalise to 0-255;
-3. zero-pad to a square, centred, keeping the aspect ratio;
-4. CLAHE (``preprocess.contrast``: ``clahe``, or ``histeq`` / ``none`` for the Table 6 ablation);
-5. resize to ``preprocess.size`` (1024 in the thesis profile) with area interpolation;
-6. write PNG.
-
-Lesion masks take the same pad and resize (:meth:`Geometry.apply_to_mask`) and are stored
-undilated. The thesis' morphological dilation (:func:`dilate_mask`, kernel in mm or as a fraction of
-the image side) is applied when training targets are built, so the "no dilation" ablation reuses the
-same cache.
-
-Everything runs on OpenCV: a histogram gives the percentiles in one pass instead of a sort, and
-CLAHE and INTER_AREA resizing are native. ``scxnn bench preprocess`` measures this against a
-straightforward scikit-image version of the same steps (:func:`reference_pipeline`).
+:func:`preprocess_manifest` and :func:`preprocess_inputs` (the command) build the jobs, read, gate
+(:mod:`scxnn.plausibility`) and preprocess each file in a worker (:func:`_process`), and write
+``images/``, ``masks/``, ``manifest.csv`` and ``skipped.csv``. Each finished image leaves a record,
+so a rerun after a kill redoes only unfinished images. :func:`run_isolated` is the process pool in
+which a decoder that aborts its process costs one file, not the batch; ``scxnn predict`` decodes
+through it too (:func:`screening_pixels`).
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import multiprocessing as mp
 import os
@@ -36,189 +25,10 @@ import numpy as np
 import pandas as pd
 
 from scxnn.config import Config, Preprocess
-from scxnn.utils import atomic_write_bytes, atomic_write_text, log, remove_stale_temporaries, sha256_file
+from scxnn.pixels import encode_png, fingerprint, preprocess_pixels, preview
+from scxnn.utils import atomic_write_bytes, atomic_write_text, log, remove_stale_temporaries, sha256_file, sha256_text
 
-# Bump when the pixels this module produces change for the same settings: it invalidates caches.
-PREPROCESS_VERSION = 1
 SKIPPED_NAME = "skipped.csv"
-_HIST_BINS = 65536
-
-
-# --------------------------------------------------------------------------- single image
-
-
-def fingerprint(p: Preprocess) -> str:
-    """Hash of everything that changes the cached PNGs (dilation is applied later, so it is not in)."""
-    key = {
-        "version": PREPROCESS_VERSION,
-        "clip_percentiles": list(p.clip_percentiles),
-        "contrast": p.contrast,
-        "clahe_clip_limit": p.clahe_clip_limit if p.contrast == "clahe" else None,
-        "clahe_tiles": p.clahe_tiles if p.contrast == "clahe" else None,
-        "size": p.size,
-        "voi_lut": p.voi_lut,
-    }
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """How a source image maps onto the square output: padding offsets, then a uniform scale."""
-
-    height: int
-    width: int
-    size: int
-
-    @property
-    def side(self) -> int:
-        return max(self.height, self.width)
-
-    @property
-    def offset(self) -> tuple[int, int]:  # (top, left) of the source inside the padded square
-        return (self.side - self.height) // 2, (self.side - self.width) // 2
-
-    def pad(self, img: np.ndarray) -> np.ndarray:
-        top, left = self.offset
-        bottom, right = self.side - self.height - top, self.side - self.width - left
-        return cv2.copyMakeBorder(img, top, bottom, left, right, cv2.BORDER_CONSTANT, value=0)
-
-    def resize(self, img: np.ndarray) -> np.ndarray:
-        if img.shape[0] == self.size:
-            return img
-        interp = cv2.INTER_AREA if img.shape[0] > self.size else cv2.INTER_LINEAR
-        return cv2.resize(img, (self.size, self.size), interpolation=interp)
-
-    def apply_to_mask(self, mask: np.ndarray) -> np.ndarray:
-        """Pad and resize a source-geometry mask; returns uint8 0/255.
-
-        Area averaging then a 0.5 threshold keeps small lesions from vanishing or growing, which
-        nearest-neighbour sampling of a heavily downscaled mask would do.
-        """
-        if mask.shape[:2] != (self.height, self.width):
-            raise ValueError(f"mask shape {mask.shape[:2]} differs from the image's {(self.height, self.width)}")
-        m = self.resize(self.pad((mask > 0).astype(np.float32)))
-        return np.where(m >= 0.5, 255, 0).astype(np.uint8)
-
-    def output_spacing_mm(self, source_spacing_mm: float | None) -> float | None:
-        return None if source_spacing_mm is None else source_spacing_mm * self.side / self.size
-
-
-def percentiles(img: np.ndarray, lo: float, hi: float) -> tuple[float, float]:
-    """The lo / hi percentiles of ``img`` from one 16-bit histogram pass (no sort).
-
-    Exact for integer-valued data spanning fewer than 65536 values, which covers every DICOM up to
-    16 bits stored; otherwise within 1/65535 of the intensity range. The image is offset to a uint16
-    view first because OpenCV's histogram is ten times faster on uint16 than on float32.
-    """
-    mn, mx = (float(v) for v in cv2.minMaxLoc(img if img.dtype != np.int32 else img.astype(np.float32))[:2])
-    if mx <= mn:
-        return mn, mx
-    span = mx - mn
-    sample = img.ravel()[:: max(1, img.size // 4096)]
-    integral = np.issubdtype(img.dtype, np.integer) or bool(np.all(np.modf(sample)[0] == 0))
-    scale = 1.0 if integral and span < _HIST_BINS else (_HIST_BINS - 1) / span
-    f32 = img.astype(np.float32, copy=False)
-    if scale < 1e30:
-        u16 = ((f32 - mn) * scale).astype(np.uint16)
-    else:  # a tiny span (a header rescaling by 1e-38): scale itself overflows float32, so divide first
-        u16 = ((f32 - np.float32(mn)) / np.float32(span) * np.float32(_HIST_BINS - 1)).astype(np.uint16)
-    nbins = int(span * scale) + 1
-    cdf = np.cumsum(cv2.calcHist([u16], [0], None, [nbins], [0, nbins]).ravel())
-
-    def at(q: float) -> float:
-        return mn + int(np.searchsorted(cdf, q / 100.0 * cdf[-1], side="left")) / scale
-
-    return at(lo), at(hi)
-
-
-def clip_and_normalise(img: np.ndarray, p: Preprocess) -> np.ndarray:
-    """Steps 1-2: percentile clip, then min-max to uint8 0-255."""
-    lo, hi = percentiles(img, *p.clip_percentiles)
-    f32 = img.astype(np.float32, copy=False)
-    clipped = np.clip(f32, lo, hi)
-    mn, mx = float(clipped.min()), float(clipped.max())
-    if mx <= mn:
-        raise ValueError(f"no contrast left after the {p.clip_percentiles[0]:g}-{p.clip_percentiles[1]:g} percentile clip "
-                         "(almost every pixel has the same value)")
-    alpha = 255.0 / (mx - mn)
-    return cv2.convertScaleAbs(clipped, alpha=alpha, beta=-mn * alpha)
-
-
-def enhance(img8: np.ndarray, p: Preprocess) -> np.ndarray:
-    """Step 4: CLAHE (thesis), histogram equalisation or nothing (Table 6 ablation)."""
-    if p.contrast == "clahe":
-        return cv2.createCLAHE(clipLimit=p.clahe_clip_limit, tileGridSize=(p.clahe_tiles, p.clahe_tiles)).apply(img8)
-    if p.contrast == "histeq":
-        return cv2.equalizeHist(img8)
-    return img8
-
-
-def preprocess_pixels(img: np.ndarray, p: Preprocess) -> tuple[np.ndarray, Geometry]:
-    """Steps 1-5 on a 2-D image (any dtype, MONOCHROME2 sense); returns the uint8 square and its geometry."""
-    if img.ndim != 2:
-        raise ValueError(f"expected a 2-D greyscale image, got shape {img.shape}")
-    geo = Geometry(img.shape[0], img.shape[1], p.size)
-    out = clip_and_normalise(img, p)
-    out = geo.pad(out)
-    out = enhance(out, p)
-    return geo.resize(out), geo
-
-
-def dilate_mask(mask: np.ndarray, p: Preprocess, spacing_mm: float | None = None) -> np.ndarray:
-    """The thesis' morphological dilation of a (preprocessed) lesion mask, with an elliptical kernel.
-
-    ``preprocess.dilation`` is a fraction of the image side, or millimetres when ``dilation_unit`` is
-    ``mm`` (which needs the output pixel spacing, ``pixel_spacing_mm`` in the manifest).
-    """
-    if p.dilation <= 0:
-        return mask
-    if p.dilation_unit == "mm":
-        if not spacing_mm:
-            raise ValueError("dilation in mm needs the pixel spacing; this image has none (use dilation_unit: fraction)")
-        radius = p.dilation / spacing_mm
-    else:
-        radius = p.dilation * mask.shape[0]
-    k = 2 * max(1, int(round(radius))) + 1
-    return cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
-
-
-def encode_png(img: np.ndarray) -> bytes:
-    ok, buf = cv2.imencode(".png", img, [cv2.IMWRITE_PNG_COMPRESSION, 1])
-    if not ok:
-        raise ValueError("PNG encoding failed")
-    return buf.tobytes()
-
-
-def read_png(path: str | os.PathLike) -> np.ndarray:
-    img = cv2.imdecode(np.fromfile(str(path), dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise ValueError(f"{path}: not a readable PNG")
-    return img
-
-
-# --------------------------------------------------------------------------- reference (benchmark)
-
-
-def reference_pipeline(img: np.ndarray, p: Preprocess) -> np.ndarray:
-    """The same steps written the obvious way with NumPy and scikit-image; the benchmark's baseline."""
-    from skimage import exposure, transform
-
-    lo, hi = np.percentile(img, p.clip_percentiles)
-    x = np.clip(img.astype(np.float64), lo, hi)
-    x = (x - x.min()) / (x.max() - x.min())
-    h, w = x.shape
-    side = max(h, w)
-    top, left = (side - h) // 2, (side - w) // 2
-    x = np.pad(x, ((top, side - h - top), (left, side - w - left)))
-    if p.contrast == "clahe":
-        x = exposure.equalize_adapthist(x, kernel_size=max(1, side // p.clahe_tiles), clip_limit=0.01)
-    elif p.contrast == "histeq":
-        x = exposure.equalize_hist(x)
-    x = transform.resize(x, (p.size, p.size), anti_aliasing=True)
-    return (x * 255).round().astype(np.uint8)
-
-
-# --------------------------------------------------------------------------- batch step
 
 
 @dataclass(frozen=True)
@@ -313,8 +123,9 @@ class ScreenJob:
 
 def screening_pixels(job: ScreenJob) -> tuple[str, tuple[np.ndarray | None, tuple[str, ...]] | None, str | None]:
     """Worker of ``scxnn predict``'s decoding stage: read, gate (:mod:`scxnn.plausibility`) and
-    preprocess one file -> (key, (uint8 film or None if the gate refused it, scope flags) or None if
-    unreadable, rejection reason or None).
+    preprocess one file -> (key, (uint8 film or None if the gate refused it, scope flags, a
+    :func:`scxnn.pixels.preview` of a refused film that decoded, else None) or None if unreadable,
+    rejection reason or None).
     Never raises; run it through :func:`run_isolated` so that a decoder that aborts its process
     costs one film, not the batch."""
     from scxnn import plausibility
@@ -325,8 +136,12 @@ def screening_pixels(job: ScreenJob) -> tuple[str, tuple[np.ndarray | None, tupl
         rad = read_image(job.source, voi_lut=pre.voi_lut, max_megapixels=pre.max_megapixels)
         why = plausibility.check(rad.pixels, pre, rad.scope_flags)
         if why:
-            return key, (None, rad.scope_flags), why
-        return key, (preprocess_pixels(rad.pixels, pre)[0], rad.scope_flags), None
+            try:
+                shown = preview(rad.pixels, side=max(pre.size, 256))  # for the full-size view: as large as a scored film
+            except Exception:  # noqa: BLE001 -- a picture of a refused film is a courtesy, never a failure
+                shown = None
+            return key, (None, rad.scope_flags, shown), why
+        return key, (preprocess_pixels(rad.pixels, pre)[0], rad.scope_flags, None), None
     except ImageReadError as e:
         return key, None, f"unreadable: {e.reason}"
     except OSError as e:
@@ -371,14 +186,11 @@ def jobs_from_paths(paths: Sequence[str | os.PathLike], out_dir: Path, pre: Prep
     from scxnn.dicom import find_images
 
     fp = fingerprint(pre)
-    files, problems = find_images(paths)
-    missing = [str(p) for p, why in problems if str(p) in map(str, paths)]
-    if missing:
-        raise FileNotFoundError(f"no such file or folder: {', '.join(missing)}")
+    files, problems = find_images(paths, strict=True)
     skipped = [{"image_id": "", "source": str(p), "reason": why} for p, why in problems]
     jobs = []
     for f in files:
-        key = hashlib.sha256(str(f.resolve()).encode()).hexdigest()[:16]
+        key = sha256_text(str(f.resolve()), 16)
         row = {"image_id": f"img-{key}", "patient_id": hash_patient(f"file:{key}"), "study_date": "", "site": site,
                "split": "test", "label_type": "weak", "masks": "", "view": "", "path": str(f.resolve()), "source_sha256": ""}
         jobs.append(_Job(row=row, source=str(f.resolve()), masks={}, out_dir=str(out_dir), pre=pre, fp=fp))
@@ -538,96 +350,3 @@ def preprocess_inputs(cfg: Config, inputs: Sequence[str | os.PathLike], out_dir:
     write_manifest(df, out / MANIFEST_NAME)
     save_resolved(cfg, out, extra={"step": "preprocess", "preprocess_fingerprint": fingerprint(cfg.preprocess), "images": len(df), "skipped": len(skipped)})
     return df, skipped
-
-
-def cache_dir(cfg: Config) -> Path:
-    """The PNG cache for the profile's settings; other settings (e.g. the histeq ablation) get their own."""
-    p = cfg.preprocess
-    return cfg.path("data") / f"png{p.size}-{p.contrast}-{fingerprint(p)}"
-
-
-def source_manifest_path(cfg: Config) -> Path:
-    """The manifest of the profile's source images: the generator's, the adapter's, or ``data.manifest``."""
-    from scxnn.data import MANIFEST_NAME
-
-    if cfg.data.source in ("synth", "adapter"):
-        return cfg.path("data") / "raw" / MANIFEST_NAME
-    p = Path(cfg.data.manifest).expanduser()
-    return p if p.is_absolute() else cfg.root / p
-
-
-def build_study_cache(cfg: Config, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The profile's data step: the raw images (synthetic by default, or ``data.manifest``) through the
-    preprocessing into the PNG cache. Returns (preprocessed manifest, skipped)."""
-    from scxnn.data import MANIFEST_NAME, read_manifest
-
-    mpath = source_manifest_path(cfg)
-    if cfg.data.source == "synth":
-        from scxnn import synth
-
-        raw = synth.generate(cfg, mpath.parent, progress=progress)
-    elif cfg.data.source == "adapter":
-        from scxnn.adapters import build_manifest
-
-        root = Path(cfg.data.root).expanduser()
-        root = root if root.is_absolute() else cfg.root / root
-        raw = build_manifest(cfg.data.adapter, root, mpath.parent, list(cfg.findings), list(cfg.unseen_findings),
-                             seed=cfg.seed, split=cfg.data.split)
-        n_skip = len(raw.attrs.get("skipped", []))
-        log.info("%s: %d images from %s%s", cfg.data.adapter, len(raw), root, f", {n_skip} skipped (see {mpath.parent / 'skipped.csv'})" if n_skip else "")
-    else:
-        raw = read_manifest(mpath, list(cfg.findings), list(cfg.unseen_findings))
-    out = cache_dir(cfg)
-    df, skipped = preprocess_manifest(cfg, raw, mpath.parent, out, progress=progress)
-    assert (out / MANIFEST_NAME).is_file()
-    return df, skipped
-
-
-# --------------------------------------------------------------------------- benchmark
-
-
-def bench(size_hw: tuple[int, int] = (3000, 2500), bits: int = 12, repeats: int = 3, p: Preprocess | None = None, seed: int = 0) -> dict:
-    """Time :func:`preprocess_pixels` against :func:`reference_pipeline` on one core, same image.
-
-    The input is a smooth 12-bit radiograph-like field with noise (structure matters little to these
-    steps' cost, but CLAHE and the percentiles see a realistic histogram). Returns per-step seconds.
-    """
-    if p is None:
-        from scxnn.config import load_config
-
-        p = load_config("thesis").preprocess
-    rng = np.random.default_rng(seed)
-    h, w = size_hw
-    small = cv2.GaussianBlur(rng.random((h // 16, w // 16)).astype(np.float32), (0, 0), 3)
-    img = cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
-    img = (img - img.min()) / (img.max() - img.min()) * 0.8 + 0.1 + rng.normal(0, 0.01, (h, w)).astype(np.float32)
-    img = np.clip(img * (2**bits - 1), 0, 2**bits - 1).astype(np.uint16)
-    threads = cv2.getNumThreads()
-    cv2.setNumThreads(1)
-    try:
-        def timed(fn) -> float:
-            best = float("inf")
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                fn()
-                best = min(best, time.perf_counter() - t0)
-            return best
-
-        geo = Geometry(h, w, p.size)
-        img8 = clip_and_normalise(img, p)
-        sq = geo.pad(img8)
-        eq = enhance(sq, p)
-        out = geo.resize(eq)
-        steps = {
-            "percentiles": timed(lambda: percentiles(img, *p.clip_percentiles)),
-            "clip+minmax": timed(lambda: clip_and_normalise(img, p)),
-            "pad": timed(lambda: geo.pad(img8)),
-            "contrast": timed(lambda: enhance(sq, p)),
-            "resize": timed(lambda: geo.resize(eq)),
-            "png": timed(lambda: encode_png(out)),
-        }
-        ours = timed(lambda: encode_png(preprocess_pixels(img, p)[0]))
-        ref = timed(lambda: encode_png(reference_pipeline(img, p)))
-    finally:
-        cv2.setNumThreads(threads)
-    return {"shape": (h, w), "bits": bits, "size": p.size, "contrast": p.contrast, "steps_s": steps, "ours_s": ours, "reference_s": ref, "ratio": ref / ours}

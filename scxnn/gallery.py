@@ -1,21 +1,25 @@
-"""Visual checks of the generator.
+"""Visual checks of the generator: the figures of notebook 01 (``reports/figures/<profile>/``).
 
 ``plot_gallery``: every finding beside the same patient's film without it (the "normal twin" that
 :func:`scxnn.synth.build.render` gives for the job without findings), lesion mask outlined, so one
 sees what the labels say and how subtle a sign is. ``plot_real_comparison``: synthetic normals next
 to real normal films (NIH ChestX-ray14, Kermany) at the same size, when ``../shared/realdata`` is
-there.
+there. ``before_after_figure``: source films above their preprocessed PNGs (``source_examples``
+picks them).
 """
 
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
 
+from scxnn.config import Config
+from scxnn.pixels import percentiles
 from scxnn.synth.realism import default_realdata, normal_jobs, squash_64
 from scxnn.utils import atomic_write_bytes
 
@@ -30,7 +34,6 @@ REAL_NOTE = "real films not present (../shared/realdata)"
 def display_norm(a: np.ndarray, ref: np.ndarray | None = None) -> np.ndarray:
     """Display-ready float32 in [0, 1]: percentile clip 0.5 / 99.5 (of ``ref`` when given, so two
     panels share one grey scale), then min-max."""
-    from scxnn.preprocess import percentiles
 
     def prep(x):
         x = np.asarray(x)
@@ -119,24 +122,35 @@ def gallery_examples(cfg, manifest: pd.DataFrame | None = None) -> list[tuple[st
     return out
 
 
+def _drawable(job: dict) -> bool:
+    from scxnn.synth.findings import FINDINGS as DRAWN
+
+    return all(f in DRAWN for f in job["findings"] + job["unseen"])
+
+
 def _placeholder(axes, name: str, text: str) -> None:
     for ax, title in zip(axes, ("normal (same patient)", name)):
         ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=8, color="0.4", transform=ax.transAxes)
         ax.set_title(title, fontsize=8)
 
 
-def plot_gallery(cfg, manifest: pd.DataFrame | None, out_path) -> Path:
+def plot_gallery(cfg, manifest: pd.DataFrame | None, out_path) -> Path | None:
     """Every finding (targets, then unseen ones) beside the same patient's normal film: 4 pairs a
     row, left the normal twin, right the film with the finding and its lesion mask outlined.
 
     ``manifest`` only chooses the examples (by image_id; None: choose from ``plan(cfg)``); the films
-    are rendered from the plan with ``cfg.data.synth_difficulty``. Returns ``out_path`` (PNG).
+    are rendered from the plan with ``cfg.data.synth_difficulty``. Returns ``out_path`` (PNG), or
+    None, writing nothing (and removing an earlier, empty one), when the generator can draw none of
+    the profile's findings (a real dataset's profile): a canvas of placeholders says nothing.
     """
     from matplotlib.figure import Figure
 
     from scxnn.synth.build import render
 
     examples = gallery_examples(cfg, manifest)
+    if not any(job is not None and _drawable(job) for _, job in examples):
+        Path(out_path).unlink(missing_ok=True)
+        return None
     unseen = set(cfg.unseen_findings)
     difficulty = cfg.data.synth_difficulty
     cols = 2 * PAIRS_PER_ROW
@@ -287,3 +301,51 @@ def plot_real_comparison(cfg, out_path, realdata=None, n: int = 6, seed: int = 0
         note = REAL_NOTE if len(absent) == 2 and realdata is None else f"real films not present ({where}): {', '.join(absent)}"
         subs[-1].text(0.01, 0.5, note, fontsize=9, color="firebrick", ha="left", va="center")
     return _save(fig, out_path, 110)
+
+
+# --------------------------------------------------------------------------- before and after preprocessing
+
+
+def source_examples(cfg: Config, manifest: pd.DataFrame, n: int) -> dict[str, list[str]]:
+    """Up to ``n`` images, one per site first, with their source file and their cached PNG."""
+    from scxnn.data import read_manifest
+    from scxnn.sources import cache_dir, source_manifest_path
+
+    src_manifest = source_manifest_path(cfg)
+    src = read_manifest(src_manifest, list(cfg.findings), list(cfg.unseen_findings)).set_index("image_id")
+    picks = manifest.groupby("site", sort=False).head(1)
+    picks = pd.concat([picks, manifest.drop(picks.index)]).head(n)
+    out: dict[str, list[str]] = {"source": [], "png": [], "title": []}
+    for r in picks.itertuples():
+        sp = Path(src.loc[r.image_id, "path"])
+        out["source"].append(str(sp if sp.is_absolute() else src_manifest.parent / sp))
+        out["png"].append(str(cache_dir(cfg) / r.path))
+        out["title"].append(f"{r.site} {r.image_id}")
+    return out
+
+
+def before_after_figure(raw_paths: Sequence[str], processed_paths: Sequence[str], titles: Sequence[str]):
+    """Source radiographs (as read, MONOCHROME2 sense) above their preprocessed PNGs."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from scxnn.dicom import read_image
+    from scxnn.pixels import read_png
+
+    n = len(raw_paths)
+    fig, axes = plt.subplots(2, n, figsize=(2.6 * n, 5.4), squeeze=False)
+    for i, (src, dst, title) in enumerate(zip(raw_paths, processed_paths, titles)):
+        rad = read_image(src)
+        axes[0, i].imshow(rad.pixels, cmap="gray")
+        axes[0, i].set_title(f"{title}\n{rad.meta.get('photometric') or rad.meta.get('format')} {rad.pixels.shape[1]}x{rad.pixels.shape[0]}", fontsize=8)
+        axes[1, i].imshow(read_png(dst), cmap="gray", vmin=0, vmax=255)
+        axes[1, i].set_title("preprocessed", fontsize=8)
+    for ax in axes.ravel():
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------- training
