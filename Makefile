@@ -73,9 +73,11 @@ NBSTRIPOUT_INSTALL = if git rev-parse --is-inside-work-tree >/dev/null 2>&1; the
 # .make/<profile>.settings holds the settings the results depend on (all but `launch` and
 # `description`) and is rewritten only when they change; the study's targets depend on it, not on
 # the params files, so a new time limit for the cluster jobs or a comment reruns nothing.
+# Each make writes its own temporary ($$$$: the shell's PID), so that two makes remaking it at once
+# (a dry run beside a running build, in the tests) never move each other's half-written file.
 .make/%.mk: params/*.yaml scxnn/config.py scxnn/variants.py | $(STAMP)
 	@mkdir -p .make
-	@$(PY) -m scxnn config --profile $* --make --settings-file .make/$*.settings > $@.tmp && mv $@.tmp $@
+	@$(PY) -m scxnn config --profile $* --make --settings-file .make/$*.settings > $@.$$$$.tmp && mv $@.$$$$.tmp $@ || { rm -f $@.$$$$.tmp; exit 1; }
 # Written with .make/<profile>.mk, which make remakes before anything else. No prerequisites of its
 # own: its time stamp is that of the last change of the settings.
 .make/%.settings: ;

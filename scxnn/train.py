@@ -15,7 +15,8 @@ Per finding ``F`` (one model each, ``cfg.findings``):
   alone would shift it towards the weak sets' label noise and prevalence).
 * Adam + ReduceLROnPlateau on the validation loss; a stage stops at its epoch budget, or once the
   learning rate is below ``train.lr_floor`` and ``plateau_patience`` epochs passed without a new best.
-  The best epoch by validation loss is kept (``best.pt``). A stage-2 epoch replaces it only if its
+  The best epoch by validation loss is kept (``best.pt``: the weights, history, config and
+  fingerprint, without last.pt's optimiser, scheduler and RNG states). A stage-2 epoch replaces it only if its
   validation CE beats stage 1's best validation CE (stage 1's loss also holds the MSE term, so CE is
   the comparable part): the weak-label stage is kept when it helps on validation, as a model-selection
   step; ``metrics["best_stage"]`` says which stage ``best.pt`` comes from.
@@ -493,9 +494,15 @@ def _checkpoint(model: nn.Module, opt, sched, prog: _Progress, row: dict, cfg: C
     }
 
 
+# What only a resumption reads. best.pt is what inference loads, and resuming takes its weights alone,
+# so it goes without them: Adam's two moments are twice the model (a smoke model's best.pt was 164 MB
+# with them, 55 MB without).
+RESUME_ONLY = ("optimizer", "scheduler", "rng")
+
+
 def _save_epoch(out_dir: Path, ckpt: dict, improved: bool, history: list[dict]) -> None:
     if improved:  # best first: a kill between the two writes redoes this epoch identically
-        save_checkpoint(out_dir / BEST_NAME, ckpt)
+        save_checkpoint(out_dir / BEST_NAME, {k: v for k, v in ckpt.items() if k not in RESUME_ONLY})
     save_checkpoint(out_dir / LAST_NAME, ckpt)
     _write_history(out_dir / HISTORY_NAME, history)
 

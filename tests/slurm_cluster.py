@@ -61,9 +61,10 @@ class Cluster:
                 p.wait()
 
 
-def start(root: Path, cpus: int | None = None) -> Cluster:
+def start(root: Path, cpus: int | None = None, nice: int = 0) -> Cluster:
     """Start munged, slurmctld and slurmd under ``root``; returns once the node is idle. The
-    cluster's clients (srun, sinfo) find it through ``Cluster.env`` (SLURM_CONF)."""
+    cluster's clients (srun, sinfo) find it through ``Cluster.env`` (SLURM_CONF). Jobs run at slurmd's
+    ``nice`` (slurm.conf's PropagatePrioProcess is 0: not at the submitter's)."""
     root.mkdir(parents=True, exist_ok=True)
     for d in ("state", "spool", "log"):
         (root / d).mkdir(exist_ok=True)
@@ -104,7 +105,7 @@ def start(root: Path, cpus: int | None = None) -> Cluster:
               out="munged.out")
         _wait(lambda: sock.exists(), 20, "munged did not create its socket", c, "munged.out")
         spawn(_exe("slurmctld"), "-D", "-f", str(conf), out="slurmctld.out")
-        spawn(_exe("slurmd"), "-D", "-f", str(conf), out="slurmd.out")
+        spawn(*(("nice", "-n", str(nice)) if nice else ()), _exe("slurmd"), "-D", "-f", str(conf), out="slurmd.out")
 
         def idle() -> bool:
             r = subprocess.run(["sinfo", "-h", "-o", "%T"], env=env, capture_output=True, text=True)

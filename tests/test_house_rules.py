@@ -208,12 +208,12 @@ def test_make_reports_uses_every_core_unless_told_otherwise(args, running):
     # cores/jobs threads; -j1 or JOBS=1 runs one at a time with every core.
     import subprocess
 
-    from conftest import run_make
+    from conftest import EVERYTHING_OUT_OF_DATE, run_make
 
     cores = int(subprocess.run(["nproc"], capture_output=True, text=True, check=True).stdout)
     gpu = subprocess.run("command -v nvidia-smi >/dev/null && nvidia-smi -L | grep -c '^GPU'", shell=True,
                          capture_output=True, text=True).stdout.strip() not in ("", "0")
     jobs = (1 if gpu else cores) if running == "cores" else running
-    out = run_make("-n", "-B", *args, "reports").stdout
+    out = run_make("-n", *EVERYTHING_OUT_OF_DATE, *args, "reports").stdout
     threads = set(re.findall(r"OMP_NUM_THREADS=(\d+) \S+ -m scxnn (?:notebook|variant)", out))
     assert threads == {str(max(cores // jobs, 1))}, out[-2000:]

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
 from scxnn import launch
 from scxnn.config import ConfigError, load_config
 
@@ -118,19 +117,20 @@ def test_without_srun_the_error_says_what_to_do(tmp_path, monkeypatch, capsys):
 
 
 def _make_n(*args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
-    return subprocess.run(["make", "-n", "--no-print-directory", *args], cwd=ROOT, env=env, capture_output=True, text=True)
+    from conftest import EVERYTHING_OUT_OF_DATE, run_make
+
+    return run_make("-n", *EVERYTHING_OUT_OF_DATE, *args, check=False)
 
 
 def test_make_launch_slurm_prefixes_every_job_and_local_runs_none():
-    slurm = _make_n("-B", "reports", "PROFILE=smoke", "LAUNCH=slurm").stdout
+    slurm = _make_n("reports", "LAUNCH=slurm").stdout
     cfg = load_config("smoke")
     for name in ("01_preprocessing", "03_svm_ensemble", "04_evaluation", "05_novel_diseases", "06_gradcam", "07_ablations",
                  *(f"train-{f} --finding {f}" for f in cfg.findings)):
         assert f"--name {name} --" in slurm, name
     assert slurm.count("--kind variant --name variant-") == len(cfg.variants.runs)  # each a job, three_class too (it scores)
-    assert "scxnn launch" not in _make_n("-B", "reports", "PROFILE=smoke").stdout
-    bad = _make_n("reports", "PROFILE=smoke", "LAUNCH=slrum")
+    assert "scxnn launch" not in _make_n("reports").stdout
+    bad = _make_n("reports", "LAUNCH=slrum")
     assert bad.returncode != 0 and "LAUNCH must be local or slurm, got 'slrum'" in bad.stderr
 
 

@@ -229,7 +229,7 @@ def test_variants_score_only_the_films_their_tables_read(smoke_reports):
     from scxnn.ensemble import LOGITS_NAME, OOD_NAME
 
     cfg = load_config(PROFILE)
-    for name in ("two_class", "resnet50"):
+    for name in ("two_class", "histeq_classification_only"):
         d = variants.variant_dir(cfg, name)
         t = pd.read_parquet(d / LOGITS_NAME, columns=["site", "split"])
         assert set(zip(t["site"], t["split"])) <= {("internal", "val"), ("internal", "test")}, name

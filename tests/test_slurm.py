@@ -1,7 +1,7 @@
 """Issue 19: the study through a real SLURM. A single-node cluster (munged, slurmctld, slurmd) runs on
-localhost for this module (tests/slurm_cluster.py); a copy of the project runs `make reports
-PROFILE=smoke LAUNCH=slurm` through it, and its tables must equal the local run's (the session's smoke
-study). Then a job killed mid-run fails its target with the log's path and a rerun finishes it, and
+localhost (tests/slurm_cluster.py), and a copy of the project runs `make reports PROFILE=smoke
+LAUNCH=slurm` through it; both are started by the session in the background, after the local smoke
+study (conftest.studies). Its tables must equal the local run's. Then a job killed mid-run fails its target with the log's path and a rerun finishes it, and
 one finding trains across two processes under `srun torchrun` with the rendezvous from SLURM."""
 
 from __future__ import annotations
@@ -14,48 +14,33 @@ from pathlib import Path
 
 import pytest
 
-import slurm_cluster
-from conftest import ROOT, SHARED
+from conftest import ROOT, clean_env, run_make
 
 pytestmark = pytest.mark.slurm
 PROFILE = "smoke"
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    why = slurm_cluster.missing()
-    if why:
+def cluster(studies):
+    """The cluster the session started after the local smoke study (conftest: built beside the other tests)."""
+    studies.ready.wait()
+    if studies.slurm_skip:
         if os.environ.get("SCXNN_REQUIRE_SLURM"):
-            pytest.fail(f"SCXNN_REQUIRE_SLURM is set but {why}")
-        pytest.skip(why)
-    c = slurm_cluster.start(tmp_path_factory.mktemp("slurm"))
-    yield c
-    c.stop()
+            pytest.fail(f"SCXNN_REQUIRE_SLURM is set but {studies.slurm_skip}")
+        pytest.skip(studies.slurm_skip)
+    if studies.slurm_error is not None:
+        raise studies.slurm_error
+    return studies.cluster
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    """A copy of the project's files (what git tracks, and new files it does not ignore) beside a
-    ../shared, sharing this checkout's .venv; its scxnn is imported first (PYTHONPATH)."""
-    top = tmp_path_factory.mktemp("cluster_project")
-    dst = top / "repo"
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, capture_output=True,
-                           text=True, check=True).stdout.split("\0")
-    for f in filter(None, files):
-        src = ROOT / f
-        if src.is_file():
-            (dst / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst / f)
-    (dst / ".venv").symlink_to(ROOT / ".venv")
-    (top / "shared").symlink_to(SHARED)
-    return dst
+def project(studies, cluster) -> Path:
+    """The project copy (conftest.project_copy) the SLURM study was built in."""
+    return studies.project
 
 
 def _make(project: Path, cluster, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in cluster.env.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
-    env["PYTHONPATH"] = str(project)
-    r = subprocess.run(["make", "--no-print-directory", *args, f"PROFILE={PROFILE}", "LAUNCH=slurm"], cwd=project, env=env,
-                       capture_output=True, text=True)
+    r = run_make(*args, "LAUNCH=slurm", profile=PROFILE, check=False, cwd=project, env={**cluster.env, "PYTHONPATH": str(project)})
     if check and r.returncode != 0:
         pytest.fail(f"make {' '.join(args)} LAUNCH=slurm failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}\n"
                     f"slurmctld: {cluster.log('slurmctld.log')[-1500:]}")
@@ -63,14 +48,13 @@ def _make(project: Path, cluster, *args: str, check: bool = True) -> subprocess.
 
 
 @pytest.fixture(scope="module")
-def slurm_study(smoke_study, project, cluster):
-    t0 = time.monotonic()
-    r = _make(project, cluster, "-j2", "reports")
-    return project, r, time.monotonic() - t0
+def slurm_study(smoke_study, studies, project, cluster):
+    """`make -j2 reports PROFILE=smoke LAUNCH=slurm` in the project copy: (project, seconds)."""
+    return project, studies.slurm.wait("the smoke study through SLURM")
 
 
 def test_the_smoke_study_through_slurm_gives_the_local_tables(slurm_study):
-    project, r, seconds = slurm_study
+    project, seconds = slurm_study
     ours = sorted((project / "reports" / "tables" / PROFILE).glob("*.csv"))
     local = ROOT / "reports" / "tables" / PROFILE
     assert {p.name for p in ours} == {p.name for p in local.glob("*.csv")} and len(ours) >= 15
@@ -85,14 +69,14 @@ def test_the_smoke_study_through_slurm_gives_the_local_tables(slurm_study):
 
 
 def test_a_second_run_submits_nothing(slurm_study, cluster):
-    project, _, _ = slurm_study
+    project, _ = slurm_study
     r = _make(project, cluster, "-q", "reports", check=False)
     assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_a_changed_time_limit_reruns_nothing(slurm_study, cluster):
     # The launch section says where a job runs, not what it computes (.make/<profile>.settings).
-    project, _, _ = slurm_study
+    project, _ = slurm_study
     params = project / "params" / "smoke.yaml"
     kept = {p: (p.read_bytes(), p.stat().st_mtime) for p in (params, project / ".make" / "smoke.mk", project / ".make" / "smoke.settings")}
     before = params.read_text()
@@ -118,11 +102,11 @@ def _job_running(cluster, name: str, timeout: float = 120) -> str:
 
 
 def test_a_killed_job_fails_its_target_and_a_rerun_finishes_it(slurm_study, cluster):
-    project, _, _ = slurm_study
+    project, _ = slurm_study
     target = project / "reports" / "executed" / PROFILE / "02_train_disease_model" / "nodule.ipynb"
     target.unlink()
     shutil.rmtree(project / "runs" / PROFILE / "02_train_disease_model" / "nodule")
-    env = {k: v for k, v in cluster.env.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    env = clean_env(cluster.env)
     env["PYTHONPATH"] = str(project)
     make = subprocess.Popen(["make", "--no-print-directory", "train-nodule", f"PROFILE={PROFILE}", "LAUNCH=slurm"],
                             cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -140,7 +124,7 @@ def test_a_killed_job_fails_its_target_and_a_rerun_finishes_it(slurm_study, clus
 
 
 def test_one_model_trains_across_two_processes_under_srun_torchrun(slurm_study, cluster):
-    project, _, _ = slurm_study
+    project, _ = slurm_study
     env = {**cluster.env, "PYTHONPATH": str(project)}
     out = project / "runs" / PROFILE / "02_train_disease_model" / "atelectasis"
     shutil.rmtree(out)

@@ -219,8 +219,11 @@ def test_checkpoint_embeds_config_and_fingerprint_and_loads_back(reference_run, 
     model, mcfg = C.load_model(reference_run.best_checkpoint)
     assert mcfg.to_dict() == cfg.to_dict() and not model.training
     # Stage 2 trained the head only: encoder and decoder equal stage 1's best weights.
-    last = C.load_checkpoint(reference_run.out_dir / C.LAST_NAME)["model"]
+    last_ck = C.load_checkpoint(reference_run.out_dir / C.LAST_NAME)
+    last = last_ck["model"]
     assert all(torch.equal(last[k], ck["model"][k]) for k in last if not k.startswith("head."))
+    # The optimiser's state is last.pt's (to resume); best.pt, which inference loads, is the weights.
+    assert set(T.RESUME_ONLY) <= set(last_ck) and not set(T.RESUME_ONLY) & set(ck)
     # Scoring (scxnn.inference): decoder skipped, logits and pooled features per image.
     df, base = load_study_manifest(cfg, None)
     val_df, _ = L.training_sets(df, cfg, FINDING)["val"]
