@@ -57,11 +57,17 @@ def _needs_study(item) -> set[str]:
     return STUDY_FIXTURES & set(getattr(item, "fixturenames", ()))
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects: `-m "not slow"` leaves out what needs a study
 def pytest_collection_modifyitems(config, items):
     needs = [i for i in items if _needs_study(i)]
-    if needs:
-        items[:] = [i for i in items if not _needs_study(i)] + needs  # stable: module order kept
-    config.stash[_WANTED] = set().union(*map(_needs_study, needs)) if needs else set()
+    for i in needs:
+        i.add_marker(pytest.mark.slow)
+    items[:] = [i for i in items if not _needs_study(i)] + needs  # stable: module order kept
+
+
+def pytest_collection_finish(session):
+    # What the tests left after deselection need, so `-m "not slow"` or `-k` starts no build.
+    session.config.stash[_WANTED] = set().union(set(), *map(_needs_study, session.items))
 
 
 def project_copy(dst: Path) -> Path:
@@ -121,6 +127,33 @@ class Studies:
     slurm_skip: str | None = None  # why no SLURM build (skip or fail in its tests)
     slurm_error: BaseException | None = None
     ready: threading.Event = field(default_factory=threading.Event)  # cluster and project set up (or failed)
+    finished: threading.Event = field(default_factory=threading.Event)  # every build done
+    threads: tuple | None = None  # (torch threads, OMP_NUM_THREADS) of this process before the builds
+
+    def one_thread_while_building(self) -> None:
+        # While a build holds a core, a second OpenMP thread in this process spins at every barrier
+        # on the core it cannot get: test_tiny_overfit took 130 s beside the builds with two threads,
+        # 17 s alone. With one thread here (and in the subprocesses, through OMP_NUM_THREADS) the tests
+        # run at the speed of one core, and the builds take the other.
+        import torch
+
+        self.threads = (torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS"))
+        torch.set_num_threads(1)
+        os.environ["OMP_NUM_THREADS"] = "1"
+
+    def all_threads_when_built(self) -> None:
+        """Called by the tests that waited for a build: this process gets its threads back once all are done."""
+        if self.threads is None or not self.finished.is_set():
+            return
+        import torch
+
+        n, omp = self.threads
+        self.threads = None
+        torch.set_num_threads(n)
+        if omp is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = omp
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -137,9 +170,15 @@ def studies(request, tmp_path_factory):
                      tmp / "smoke.log")
 
     def chain() -> None:
+        try:
+            build_all()
+        finally:
+            st.ready.set()
+            st.finished.set()
+
+    def build_all() -> None:
         st.local.run()
         if "slurm_study" not in wanted:
-            st.ready.set()
             return
         import slurm_cluster
 
@@ -159,10 +198,12 @@ def studies(request, tmp_path_factory):
                              st.project, env, tmp / "smoke_slurm.log")
             st.slurm.run()
 
+    st.one_thread_while_building()
     worker = threading.Thread(target=chain, name="smoke-study-builds", daemon=True)
     worker.start()
     yield st
     worker.join()  # a session cut short still waits for make, which must not outlive the tests
+    st.all_threads_when_built()
     if st.cluster is not None:
         st.cluster.stop()
 
@@ -176,6 +217,7 @@ def smoke_study(studies) -> Path:
         run_make("-j2", "reports")
     else:
         print(f"smoke study: {studies.local.wait('the smoke study'):.0f} s")
+        studies.all_threads_when_built()
     return ROOT / "runs" / "smoke"
 
 

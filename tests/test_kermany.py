@@ -16,7 +16,7 @@ from conftest import ROOT, require_shared
 from scxnn.cli import main
 from scxnn.config import load_config
 
-pytestmark = pytest.mark.realdata  # every test reads ../shared/realdata/kermany_dev
+pytestmark = [pytest.mark.realdata, pytest.mark.slow]  # every test reads ../shared/realdata/kermany_dev; ~3 min
 
 TINY = ["preprocess.size=64", "train.max_epochs=1", "train.max_images_per_epoch=16", "train.max_val_images=24",
         "train.augment=false", "evaluate.bootstrap=200", "evaluate.batch_size=16"]

@@ -50,7 +50,9 @@ def _make(project: Path, cluster, *args: str, check: bool = True) -> subprocess.
 @pytest.fixture(scope="module")
 def slurm_study(smoke_study, studies, project, cluster):
     """`make -j2 reports PROFILE=smoke LAUNCH=slurm` in the project copy: (project, seconds)."""
-    return project, studies.slurm.wait("the smoke study through SLURM")
+    seconds = studies.slurm.wait("the smoke study through SLURM")
+    studies.all_threads_when_built()
+    return project, seconds
 
 
 def test_the_smoke_study_through_slurm_gives_the_local_tables(slurm_study):
