@@ -26,7 +26,9 @@ def test_onnx_graph_matches_torch_at_any_size(backbone, tmp_path):
             ref, ref_pooled = m.forward_head(f), f[-1].mean(dim=(2, 3))
         assert logits.shape == (1, 2, 3) and pooled.shape == ref_pooled.shape
         np.testing.assert_allclose(logits[0], ref.numpy(), atol=1e-4)
-        np.testing.assert_allclose(pooled, ref_pooled.numpy(), atol=1e-4)
+        # Relative too: an untrained ResNet-50's pooled activations reach ~40, where float32 sums taken in
+        # another order (ONNX Runtime's, or torch with one thread) differ by a few ulps (3e-6 seen).
+        np.testing.assert_allclose(pooled, ref_pooled.numpy(), rtol=1e-5, atol=1e-4)
 
 
 def test_export_cache_follows_the_checkpoint(tmp_path):
