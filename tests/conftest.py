@@ -67,7 +67,7 @@ def pytest_collection_modifyitems(config, items):
 
 def pytest_collection_finish(session):
     # What the tests left after deselection need, so `-m "not slow"` or `-k` starts no build.
-    session.config.stash[_WANTED] = set().union(set(), *map(_needs_study, session.items))
+    session.config.stash[_WANTED] = set().union(*map(_needs_study, session.items))
 
 
 def project_copy(dst: Path) -> Path:
@@ -87,7 +87,7 @@ def project_copy(dst: Path) -> Path:
 
 @dataclass
 class Build:
-    """One background ``make``: ``wait()`` returns its CompletedProcess-like result and seconds."""
+    """One background ``make``, its output in ``log``; ``wait()`` fails the calling test if it failed."""
     argv: list[str]
     cwd: Path
     env: dict[str, str]

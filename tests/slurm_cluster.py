@@ -29,10 +29,17 @@ def missing() -> str | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_ports(n: int) -> list[int]:
+    # All n sockets stay bound until every port is chosen: one at a time, the kernel may hand out the
+    # same port twice (it did: slurmctld and slurmd both got 45531, and slurmctld could not bind).
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def _exe(name: str) -> str:
@@ -75,10 +82,11 @@ def start(root: Path, cpus: int | None = None, nice: int = 0) -> Cluster:
     cpus = cpus or os.cpu_count() or 1
     mem_mb = int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20 * 0.8)
     host = socket.gethostname()
+    ctld_port, d_port = _free_ports(2)
     conf = root / "slurm.conf"
     conf.write_text("\n".join([
         "ClusterName=scxnntest", f"SlurmctldHost={host}", "SlurmUser=root", "SlurmdUser=root",
-        f"SlurmctldPort={_free_port()}", f"SlurmdPort={_free_port()}",
+        f"SlurmctldPort={ctld_port}", f"SlurmdPort={d_port}",
         "AuthType=auth/munge", f"AuthInfo=socket={sock}", "CredType=cred/munge",
         f"StateSaveLocation={root / 'state'}", f"SlurmdSpoolDir={root / 'spool'}",
         f"SlurmctldPidFile={root / 'slurmctld.pid'}", f"SlurmdPidFile={root / 'slurmd.pid'}",

@@ -103,17 +103,23 @@ def _job_running(cluster, name: str, timeout: float = 120) -> str:
     pytest.fail(f"job {name} never ran")
 
 
-def test_a_killed_job_fails_its_target_and_a_rerun_finishes_it(slurm_study, cluster):
+def test_a_killed_job_fails_its_target_and_a_rerun_resumes_it(slurm_study, cluster):
     project, _ = slurm_study
     target = project / "reports" / "executed" / PROFILE / "02_train_disease_model" / "nodule.ipynb"
+    run = project / "runs" / PROFILE / "02_train_disease_model" / "nodule"
     target.unlink()
-    shutil.rmtree(project / "runs" / PROFILE / "02_train_disease_model" / "nodule")
+    shutil.rmtree(run)
     env = clean_env(cluster.env)
     env["PYTHONPATH"] = str(project)
     make = subprocess.Popen(["make", "--no-print-directory", "train-nodule", f"PROFILE={PROFILE}", "LAUNCH=slurm"],
                             cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     job = _job_running(cluster, "scxnn-smoke-train-nodule")
-    time.sleep(3)  # into the training
+    # Killed mid-run, after stage 1's epoch is checkpointed (last.pt appears whole: written atomically)
+    # and seconds before the job would end (stage 2, figures and scoring are left).
+    end = time.monotonic() + 180
+    while not (run / "last.pt").is_file() and make.poll() is None and time.monotonic() < end:
+        time.sleep(0.05)
+    assert (run / "last.pt").is_file() and make.poll() is None, "the job ended before its first checkpoint was seen"
     subprocess.run(["scancel", "--signal=KILL", job], env=cluster.env, check=True)
     out, err = make.communicate(timeout=300)
     assert make.returncode != 0
@@ -121,8 +127,11 @@ def test_a_killed_job_fails_its_target_and_a_rerun_finishes_it(slurm_study, clus
     assert f"its log: {log}" in err, err[-2000:]
     assert not target.exists()  # no half-written target for make to trust
     _make(project, cluster, "train-nodule")
-    assert target.is_file()
-    assert (project / "runs" / PROFILE / "02_train_disease_model" / "nodule" / "best.pt").is_file()
+    assert target.is_file() and (run / "best.pt").is_file()
+    # Resumed from last.pt: the rerun's notebook shows no stage-1 epoch (its progress bar, which a fresh
+    # run's notebook shows).
+    fresh = ROOT / "reports" / "executed" / PROFILE / "02_train_disease_model" / "nodule.ipynb"
+    assert "nodule s1 e1" in fresh.read_text() and "nodule s1 e1" not in target.read_text()
 
 
 def test_one_model_trains_across_two_processes_under_srun_torchrun(slurm_study, cluster):
