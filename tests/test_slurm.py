@@ -1,9 +1,9 @@
 """Issue 19: the study through a real SLURM. A single-node cluster (munged, slurmctld, slurmd) runs on
 localhost (tests/slurm_cluster.py), and a copy of the project runs `make reports PROFILE=smoke
 LAUNCH=slurm` through it; both are started by the session in the background, after the local smoke
-study (conftest.studies). Its tables must equal the local run's. Then a job killed after its first checkpoint fails its target with the log's path and a rerun resumes
-it, and
-one finding trains across two processes under `srun torchrun` with the rendezvous from SLURM."""
+study (conftest.studies). Its tables must equal the local run's. Then a job killed after its first
+checkpoint fails its target with the log's path and a rerun resumes it, and one finding trains
+across two processes under `srun torchrun` with the rendezvous from SLURM."""
 
 from __future__ import annotations
 
