@@ -266,6 +266,77 @@ def calibration(cfg: Config, table: pd.DataFrame, val_scores: pd.DataFrame) -> p
     return brier
 
 
+def unseen_findings(cfg: Config, table: pd.DataFrame) -> list[str]:
+    """The profile's unseen findings (no model was trained on them) that the scored films carry."""
+    return [u for u in cfg.unseen_findings if u in table]
+
+
+def table9(cfg: Config, table: pd.DataFrame, thesis: dict | None = None) -> pd.DataFrame | None:
+    """Table 9: the share of unseen-finding test films each finding model calls Normal / Target /
+    Others, and its heatmap figure; None when the films carry no unseen finding."""
+    unseen = unseen_findings(cfg, table)
+    if not unseen:
+        return None
+    t9 = evaluation.table9(table, list(cfg.findings), unseen, thesis=thesis)
+
+    def normal_share(prefix: str) -> str | None:
+        shares = {u: t9[f"{prefix}{u}_normal"].mean() for u in unseen if f"{prefix}{u}_normal" in t9}
+        return "mean share called Normal: " + ", ".join(f"{u} {v:.2f}" for u, v in shares.items()) if shares else None
+
+    reports.write_table(cfg, t9, "table9_unseen_findings",
+                        "Share of unseen-finding test films (never trained on) each finding model calls Normal / Target / "
+                        "Others; n per unseen finding in the *_n columns.", headline=normal_share(""), thesis=normal_share("thesis_"))
+    reports.save_figure(cfg, figures.unseen_figure(t9, unseen), "table9_unseen_findings",
+                        caption="Table 9 as heatmaps: share of unseen-finding films each model calls Normal, ours beside the thesis'.")
+    return t9
+
+
+def unseen_screening(cfg: Config, table: pd.DataFrame, th) -> pd.DataFrame | None:
+    """Unseen-finding films through the whole pipeline at the point threshold: how many are
+    auto-reported normal, and the sensitivity with its interval; None without unseen findings."""
+    unseen = unseen_findings(cfg, table)
+    if not unseen:
+        return None
+    us = evaluation.unseen_screening(table, th.point, unseen, cfg.evaluate.bootstrap, cfg.seed, cfg.evaluate.ci)
+    reports.write_table(cfg, us, "unseen_screening",
+                        "Unseen findings through the whole pipeline at the point threshold: films auto-reported normal and "
+                        "sensitivity (95% CI: exact on patients when no film is missed, see scxnn.metrics).",
+                        headline="; ".join(f"{r.finding}: {r.auto_normal}/{r.images} auto-normal" for r in us.itertuples()),
+                        display=evaluation.format_ci(us, ("sensitivity",)))
+    return us
+
+
+def gradcam_figure(cfg: Config, models, split: str = "test"):
+    """Figure 5 (:func:`scxnn.cam.figure5`) written with its caption; returns the figure."""
+    from scxnn import cam
+
+    fig = cam.figure5(cfg, models, split=split)
+    what = (", and the decoder's reconstruction." if cfg.model.decoder != "none"
+            else " (classification-only models: no decoder output).")
+    reports.save_figure(cfg, fig, "figure5_gradcam", caption="Figure 5: per finding model, a positive test film with the "
+                                                              "Grad-CAM of its target class and the lesion outline" + what)
+    return fig
+
+
+def gradcam_localisation(cfg: Config, models, split: str = "test") -> pd.DataFrame | None:
+    """Grad-CAM localisation per finding model (:func:`scxnn.localisation.localization_table`),
+    written with its headline; None when no positive film has a lesion mask to measure against
+    (a weak-label-only dataset)."""
+    from scxnn import localisation
+
+    loc = localisation.localization_table(cfg, models, split=split)
+    if loc.n.sum() == 0:
+        return None
+    reports.write_table(cfg, loc, "gradcam_localization",
+                        "Grad-CAM localisation per finding model on hard-labelled positive test films: pointing-game hit rate "
+                        "and IoU of the top-CAM region (lesion-sized) with the lesion mask, beside random baselines. The thesis "
+                        "reports pictures only.",
+                        headline=f"mean pointing hit rate {loc.pointing_hit_rate.mean():.2f} (random "
+                                 f"{loc.random_pointing_rate.mean():.2f}); mean IoU {loc.mean_iou.mean():.2f} (random "
+                                 f"{loc.random_mean_iou.mean():.2f})")
+    return loc
+
+
 # Display titles of the thesis' ablation tables; a table a profile adds is titled by its name.
 ABLATION_TITLES = {"table4_backbones": "Table 4: encoder backbone", "table5_lambda": "Table 5: λ in CE + λ·MSE",
                    "table6_preprocessing": "Table 6: contrast, decoder task and mask dilation"}

@@ -55,16 +55,17 @@ def test_adapter_source_splits_by_patient_into_weak_labelled_films(kermany_run):
     assert (sub.sum(axis=1) <= 1).all() and (sub.sum(axis=1) == 0).sum() == 154
 
 
-def test_classification_only_models_trained_on_weak_labels(kermany_run):
+@pytest.mark.parametrize("finding", load_config("kermany").findings)
+def test_classification_only_models_trained_on_weak_labels(kermany_run, finding):
     import torch
 
     cfg, tmp, *_ = kermany_run
-    for f in cfg.findings:
-        ckpt = torch.load(tmp / "runs" / "02_train_disease_model" / f / "best.pt", map_location="cpu", weights_only=True)
-        assert ckpt["config"]["model"]["decoder"] == "none"
-        assert ckpt["config"]["train"]["stage1_labels"] == "any"
-        h = pd.read_csv(tmp / "runs" / "02_train_disease_model" / f / "history.csv")
-        assert set(h["stage"]) == {1} and h["val_auc"].notna().all()
+    model_dir = tmp / "runs" / "02_train_disease_model" / finding
+    ckpt = torch.load(model_dir / "best.pt", map_location="cpu", weights_only=True)
+    assert ckpt["config"]["model"]["decoder"] == "none"
+    assert ckpt["config"]["train"]["stage1_labels"] == "any"
+    h = pd.read_csv(model_dir / "history.csv")
+    assert set(h["stage"]) == {1} and h["val_auc"].notna().all()
 
 
 def _upstream_copy(manifest: pd.DataFrame, root: Path, dst: Path) -> int:

@@ -79,14 +79,12 @@ def test_no_table_prints_a_degenerate_interval(smoke_reports):
     assert list(th["rule"]) == ["point", "strict"] and (th["val_sensitivity_lo"] < 1).all()
 
 
-def test_each_step_saved_its_resolved_config(smoke_reports):
-    cfg = load_config(PROFILE)
-    for step in STEPS:
-        if step == "02_train_disease_model":
-            for f in cfg.findings:
-                assert require_step(cfg, step, f)
-        else:
-            assert require_step(cfg, step)
+STEP_TARGETS = [(s, f) for s in STEPS for f in (load_config(PROFILE).findings if s == "02_train_disease_model" else [None])]
+
+
+@pytest.mark.parametrize("step, finding", STEP_TARGETS, ids=[f"{s}-{f}" if f else s for s, f in STEP_TARGETS])
+def test_each_step_saved_its_resolved_config(smoke_reports, step, finding):
+    assert require_step(load_config(PROFILE), step, finding)
 
 
 def test_second_run_reruns_nothing(smoke_reports):
