@@ -274,7 +274,7 @@ def run_batch(
 
     Each finished image leaves a record, so a rerun after a kill redoes only unfinished images.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from scxnn.data import write_manifest
 

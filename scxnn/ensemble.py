@@ -328,7 +328,7 @@ def logits_table(cfg, model_dirs: dict, progress: bool = True, features: bool = 
     training-split films (0: all), e.g. for the out-of-distribution fit; ``max_eval``: likewise for
     the validation and the test films (a variant's ``variants.max_films``). A model trained on other
     preprocessing than ``cfg.preprocess`` is refused (:class:`scxnn.checkpoints.PreprocessMismatch`)."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from scxnn.inference import films_to_score, finding_scores
     from scxnn.hardware import resolve_device

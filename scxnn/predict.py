@@ -348,7 +348,7 @@ def predict(run_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike], out
     its verdict. ``certificate``: a site certificate from ``scxnn certify``. ``anonymise_names``:
     no input name in any output (``file`` holds the ``film_id``); ``names_in_report``: show the
     file names in report.html (default: film ids only, as the page is meant to be shared)."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from scxnn import html_report
 

@@ -370,7 +370,7 @@ def _epoch_loader(ds: RadiographDataset, labels, seed: int, key: int, cfg: Confi
 
 
 def _train_epoch(fwd, model, loader, opt, stage, cfg, ce_weight, device, dist_, progress, desc) -> dict:
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     _set_train_mode(model, stage, cfg)
     use_mse = _uses_mse(stage, cfg)

@@ -95,10 +95,11 @@ class Build:
     done: threading.Event = field(default_factory=threading.Event)
     returncode: int | None = None
     seconds: float = 0.0
+    started: float | None = None  # time.monotonic()
     error: BaseException | None = None
 
     def run(self) -> None:
-        t0 = time.monotonic()
+        t0 = self.started = time.monotonic()
         try:
             with open(self.log, "w") as out:
                 self.returncode = subprocess.run(self.argv, cwd=self.cwd, env=self.env, stdout=out, stderr=subprocess.STDOUT).returncode
@@ -129,6 +130,8 @@ class Studies:
     ready: threading.Event = field(default_factory=threading.Event)  # cluster and project set up (or failed)
     finished: threading.Event = field(default_factory=threading.Event)  # every build done
     threads: tuple | None = None  # (torch threads, OMP_NUM_THREADS) of this process before the builds
+    t0: float = field(default_factory=time.monotonic)
+    readers_from: float | None = None  # when the first test that reads a build started
 
     def one_thread_while_building(self) -> None:
         # While a build holds a core, a second OpenMP thread in this process spins at every barrier
@@ -142,7 +145,8 @@ class Studies:
         os.environ["OMP_NUM_THREADS"] = "1"
 
     def all_threads_when_built(self) -> None:
-        """Called by the tests that waited for a build: this process gets its threads back once all are done."""
+        """Called before each test and by the tests that waited for a build: this process gets its
+        threads back once every build is done."""
         if self.threads is None or not self.finished.is_set():
             return
         import torch
@@ -155,12 +159,48 @@ class Studies:
         else:
             os.environ["OMP_NUM_THREADS"] = omp
 
+    def timeline(self) -> list[str]:
+        """When each build and the tests that read them ran, in minutes from the first test: which
+        of them set the suite's length (README, Timings)."""
+        def at(t: float) -> str:
+            return f"{(t - self.t0) / 60:.1f} min"
+
+        lines = []
+        for name, b in (("smoke study", self.local), ("smoke study through SLURM", self.slurm)):
+            if b is not None and b.started is not None:
+                lines.append(f"{name}: {at(b.started)} to {at(b.started + b.seconds)} ({b.seconds:.0f} s)")
+        if self.readers_from is not None:
+            lines.append(f"the tests that do not read a build: 0.0 to {at(self.readers_from)}; "
+                         f"those that do: {at(self.readers_from)} to {at(time.monotonic())}")
+        return lines
+
+
+_STUDIES = pytest.StashKey[Studies]()
+
+
+def pytest_runtest_setup(item):
+    st = item.config.stash.get(_STUDIES, None)
+    if st is None:
+        return
+    if st.readers_from is None and _needs_study(item):
+        st.readers_from = time.monotonic()
+    st.all_threads_when_built()  # builds done before the tests that read them: the rest get every core
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    st = config.stash.get(_STUDIES, None)
+    if st is not None and st.local is not None:
+        terminalreporter.section("background builds")
+        for line in st.timeline():
+            terminalreporter.write_line(line)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def studies(request, tmp_path_factory):
     """Starts the builds the collected tests need (see above) and stops the SLURM cluster at the end."""
     wanted = request.config.stash.get(_WANTED, set())
     st = Studies()
+    request.config.stash[_STUDIES] = st
     if not wanted:
         st.ready.set()
         yield st

@@ -41,6 +41,16 @@ def test_every_notebook_is_executed(smoke_reports):
     assert not any(".partial." in g or ".failed." in g for g in got)
 
 
+def test_executed_notebooks_show_progress_without_a_widget_warning(smoke_reports):
+    # tqdm.auto wants ipywidgets inside a kernel and, without them, printed a TqdmWarning into every
+    # executed notebook a student opens; the text bars need nothing.
+    import json
+
+    for nb in sorted(smoke_reports.rglob("*.ipynb")):
+        text = "".join("".join(o.get("text", "")) for c in json.loads(nb.read_text())["cells"] for o in c.get("outputs", []))
+        assert "TqdmWarning" not in text and "IProgress" not in text, nb.relative_to(smoke_reports).as_posix()
+
+
 def test_reports_hold_the_thesis_tables_figures_and_the_index(smoke_reports):
     tables = ROOT / "reports" / "tables" / PROFILE
     figures = ROOT / "reports" / "figures" / PROFILE
