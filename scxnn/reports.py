@@ -97,13 +97,30 @@ def write_table(cfg: Config, df: pd.DataFrame, name: str, caption: str, headline
 def save_figure(cfg: Config, fig, name: str, dpi: int = 110, caption: str | None = None,
                 headline: str | None = None, thesis: str | None = None) -> Path:
     """``reports/figures/<profile>/<name>.png`` and its sidecar ``<name>.json`` (see
-    :func:`write_table`); ``name`` may hold a sub-folder (``"training/nodule_curves"``)."""
+    :func:`write_table`); ``name`` may hold a sub-folder (``"training/nodule_curves"``). Inside a
+    Jupyter kernel (the notebooks, also under papermill) the same PNG shows under the cell too."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     path = figures_dir(cfg) / f"{name}.png"
     atomic_write_bytes(path, buf.getvalue())
     _write_sidecar(path.with_suffix(SIDECAR_SUFFIX), "figure", name, caption, headline, thesis)
+    _show_in_notebook(buf.getvalue())
     return path
+
+
+def _show_in_notebook(png: bytes) -> None:
+    # The figures are drawn off pyplot (nothing leaks between calls), so Jupyter never shows them by
+    # itself: a student reading an executed notebook saw no figure at all. The saved bytes are shown,
+    # so the notebook and reports/figures agree. Outside a kernel (scxnn evaluate) nothing happens.
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is not None and "IPKernelApp" in shell.config:
+        from IPython.display import Image, display
+
+        display(Image(data=png, format="png"))
 
 
 def _summary_line(headline: str | None, thesis: str | None, reference: str = "thesis") -> str:

@@ -51,6 +51,14 @@ def test_executed_notebooks_show_progress_without_a_widget_warning(smoke_reports
         assert "TqdmWarning" not in text and "IProgress" not in text, nb.relative_to(smoke_reports).as_posix()
 
 
+@pytest.mark.parametrize("step", ["02_train_disease_model/nodule", "04_evaluation", "05_novel_diseases", "06_gradcam", "07_ablations"])
+def test_executed_notebooks_show_their_figures(smoke_reports, step):
+    import json
+
+    nb = json.loads((smoke_reports / f"{step}.ipynb").read_text())
+    assert any("image/png" in o.get("data", {}) for c in nb["cells"] for o in c.get("outputs", []))
+
+
 def test_reports_hold_the_thesis_tables_figures_and_the_index(smoke_reports):
     tables = ROOT / "reports" / "tables" / PROFILE
     figures = ROOT / "reports" / "figures" / PROFILE

@@ -73,6 +73,29 @@ def test_sidecars_beside_table_and_figure(cfg):
     assert not [p for p in tdir.parent.parent.rglob(".*")], "atomic-write temporaries left behind"
 
 
+@pytest.mark.parametrize("in_kernel", [True, False], ids=["jupyter-kernel", "plain-python"])
+def test_a_saved_figure_shows_under_its_notebook_cell(cfg, monkeypatch, in_kernel):
+    # The figures are drawn off pyplot, so a notebook shows one only if save_figure displays it; a
+    # command (scxnn evaluate) must print nothing of the kind.
+    import IPython
+    import IPython.display
+
+    class Shell:
+        config = {"IPKernelApp": {}} if in_kernel else {}
+
+    shown = []
+    monkeypatch.setattr(IPython, "get_ipython", lambda: Shell())
+    monkeypatch.setattr(IPython.display, "display", lambda obj: shown.append(obj))
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    path = reports.save_figure(cfg, fig, "shown")
+    plt.close(fig)
+    if in_kernel:
+        assert len(shown) == 1 and shown[0].data == path.read_bytes()
+    else:
+        assert shown == []
+
+
 def test_write_table_keeps_old_call_signature(cfg):
     path = reports.write_table(cfg, pd.DataFrame({"a": [1]}), "t", "caption")
     assert path == reports.tables_dir(cfg) / "t.csv"
