@@ -83,21 +83,21 @@ NBSTRIPOUT_INSTALL = if git rev-parse --is-inside-work-tree >/dev/null 2>&1; the
 .make/%.settings: ;
 SETTINGS := .make/$(PROFILE).settings
 
-NO_PIPELINE_GOALS := help clean clean-profile venv setup test lab lock
+NO_PIPELINE_GOALS := help clean clean-profile venv setup test lab lock trunk
 ifneq ($(filter-out $(NO_PIPELINE_GOALS),$(or $(MAKECMDGOALS),help)),)
 include .make/$(PROFILE).mk
 endif
 
 # ---------------------------------------------------------------- study steps
 # Modules each step calls; wildcard so that a module added later is tracked without editing this.
-CORE_SRC := $(wildcard scxnn/__init__.py scxnn/config.py scxnn/utils.py scxnn/pipeline.py scxnn/thesis.py)
+CORE_SRC := $(wildcard scxnn/__init__.py scxnn/config.py scxnn/utils.py scxnn/pipeline.py scxnn/thesis.py scxnn/weights/__init__.py)
 SRC_01 := $(CORE_SRC) $(wildcard scxnn/metrics.py scxnn/dicom.py scxnn/pixels.py scxnn/batch.py scxnn/sources.py scxnn/data.py scxnn/reports.py scxnn/gallery.py scxnn/synth/*.py scxnn/adapters/*.py)
-SRC_02 := $(CORE_SRC) $(wildcard scxnn/data.py scxnn/dataset.py scxnn/pixels.py scxnn/sources.py scxnn/models.py scxnn/checkpoints.py scxnn/hardware.py scxnn/pretrain.py scxnn/train.py scxnn/labels.py scxnn/losses.py scxnn/distributed.py scxnn/metrics.py scxnn/inference.py scxnn/reports.py scxnn/training_figures.py)
+SRC_02 := $(CORE_SRC) $(wildcard scxnn/weights/densenet121_trunk.pt scxnn/data.py scxnn/dataset.py scxnn/pixels.py scxnn/sources.py scxnn/models.py scxnn/checkpoints.py scxnn/hardware.py scxnn/pretrain.py scxnn/train.py scxnn/labels.py scxnn/losses.py scxnn/distributed.py scxnn/metrics.py scxnn/inference.py scxnn/reports.py scxnn/training_figures.py)
 SRC_03 := $(CORE_SRC) $(wildcard scxnn/dataset.py scxnn/models.py scxnn/checkpoints.py scxnn/hardware.py scxnn/inference.py scxnn/ensemble.py scxnn/metrics.py scxnn/ood.py)
 SRC_04 := $(CORE_SRC) $(wildcard scxnn/ensemble.py scxnn/metrics.py scxnn/ood.py scxnn/evaluation.py scxnn/reports.py scxnn/figures.py scxnn/study_tables.py scxnn/variants.py scxnn/data.py)
 SRC_06 := $(CORE_SRC) $(wildcard scxnn/dicom.py scxnn/pixels.py scxnn/sources.py scxnn/data.py scxnn/dataset.py scxnn/models.py scxnn/checkpoints.py scxnn/train.py scxnn/cam.py scxnn/localisation.py scxnn/metrics.py scxnn/ensemble.py scxnn/evaluation.py scxnn/reports.py scxnn/figures.py scxnn/study_tables.py)
 SRC_07 := $(CORE_SRC) $(wildcard scxnn/data.py scxnn/ensemble.py scxnn/metrics.py scxnn/evaluation.py scxnn/variants.py scxnn/reports.py scxnn/figures.py scxnn/study_tables.py)
-SRC_V := $(CORE_SRC) $(wildcard scxnn/data.py scxnn/dataset.py scxnn/pixels.py scxnn/batch.py scxnn/sources.py scxnn/models.py scxnn/checkpoints.py scxnn/hardware.py scxnn/pretrain.py scxnn/train.py scxnn/labels.py scxnn/losses.py scxnn/distributed.py scxnn/inference.py scxnn/ensemble.py scxnn/metrics.py scxnn/evaluation.py scxnn/variants.py)
+SRC_V := $(CORE_SRC) $(wildcard scxnn/weights/densenet121_trunk.pt scxnn/data.py scxnn/dataset.py scxnn/pixels.py scxnn/batch.py scxnn/sources.py scxnn/models.py scxnn/checkpoints.py scxnn/hardware.py scxnn/pretrain.py scxnn/train.py scxnn/labels.py scxnn/losses.py scxnn/distributed.py scxnn/inference.py scxnn/ensemble.py scxnn/metrics.py scxnn/evaluation.py scxnn/variants.py)
 
 NB01 := $(EXEC)/01_preprocessing.ipynb
 NB02 := $(FINDINGS:%=$(EXEC)/02_train_disease_model/%.ipynb)
@@ -141,7 +141,7 @@ $(NB07): notebooks/07_ablations.ipynb $(NB01) $(VARIANT_ABLATIONS) $(SETTINGS) $
 	$(call RUN_NB,notebook,07_ablations) $< $@ -p profile $(PROFILE)
 
 # ---------------------------------------------------------------- entry points
-.PHONY: help setup venv reports preprocess train variants ensemble evaluate novel gradcam ablations test lab lock clean clean-profile
+.PHONY: help setup venv trunk reports preprocess train variants ensemble evaluate novel gradcam ablations test lab lock clean clean-profile
 
 help: ## list the targets
 	@echo "SCXNN study - make TARGET [PROFILE=demo|smoke|thesis|...]  (default PROFILE=demo)"
@@ -167,6 +167,12 @@ evaluate: $(NB04) ## 04: Tables 2, 3, 7, 8 with 95% CIs, ROC figures
 novel: $(NB05) ## 05: unseen findings (Table 9)
 gradcam: $(NB06) ## 06: Grad-CAM (Figure 5) and localization
 ablations: $(NB07) ## 07: Tables 4, 5, 6 (whole-pipeline variants; make -j2 trains two at a time)
+
+# The shipped trunk (scxnn/weights/densenet121_trunk.pt, its .sha256 and TRUNK_CARD.md): phony, and
+# nothing depends on it, so `make reports` never rebuilds it; its data and run live under
+# data/trunk and runs/trunk, and a killed pretraining resumes.
+trunk: $(STAMP) ## rebuild the shipped trunk (params/trunk.yaml: its own synthetic draw, then the pretraining; CPU: about an hour)
+	$(PY) -m scxnn trunk --profile trunk
 
 test: $(STAMP) ## unit tests, then every notebook with PROFILE=smoke through papermill
 	$(PY) -m pytest

@@ -7,7 +7,7 @@ module of this package.
 The code is a house of floors, lowest first (:data:`LAYERS`). A module imports only from its own
 floor or the floors below it, inside functions too (``tests/test_layout.py`` checks every import):
 
-1. foundation: utils, config, thesis, metrics, plausibility, hardware, distributed, html_report, pipeline, launch
+1. foundation: utils, config, thesis, metrics, plausibility, hardware, distributed, html_report, pipeline, launch, weights
 2. data: dicom, data, pixels, batch, adapters, synth, sources, dataset, labels
 3. models: models, losses, checkpoints
 4. training: pretrain, train
@@ -20,7 +20,7 @@ floor or the floors below it, inside functions too (``tests/test_layout.py`` che
 __version__ = "0.1.0"
 
 LAYERS = (
-    ("foundation", ("utils", "config", "thesis", "metrics", "plausibility", "hardware", "distributed", "html_report", "pipeline", "launch")),
+    ("foundation", ("utils", "config", "thesis", "metrics", "plausibility", "hardware", "distributed", "html_report", "pipeline", "launch", "weights")),
     ("data", ("dicom", "data", "pixels", "batch", "adapters", "synth", "sources", "dataset", "labels")),
     ("models", ("models", "losses", "checkpoints")),
     ("training", ("pretrain", "train")),

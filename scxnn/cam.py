@@ -220,9 +220,9 @@ def positive_films(df: pd.DataFrame, base: Path, finding: str, cfg: Config, spli
         ds = RadiographDataset(rows, base, finding, np.ones(len(rows), np.int64), cfg)
         images, masks, ids = [], [], []
         for i in range(len(rows)):
-            mp = ds.mask_paths[i]
-            if mp is None or not mp.is_file():
+            if ds.mask_paths[i] is None or not ds.mask_paths[i][0].is_file():
                 continue
+            mp = ds.mask_paths[i][0]
             m = read_png(mp)
             m = (m[..., 0] if m.ndim == 3 else m) > 0
             if not m.any():  # the lesion vanished when the mask was downsized: nothing to localise

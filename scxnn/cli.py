@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import os
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
 
 from scxnn import __version__
@@ -131,6 +132,21 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     cfg = load_config(args.profile, args.set)
     path = ensure_trunk(cfg, progress=not args.no_progress)
     print(f"study trunk ({cfg.model.backbone}): {path}")
+    return 0
+
+
+def _cmd_trunk(args: argparse.Namespace) -> int:
+    from scxnn.pretrain import build_trunk
+    from scxnn.weights import TRUNK_FILE
+
+    cfg = load_config(args.profile, args.set)
+    if cfg.model.pretrained != "none":
+        raise ConfigError(f"profile {cfg.profile!r}: the trunk is pretrained from scratch (model.pretrained: none), not from {cfg.model.pretrained!r}")
+    ship = None if args.no_ship else (Path(args.ship_to) if args.ship_to else TRUNK_FILE)
+    command = " ".join(["scxnn trunk", *(["--profile", cfg.profile] if cfg.profile != "trunk" else []), *(f"--set {o}" for o in args.set or [])])
+    path, sha = build_trunk(cfg, Path(args.out) if args.out else None, ship, command=command if args.set or cfg.profile != "trunk" else "make trunk",
+                            progress=not args.no_progress)
+    print(f"trunk ({cfg.model.backbone}): {path}" + (f"; shipped as {ship} (SHA-256 {sha}; card {ship.with_name('TRUNK_CARD.md')})" if sha else ""))
     return 0
 
 
@@ -399,6 +415,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     p = add("pretrain", "pretrain the study trunk for the profile's backbone (model.pretrained: study); reused while its settings hold", _cmd_pretrain)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    p = add("trunk", "build the shipped trunk (model.pretrained: trunk): its own synthetic draw, the pretraining, then scxnn/weights/ "
+            "and its card (what `make trunk` runs; `make reports` never does)", _cmd_trunk)
+    p.set_defaults(profile="trunk")
+    p.add_argument("--out", help="the pretraining's folder (default: runs/<profile>/trunk/...); a killed run resumes there")
+    p.add_argument("--ship-to", help="write the shipped file here instead of scxnn/weights/densenet121_trunk.pt (with its .sha256 and card)")
+    p.add_argument("--no-ship", action="store_true", help="pretrain only; ship nothing (to compare objectives)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     p = add("ensemble", "step 03 without the notebook: logits table of the 13 models, the SVM and its definite-normal thresholds", _cmd_ensemble)

@@ -30,6 +30,8 @@ DEFAULTS_FILE = "defaults.yaml"
 RESOLVED_NAME = "config.resolved.yaml"
 BACKBONES = ("densenet121", "densenet169", "resnet50", "vgg16", "googlenet", "efficientnet_b2")
 RISK_GROUPS = ("critical", "urgent", "non_urgent", "cardiomegaly")
+# The synthetic generator's sites (scxnn.synth.sites): the training hospital, then the evaluation sites.
+SYNTH_SITES = ("internal", "temporal", "external1", "external2")
 # Sections a variant may change (not data, paths or findings: variants compare methods on one dataset).
 VARIANT_SECTIONS = ("seed", "preprocess", "model", "train", "ensemble")
 # Sections that decide a trained pipeline's results; their hash names a variant's cache folder.
@@ -72,9 +74,18 @@ class Data:
     synth_difficulty: float  # 1.0: realistic lesion size/contrast mix; < 1 easier, > 1 subtler
     workers: int  # processes for generation and preprocessing; 0: all cores
     split: tuple[float, float, float]  # hard-label train / val / test, by patient
+    # Synthetic sites generated (synth only): the shipped trunk's draw is the internal site alone.
+    sites: tuple[str, ...]
+    # Synthetic only: extra hard-labelled patients, validation only, until the val split holds at
+    # least this many abnormal patients (the certified 99% bound needs >= 368 without a miss,
+    # >= 555 with one). 0: none. Drawn after every other film, so the rest are unchanged.
+    val_min_abnormal_patients: int
 
     def __post_init__(self) -> None:
         _check(0 < self.scale <= 1, "scale", "must be in (0, 1]")
+        _check(len(self.sites) >= 1 and set(self.sites) <= set(SYNTH_SITES) and len(set(self.sites)) == len(self.sites),
+               "sites", f"must be distinct names among {list(SYNTH_SITES)}")
+        _check(self.val_min_abnormal_patients >= 0, "val_min_abnormal_patients", "must be >= 0")
         _check(self.min_per_finding >= 1, "min_per_finding", "must be >= 1")
         _check(self.synth_size >= 64, "synth_size", "must be >= 64")
         _check(0 < self.eval_scale <= 1, "eval_scale", "must be in (0, 1]")
@@ -115,7 +126,7 @@ class Preprocess:
 @dataclass(frozen=True)
 class Model:
     backbone: Literal["densenet121", "densenet169", "resnet50", "vgg16", "googlenet", "efficientnet_b2"]
-    pretrained: str  # "imagenet", "study" (the profile's own trunk, scxnn.pretrain), "none", or a path to a state_dict file
+    pretrained: str  # "imagenet", "trunk" (the shipped one, scxnn/weights), "study" (the profile's own, scxnn.pretrain), "none", or a path
     num_classes: Literal[2, 3]  # 3: normal / target / others (thesis); 2: normal / target
     decoder: Literal["reconstruction", "segmentation", "none"]
     decoder_widths: tuple[int, ...]  # U-Net decoder channels per level, deepest (/16) to input size (/1)
@@ -126,7 +137,7 @@ class Model:
         _check(self.recon_weight >= 0, "recon_weight", "must be >= 0")
         _check(len(self.decoder_widths) == 5 and all(w >= 1 for w in self.decoder_widths), "decoder_widths",
                "must be 5 positive channel counts, one per level from /16 to the input size")
-        _check(bool(self.pretrained), "pretrained", "must be 'imagenet', 'study', 'none' or a path")
+        _check(bool(self.pretrained), "pretrained", "must be 'imagenet', 'trunk', 'study', 'none' or a path")
 
 
 @dataclass(frozen=True)
@@ -137,6 +148,10 @@ class Pretrain:
     epochs: int
     images_per_epoch: int  # class-balanced draws per epoch
     lr: float  # peak learning rate of the cosine schedule
+    # True: a U-Net decoder (model.decoder_widths) also reconstructs every lesion of the film (the
+    # image times the union of its dilated masks; loss BCE + model.recon_weight x MSE), and the
+    # trunk keeps the decoder; False: the multi-label classifier alone, encoder only.
+    masks: bool
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "epochs", "must be >= 1")

@@ -16,6 +16,9 @@ import torch as _torch
 from scxnn.data import parse_masks
 
 _DatasetBase = _torch.utils.data.Dataset
+# RadiographDataset's ``finding`` for a decoder target made of every lesion of the film (union of
+# its masks): the shipped trunk's reconstruction task (scxnn.pretrain, pretrain.masks).
+ANY_FINDING = "*"
 
 # Field of view assumed when ``dilation_unit: mm`` but an image has no pixel spacing: a typical
 # 43 cm chest detector across the padded square.
@@ -63,7 +66,8 @@ class RadiographDataset(_DatasetBase):
     ``has_recon`` bool; ``index`` int.
 
     * decoder ``reconstruction``: target = image x (dilated) mask of the *target* finding's lesions
-      (zeros for an image without one), the thesis' lesion reconstruction;
+      (zeros for an image without one), the thesis' lesion reconstruction; with ``finding`` =
+      :data:`ANY_FINDING`, of every lesion the film has;
     * decoder ``segmentation``: target = the (dilated) binary mask;
     * ``has_recon`` is True only for hard-label rows (weak labels have no masks: no MSE for them), and
       False for a target-positive hard row whose mask file is missing.
@@ -79,11 +83,15 @@ class RadiographDataset(_DatasetBase):
         self.base = Path(base)
         self.finding = finding
         self.paths = [self._resolve(p) for p in df["path"]]
-        masks = [parse_masks(m).get(finding) for m in df["masks"]]
-        self.mask_paths = [self._resolve(m) if m else None for m in masks]
+        if finding == ANY_FINDING:  # every lesion of the film (the trunk's decoder target)
+            self.mask_paths = [[self._resolve(m) for m in parse_masks(v).values()] or None for v in df["masks"]]
+            self.positive = np.array([bool(parse_masks(v)) for v in df["masks"]], bool)
+        else:
+            masks = [parse_masks(m).get(finding) for m in df["masks"]]
+            self.mask_paths = [[self._resolve(m)] if m else None for m in masks]
+            self.positive = (df[finding].fillna(0).astype(int).to_numpy() == 1) if finding in df else np.zeros(len(df), bool)
         self.hard = [lt == "hard" for lt in df["label_type"]]
         self.labels = np.asarray(labels, dtype=np.int64)
-        self.positive = (df[finding].fillna(0).astype(int).to_numpy() == 1) if finding in df else np.zeros(len(df), bool)
         sp = pd.to_numeric(df["pixel_spacing_mm"], errors="coerce") if "pixel_spacing_mm" in df else pd.Series(np.nan, index=df.index)
         self.spacing = sp.to_numpy(dtype=float)
         self.pre = cfg.preprocess
@@ -104,14 +112,17 @@ class RadiographDataset(_DatasetBase):
         return len(self.paths)
 
     def _mask(self, i: int, shape: tuple[int, int]) -> np.ndarray | None:
-        mp_ = self.mask_paths[i]
-        if mp_ is None or not mp_.is_file():
+        paths = self.mask_paths[i]
+        if paths is None or not all(p.is_file() for p in paths):
             return None
         from scxnn.pixels import dilate_mask, read_png
 
-        m = (read_png(mp_) > 0).astype(np.uint8)
-        if m.shape != shape:
-            raise ValueError(f"{mp_}: mask {m.shape} does not match its image {shape}")
+        m = np.zeros(shape, np.uint8)
+        for mp_ in paths:
+            one = read_png(mp_) > 0
+            if one.shape != shape:
+                raise ValueError(f"{mp_}: mask {one.shape} does not match its image {shape}")
+            m |= one.astype(np.uint8)
         if self.dilate:
             spacing = self.spacing[i]
             if not np.isfinite(spacing) or spacing <= 0:

@@ -35,6 +35,9 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from scxnn.utils import sha256_file
+from scxnn.weights import TRUNK_BACKBONE, TRUNK_FILE, recorded_sha256, trunk_sha256_path
+
 log = logging.getLogger("scxnn")
 
 BACKBONES = ("densenet121", "densenet169", "resnet50", "vgg16", "googlenet", "efficientnet_b2")
@@ -51,6 +54,25 @@ class PretrainedWeightsMissing(FileNotFoundError):
 
 class UnsafeWeightsFile(ValueError):
     """A weights file holds pickled Python objects, not plain tensors, and was refused."""
+
+
+class TrunkChecksumError(ValueError):
+    """The shipped trunk's bytes are not the ones its card and checksum file name."""
+
+
+def shipped_trunk(path: Path = TRUNK_FILE) -> Path:
+    """The shipped trunk's path, once its bytes match its recorded SHA-256 (one clear error line
+    otherwise: a git LFS pointer, a truncated checkout or a hand-edited file never starts a study)."""
+    sums = trunk_sha256_path(path)
+    want = recorded_sha256(path)
+    if not path.is_file() or not want:
+        raise PretrainedWeightsMissing(f"the shipped trunk {path} (or its checksum {sums.name}) is missing: restore it with "
+                                       f"`git checkout -- {path.parent}` or rebuild it with `make trunk`; or use model.pretrained: none")
+    got = sha256_file(path)
+    if got != want:
+        raise TrunkChecksumError(f"{path}: SHA-256 {got[:16]}... does not match {want[:16]}... in {sums.name}: the file is "
+                                 f"damaged or not the shipped trunk (a git LFS pointer?); restore it with `git checkout -- {path}` or rebuild it with `make trunk`")
+    return path
 
 
 # --------------------------------------------------------------------------- backbone registry
@@ -318,13 +340,19 @@ class SCXNN(nn.Module):
 
     # -- weights -------------------------------------------------------------------------------
     def load_pretrained(self, pretrained: str) -> None:
-        """"none": keep the random init; "imagenet": torchvision's cached ImageNet weights; otherwise a
-        path to a state dict: encoder weights (torchvision layout) or a full SCXNN state dict."""
+        """"none": keep the random init; "imagenet": torchvision's cached ImageNet weights; "trunk": the
+        shipped trunk (checksum-verified; its decoder too when the widths fit); otherwise a path to a
+        state dict: encoder weights (torchvision layout) or a full SCXNN state dict (fp16 is cast)."""
         if pretrained == "none":
             return
         if pretrained == "imagenet":
             self.encoder.load_state_dict(_encoder_state(self.backbone, load_imagenet_weights(self.backbone)))
             return
+        if pretrained == "trunk":
+            if self.backbone != TRUNK_BACKBONE:
+                raise ValueError(f"model.pretrained: trunk is a {TRUNK_BACKBONE} start; a {self.backbone} model needs 'none', "
+                                 f"'study', 'imagenet' or a path")
+            pretrained = str(shipped_trunk())
         sd = _load_weights_file(pretrained)
         if any(k.startswith("encoder.") for k in sd):
             self._load_scxnn_state(sd, pretrained)

@@ -28,6 +28,7 @@ another start: one encoder per backbone, pretrained once on the profile's intern
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -49,6 +50,7 @@ log = logging.getLogger("scxnn")
 TRUNK_NAME = "trunk.pt"
 # The settings a trunk depends on; any change rebuilds it (the per-finding settings do not matter).
 TRUNK_SECTIONS = ("seed", "findings", "data", "preprocess", "pretrain")
+TRUNK_MODEL_KEYS = ("backbone", "decoder", "decoder_widths", "recon_weight", "dilate_mask")
 TRUNK_TRAIN_KEYS = ("batch_size", "betas", "weight_decay", "augment", "augment_p", "augment_shift", "augment_rotate",
                     "augment_gamma", "augment_sharpen", "augment_blur", "augment_noise", "bf16")
 
@@ -58,6 +60,8 @@ def trunk_settings(cfg: Config) -> dict:
     d = cfg.to_dict()
     out = {k: d[k] for k in TRUNK_SECTIONS}
     out["backbone"] = cfg.model.backbone
+    if cfg.pretrain.masks:  # the decoder's shape and loss matter only then
+        out["model"] = {k: d["model"][k] for k in TRUNK_MODEL_KEYS}
     out["train"] = {k: d["train"][k] for k in TRUNK_TRAIN_KEYS}
     return out
 
@@ -108,18 +112,30 @@ def balanced_draws(y: np.ndarray, seed: int, epoch: int, k: int) -> list[int]:
 
 
 class TrunkNet(nn.Module):
-    """The backbone's encoder with one logit per finding on its pooled deepest features."""
+    """The backbone's encoder with one logit per finding on its pooled deepest features, and with
+    ``decoder_widths`` an SCXNN U-Net decoder that reconstructs the film's lesions."""
 
-    def __init__(self, backbone: str, n_out: int):
+    def __init__(self, backbone: str, n_out: int, decoder_widths: tuple[int, ...] | None = None):
         super().__init__()
-        from scxnn.models import Encoder
+        from scxnn.models import Encoder, UNetDecoder
 
         self.encoder = Encoder(backbone)
         self.fc = nn.Linear(self.encoder.channels[-1], n_out)
+        self.decoder = UNetDecoder(self.encoder.channels, tuple(decoder_widths)) if decoder_widths else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f = self.encoder(x)[-1]
-        return self.fc(torch.flatten(F.adaptive_avg_pool2d(f, 1), 1))
+    def forward(self, x: torch.Tensor, decode: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        feats = self.encoder(x)
+        logits = self.fc(torch.flatten(F.adaptive_avg_pool2d(feats[-1], 1), 1))
+        if decode:
+            return logits, self.decoder(feats)
+        return logits
+
+    def scxnn_state(self) -> dict[str, torch.Tensor]:
+        """Encoder (and decoder) weights under SCXNN's names: what SCXNN.load_pretrained reads."""
+        sd = {f"encoder.{k}": v.detach().cpu() for k, v in self.encoder.state_dict().items()}
+        if self.decoder is not None:
+            sd.update({f"decoder.{k}": v.detach().cpu() for k, v in self.decoder.state_dict().items()})
+        return sd
 
 
 def masked_bce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -173,7 +189,8 @@ def pretrain_trunk(cfg: Config, out_dir: str | Path | None = None, manifest=None
     """Pretrain (or resume) the trunk; returns the path of ``trunk.pt``. See the module docstring."""
     from tqdm import tqdm
 
-    from scxnn.dataset import load_study_manifest, make_loader
+    from scxnn.dataset import ANY_FINDING, load_study_manifest, make_loader
+    from scxnn.losses import per_sample_mse
     from scxnn.hardware import autocast, resolve_device, to_device
 
     t0 = time.perf_counter()
@@ -191,16 +208,19 @@ def pretrain_trunk(cfg: Config, out_dir: str | Path | None = None, manifest=None
     if tr.empty:
         raise ValueError("no training films in the manifest: nothing to pretrain the study trunk on")
     y_tr, y_va = multilabel_targets(tr, findings), multilabel_targets(va, findings)
-    # RadiographDataset reads, augments and scales the films; the trunk has no decoder, so no masks.
-    no_masks = {"masks": ""}
-    ds = RadiographDataset(tr.assign(**no_masks), base, findings[0], np.arange(len(tr)), cfg, augment=True, seed=seed)
-    val_ds = RadiographDataset(va.assign(**no_masks), base, findings[0], np.arange(len(va)), cfg, augment=False)
+    # RadiographDataset reads, augments and scales the films; with pretrain.masks its target is the
+    # image times the union of the film's dilated lesion masks (reconstruction), else no masks.
+    pc = cfg.pretrain
+    decode = pc.masks and cfg.model.decoder != "none"
+    rec_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, decoder="reconstruction"))
+    tr_, va_ = (tr, va) if decode else (tr.assign(masks=""), va.assign(masks=""))
+    ds = RadiographDataset(tr_, base, ANY_FINDING, np.arange(len(tr)), rec_cfg, augment=True, seed=seed)
+    val_ds = RadiographDataset(va_, base, ANY_FINDING, np.arange(len(va)), rec_cfg, augment=False)
     y_tr_t = torch.from_numpy(y_tr)
 
-    model = TrunkNet(cfg.model.backbone, len(findings)).to(device)
+    model = TrunkNet(cfg.model.backbone, len(findings), cfg.model.decoder_widths if decode else None).to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    pc = cfg.pretrain
     steps_per_epoch = math.ceil(pc.images_per_epoch / cfg.train.batch_size)
     total = max(1, pc.epochs * steps_per_epoch)
     opt = torch.optim.Adam(model.parameters(), lr=pc.lr, betas=tuple(cfg.train.betas), weight_decay=cfg.train.weight_decay)
@@ -233,8 +253,13 @@ def pretrain_trunk(cfg: Config, out_dir: str | Path | None = None, manifest=None
             b = to_device(batch, device, cfg.train.channels_last)
             yb = y_tr_t[b["index"].cpu()].to(device)
             with autocast(cfg, device):
-                logits = model(b["image"])
+                res = model(b["image"], decode=decode)
+            logits, recon = res if decode else (res, None)
             loss = masked_bce(logits, yb)
+            if decode:  # hard-labelled films only: weak labels have no masks
+                has = b["has_recon"].float()
+                mse = (per_sample_mse(recon, b["target"]) * has).sum() / has.sum().clamp(min=1.0)
+                loss = loss + cfg.model.recon_weight * mse
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -259,12 +284,116 @@ def pretrain_trunk(cfg: Config, out_dir: str | Path | None = None, manifest=None
         atomic_write_text(out / HISTORY_NAME, pd.DataFrame(history).to_csv(index=False))
 
     path = out / TRUNK_NAME
-    encoder = {f"encoder.{k}": v.detach().cpu() for k, v in model.encoder.state_dict().items()}
     with atomic_open(path, "wb") as fh:
         # The multi-label head rides along (not under "model": the per-finding models never load it),
         # so the trunk's own per-finding AUCs can be read back.
         head = {k: v.detach().cpu() for k, v in model.fc.state_dict().items()}
-        torch.save({"model": encoder, "head": head, "settings": settings, "config": cfg.to_dict(), "history": history}, fh)
+        torch.save({"model": model.scxnn_state(), "head": head, "settings": settings, "config": cfg.to_dict(), "history": history}, fh)
     last.unlink(missing_ok=True)
     log.info("trunk %s: %s (%.0f s)", cfg.model.backbone, path, time.perf_counter() - t0)
     return path
+
+
+# --------------------------------------------------------------------------- the shipped trunk
+
+
+def machine_summary() -> str:
+    """One line on the machine a trunk was made on: CPU, cores, native bf16, torch."""
+    import os
+    import platform
+
+    from scxnn.hardware import bf16_supported
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{cpu}, {os.cpu_count()} cores, native CPU bf16: {'yes' if bf16_supported('cpu') else 'no'}, {gpu}; "
+            f"torch {torch.__version__}, Python {platform.python_version()}")
+
+
+def ship_trunk(cfg: Config, trunk_pt: Path, dest: Path, command: str, seconds: dict[str, float], films: dict[str, int]) -> str:
+    """Write the trunk at ``trunk_pt`` (from :func:`pretrain_trunk`) as the shipped file ``dest``:
+    the SCXNN weights in fp16 (integer buffers as they are) under ``model``, its SHA-256 beside it,
+    and the card ``TRUNK_CARD.md`` (checksum, command, machine, wall time, resolved config, log).
+    Returns the SHA-256."""
+    import yaml
+
+    from scxnn.utils import sha256_file
+    from scxnn.weights import CARD_NAME, trunk_sha256_path
+
+    obj = torch.load(trunk_pt, map_location="cpu", weights_only=True)
+    sd = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in obj["model"].items()}
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(dest, "wb") as fh:
+        torch.save({"model": sd}, fh)
+    sha = sha256_file(dest)
+    atomic_write_text(trunk_sha256_path(dest), f"{sha}  {dest.name}\n")
+    hist = pd.DataFrame(obj["history"])
+    total = sum(seconds.values())
+    card = f"""# The shipped trunk: `{dest.name}`
+
+The start of every finding model of the `demo` and `smoke` profiles (`model.pretrained: trunk`),
+in the part ImageNet plays in the thesis. Made by `{command}` (`scxnn.pretrain`; profile
+`params/trunk.yaml`); `make reports` never rebuilds it, and every model checks the SHA-256 below
+before it loads the file (`scxnn.models.shipped_trunk`).
+
+| | |
+|---|---|
+| SHA-256 | `{sha}` |
+| size | {dest.stat().st_size / 2**20:.1f} MiB, fp16 ({sum(v.numel() for v in sd.values()):,} values) |
+| contents | {cfg.model.backbone} encoder{' and U-Net decoder (widths ' + ', '.join(map(str, cfg.model.decoder_widths)) + ')' if any(k.startswith('decoder.') for k in sd) else ''}, under `model`, SCXNN names; loads with `torch.load(weights_only=True)` |
+| objective | {'multi-label BCE over the 13 findings + ' + str(cfg.model.recon_weight) + ' x MSE of the lesion reconstruction (image x union of the dilated masks)' if cfg.pretrain.masks else 'multi-label BCE over the 13 findings'}; {cfg.pretrain.epochs} epochs x {cfg.pretrain.images_per_epoch} class-balanced draws, Adam, cosine from lr {cfg.pretrain.lr} |
+| films | {films.get('train', 0):,} training films ({films.get('hard', 0):,} hard-labelled with masks), {films.get('val', 0):,} validation films for the log; seed {cfg.seed}, internal site only, no unseen finding, disjoint from every study film (tests/test_trunk.py) |
+| wall time | {total / 60:.1f} min: {', '.join(f'{k} {v / 60:.1f} min' for k, v in seconds.items())} |
+| machine | {machine_summary()} |
+
+The objective was chosen by measurement against a labels-only trunk and against training from
+scratch (README, "The shipped trunk"). The machine ran other work beside the pretraining for parts
+of it (README, same section), so read the wall time as an upper bound.
+
+## Training log
+
+{_markdown_table(hist)}
+
+## Resolved config
+
+```yaml
+{yaml.safe_dump(cfg.to_dict(), sort_keys=False).rstrip()}
+```
+"""
+    atomic_write_text(dest.with_name(CARD_NAME), card)
+    return sha
+
+
+def _markdown_table(df: pd.DataFrame) -> str:
+    cells = [[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row] for row in df.itertuples(index=False)]
+    return "\n".join(["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)] + ["| " + " | ".join(r) + " |" for r in cells])
+
+
+def build_trunk(cfg: Config, out_dir: Path | None = None, ship_to: Path | None = None, command: str = "make trunk",
+                progress: bool = True) -> tuple[Path, str | None]:
+    """The whole trunk job: the profile's synthetic draw, preprocessed; the pretraining (resumable);
+    with ``ship_to``, the shipped file and its card. Returns (trunk.pt, SHA-256 of the shipped file or None)."""
+    from scxnn.sources import build_study_cache
+
+    t0 = time.perf_counter()
+    df, _ = build_study_cache(cfg, progress=progress)
+    t1 = time.perf_counter()
+    out = Path(out_dir) if out_dir is not None else trunk_dir(cfg)
+    path = out / TRUNK_NAME
+    if path.is_file() and _stored_settings(path) == _plain(trunk_settings(cfg)):
+        log.info("trunk: %s is finished with these settings; not pretrained again", path)
+        pre = float(pd.read_csv(out / HISTORY_NAME)["seconds"].sum())  # the pretraining's own time, from its log
+    else:
+        path = pretrain_trunk(cfg, out, progress=progress)
+        pre = time.perf_counter() - t1
+    if ship_to is None:
+        return path, None
+    films = {"train": int((df["split"] == "train").sum()), "val": int(((df["split"] == "val") & (df["label_type"] == "hard")).sum()),
+             "hard": int(((df["split"] == "train") & (df["label_type"] == "hard")).sum())}
+    data_key = "data and preprocessing" + (" (cache already built: its build is not counted)" if t1 - t0 < 60 else "")
+    sha = ship_trunk(cfg, path, Path(ship_to), command, {data_key: t1 - t0, "pretraining": pre}, films)
+    return path, sha

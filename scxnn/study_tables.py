@@ -339,7 +339,8 @@ def gradcam_localisation(cfg: Config, models, split: str = "test") -> pd.DataFra
 
 # Display titles of the thesis' ablation tables; a table a profile adds is titled by its name.
 ABLATION_TITLES = {"table4_backbones": "Table 4: encoder backbone", "table5_lambda": "Table 5: λ in CE + λ·MSE",
-                   "table6_preprocessing": "Table 6: contrast, decoder task and mask dilation"}
+                   "table6_preprocessing": "Table 6: contrast, decoder task and mask dilation",
+                   "table6_start": "Start of the finding models: from scratch vs the shipped trunk (not a thesis table)"}
 _ROW_PREFIX = {"table5_lambda": "λ="}
 ABLATION_RATES = ("accuracy", "auc", "delta_auc", "specificity", "sensitivity")
 

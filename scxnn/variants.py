@@ -23,6 +23,7 @@ import numpy as np
 
 from scxnn.config import Config, result_sections, save_resolved, variant_config
 from scxnn.utils import atomic_write_text, file_lock, log, seed_everything, sha256_text
+from scxnn.weights import recorded_sha256
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -54,13 +55,21 @@ def variant_hash(cfg: Config, name: str) -> str:
 
 
 def models_hash(cfg: Config, name: str) -> str:
-    vcfg = variant_config(cfg, name)
-    return vcfg.fingerprint(*result_sections(vcfg))
+    return _models_fingerprint(variant_config(cfg, name))
+
+
+def _models_fingerprint(cfg: Config) -> str:
+    """The hash of what a pipeline's models are made from: its settings, and the shipped trunk's
+    bytes when they start from it (a rebuilt trunk retrains the variants that use it)."""
+    h = cfg.fingerprint(*result_sections(cfg))
+    if cfg.model.pretrained == "trunk":
+        h = sha256_text(f"{h}:trunk={recorded_sha256()}", 12)
+    return h
 
 
 def is_profile_itself(cfg: Config, name: str) -> bool:
     """True when the variant's settings are the profile's: its models are the profile's own."""
-    return models_hash(cfg, name) == cfg.fingerprint(*result_sections(cfg))
+    return models_hash(cfg, name) == _models_fingerprint(cfg)
 
 
 def variant_dir(cfg: Config, name: str) -> Path:

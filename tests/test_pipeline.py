@@ -123,6 +123,9 @@ def test_a_change_reruns_only_what_depends_on_it(smoke_reports):
     # everything's prerequisite, so a change of them reruns the whole study.
     everything = would_run(f".make/{PROFILE}.settings")
     assert len(everything) == len(STEPS) - 1 + len(load_config(PROFILE).findings)
+    # A rebuilt trunk (`make trunk`) retrains every finding model and what reads them, never the data.
+    from_trunk = {p.rsplit("/", 1)[-1] for p in would_run("scxnn/weights/densenet121_trunk.pt")}
+    assert "01_preprocessing.ipynb" not in from_trunk and {f"{f}.ipynb" for f in load_config(PROFILE).findings} <= from_trunk
     # the 2-class variant reruns with the settings (it finds its cached result when they did not change it)
     out = _make("-n", "-W", f".make/{PROFILE}.settings", "reports").stdout
     assert "scxnn variant" in out and "scxnn index" in out

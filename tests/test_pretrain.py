@@ -93,7 +93,8 @@ def test_per_finding_model_starts_from_the_trunk(smoke_cache):
     for k, v in m.encoder.state_dict().items():
         assert torch.equal(v, trunk[f"encoder.{k}"]), k
     # Other values pass through untouched.
-    assert P.resolve_pretrained(load_config("smoke"), progress=False) == "none"
+    assert P.resolve_pretrained(load_config("smoke"), progress=False) == "trunk"
+    assert P.resolve_pretrained(load_config("smoke", {"model.pretrained": "none"}), progress=False) == "none"
 
 
 def test_killed_pretraining_resumes_to_the_same_trunk(smoke_cache, tmp_path, monkeypatch):

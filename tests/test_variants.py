@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -62,7 +63,8 @@ def test_hash_ignores_settings_that_do_not_change_results(tmp_path):
     h = variants.variant_hash(cfg, "two_class")
     other = load_config("smoke", {"paths.runs": str(tmp_path / "runs"), "evaluate.bootstrap": 999, "description": "x"})
     assert variants.variant_hash(other, "two_class") == h
-    assert variant_config(cfg, "two_class").fingerprint(*RESULT_SECTIONS) == h
+    scratch = load_config("smoke", {"paths.runs": str(tmp_path / "runs"), "model.pretrained": "none"})
+    assert variant_config(scratch, "two_class").fingerprint(*RESULT_SECTIONS) == variants.variant_hash(scratch, "two_class")
     changed = load_config("smoke", {"paths.runs": str(tmp_path / "runs"), "train.lr": 0.002})
     assert variants.variant_hash(changed, "two_class") != h
 
@@ -73,6 +75,17 @@ def test_trunk_settings_name_a_variant_only_when_it_starts_from_the_trunk(tmp_pa
     h = variants.variant_hash(load_config("smoke", base), "two_class")
     other = variants.variant_hash(load_config("smoke", {**base, "pretrain.images_per_epoch": 7}), "two_class")
     assert (other != h) == (start == "study")
+
+
+def test_a_rebuilt_trunk_names_new_variants_only_where_they_start_from_it(tmp_path, monkeypatch):
+    # The trunk's bytes decide a trunk-started variant's models as much as its settings do.
+    cfg = _cfg(tmp_path)
+    scratch = _cfg(tmp_path, protocol={"model.pretrained": "none"})
+    before = variants.variant_hash(cfg, "two_class"), variants.variant_hash(scratch, "two_class")
+    monkeypatch.setattr(variants, "recorded_sha256", lambda: "0" * 64)
+    after = variants.variant_hash(cfg, "two_class"), variants.variant_hash(scratch, "two_class")
+    assert after[0] != before[0] and after[1] == before[1]
+    assert variants.is_profile_itself(cfg, "three_class")
 
 
 def test_a_finished_variant_is_not_recomputed(tmp_path):
@@ -218,7 +231,10 @@ def test_captions_say_when_variants_scored_a_sample_of_films(tmp_path, max_films
 
 def test_the_study_profile_runs_every_variant_at_the_demos_own_protocol():
     study, demo = load_config("study"), load_config("demo")
-    assert study.variants.protocol == {} and study.variants.max_films == 0
+    # Only the start differs (every thesis row from scratch at the thesis' lr; trunk_start is the trunk's row).
+    assert study.variants.protocol == {"model.pretrained": "none", "train.lr": 0.001, "train.lr_floor": 0.0001}
+    assert study.variants.max_films == 0
     assert study.path("data") == demo.path("data")  # the same films
-    assert variants.is_profile_itself(study, "three_class")
-    assert variant_config(study, "vgg16").train == demo.train
+    assert variants.is_profile_itself(study, "trunk_start")
+    assert variant_config(study, "vgg16").train == dataclasses.replace(demo.train, lr=0.001, lr_floor=0.0001)
+    assert variant_config(study, "vgg16").preprocess == demo.preprocess

@@ -116,20 +116,21 @@ def plan(cfg) -> list[dict]:
                     )
                 )
 
-    # Internal: hard + normal patients are split by patient; weak-label patients all train.
-    hard, weak, n_norm = sites.internal_counts(findings, cfg.data.scale, cfg.data.min_per_finding)
-    hn = [dict(label_type="hard", findings=[f], unseen=[]) for f in findings for _ in range(hard[f])]
-    hn += [dict(label_type="hard", findings=[], unseen=[]) for _ in range(n_norm)]
-    wk = [dict(label_type="weak", findings=[f], unseen=[]) for f in findings for _ in range(weak[f])]
-    _add_second(hn, findings, rng)
-    _add_second(wk, findings, rng)
-    hn_patients = _group_patients(hn, rng)
-    split = D.split_by_patient([pid_of("internal", "hard", i) for i in range(len(hn_patients))], cfg.data.split, cfg.seed)
-    emit("internal", "hard", hn_patients, split.__getitem__)
-    emit("internal", "weak", _group_patients(wk, rng), lambda pid: "train")
+    if "internal" in cfg.data.sites:
+        hard, weak, n_norm = sites.internal_counts(findings, cfg.data.scale, cfg.data.min_per_finding)
+        hn = [dict(label_type="hard", findings=[f], unseen=[]) for f in findings for _ in range(hard[f])]
+        hn += [dict(label_type="hard", findings=[], unseen=[]) for _ in range(n_norm)]
+        wk = [dict(label_type="weak", findings=[f], unseen=[]) for f in findings for _ in range(weak[f])]
+        _add_second(hn, findings, rng)
+        _add_second(wk, findings, rng)
+        hn_patients = _group_patients(hn, rng)
+        split = D.split_by_patient([pid_of("internal", "hard", i) for i in range(len(hn_patients))], cfg.data.split, cfg.seed)
+        emit("internal", "hard", hn_patients, split.__getitem__)
+        emit("internal", "weak", _group_patients(wk, rng), lambda pid: "train")
 
+    # Internal: hard + normal patients are split by patient; weak-label patients all train.
     unseen_i = 0
-    for site in ("temporal", "external1", "external2"):
+    for site in (s for s in ("temporal", "external1", "external2") if s in cfg.data.sites):
         n_norm_e, n_abn = sites.eval_counts(site, cfg.data.eval_scale)
         w = _weights(findings, sites.STYLES[site]["device_boost"])
         abn = [dict(label_type="hard", findings=[findings[int(rng.choice(len(findings), p=w))]], unseen=[]) for _ in range(n_abn)]
@@ -142,7 +143,33 @@ def plan(cfg) -> list[dict]:
             unseen_i += 1
         specs = abn + [dict(label_type="hard", findings=[], unseen=[]) for _ in range(n_norm_e)]
         emit(site, "eval", _group_patients(specs, rng), lambda pid: "test")
+
+    # Extra validation patients last, from their own stream: every film above stays as it was.
+    need = cfg.data.val_min_abnormal_patients - _abnormal_patients(jobs, "val")
+    if "internal" in cfg.data.sites and need > 0:
+        xrng = np.random.default_rng([cfg.seed, 103])
+        n_norm_share = n_norm / (n_norm + sum(hard.values()))
+        vx: list[list[dict]] = []
+        while need > 0:
+            # Findings in turn (every finding as often), normals in the hard pool's proportion.
+            batch = [dict(label_type="hard", findings=[findings[(len(vx) + i) % len(findings)]], unseen=[]) for i in range(need)]
+            batch += [dict(label_type="hard", findings=[], unseen=[]) for _ in range(int(round(need * n_norm_share / (1 - n_norm_share))))]
+            _add_second(batch, findings, xrng)
+            groups = _group_patients(batch, xrng)
+            vx += groups
+            need -= sum(any(sp["findings"] for sp in g) for g in groups)
+        rng = xrng  # emit's dates, devices and shapes
+        emit("internal", "valx", vx, lambda pid: "val")
     return jobs
+
+
+def _abnormal_patients(jobs: list[dict], split: str) -> int:
+    """Patients of ``split`` with any finding (target or unseen) on any film."""
+    pats: dict[str, bool] = {}
+    for j in jobs:
+        if j["split"] == split:
+            pats[j["patient_id"]] = pats.get(j["patient_id"], False) or bool(j["findings"] or j["unseen"])
+    return sum(pats.values())
 
 
 # --------------------------------------------------------------------------- rendering
