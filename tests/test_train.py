@@ -315,7 +315,7 @@ def test_resume_with_other_settings_is_refused(reference_run, smoke_cache):
 
 
 def test_stopping_rule():
-    cfg = load_config("smoke", {"train.plateau_patience": 2, "train.lr_floor": 1e-4})
+    cfg = load_config("smoke", {"train.plateau_patience": 2, "train.lr": 1e-3, "train.lr_floor": 1e-4})
     rows = [{"val_loss": v} for v in (1.0, 0.5, 0.6, 0.7)]
     assert T._should_stop(rows, 5e-5, cfg)  # below the floor, 2 epochs since the best
     assert not T._should_stop(rows, 2e-4, cfg)  # lr still above the floor
