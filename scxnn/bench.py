@@ -19,8 +19,6 @@ Speed targets live here and in the benchmark notes, never in unit tests.
 from __future__ import annotations
 
 import contextlib
-import os
-import platform
 import time
 
 import cv2
@@ -28,25 +26,13 @@ import numpy as np
 import torch
 
 from scxnn.config import Preprocess
-from scxnn.hardware import bf16_supported
+from scxnn.hardware import bf16_supported, machine_description
 from scxnn.losses import multitask_loss
 from scxnn.models import DECODER_WIDTHS, SCXNN
 from scxnn.pixels import Geometry, clip_and_normalise, encode_png, enhance, percentiles, preprocess_pixels, reference_pipeline
 from scxnn.utils import seed_everything
 
 BASELINE = "fp32_nchw"
-
-
-def machine_description(device: str) -> str:
-    if device.startswith("cuda"):
-        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            model = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), model)
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} logical CPUs"
 
 
 def _sync(device: str) -> None:

@@ -9,6 +9,7 @@ only), ``on`` or ``off``.
 from __future__ import annotations
 
 import os
+import platform
 from contextlib import nullcontext
 
 import torch
@@ -58,3 +59,16 @@ def to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:
                 v = v.contiguous(memory_format=torch.channels_last)
         out[k] = v
     return out
+
+
+def machine_description(device: str) -> str:
+    """The machine a figure was measured on, in one line: the GPU, or the CPU model and its logical CPUs."""
+    if device.startswith("cuda"):
+        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            model = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), model)
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} logical CPUs"

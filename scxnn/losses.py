@@ -16,14 +16,20 @@ def per_sample_mse(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return ((recon.float() - target) ** 2).flatten(1).mean(1)
 
 
+def recon_mse(recon: torch.Tensor, batch) -> torch.Tensor:
+    """The MSE term: the mean of :func:`per_sample_mse` over the samples with ``has_recon`` (0 when
+    none has a target, still in the graph). Shared by the finding models and the trunk's pretraining."""
+    has = batch["has_recon"].float()
+    return (per_sample_mse(recon, batch["target"]) * has).sum() / has.sum().clamp(min=1.0)
+
+
 def multitask_loss(logits, recon, batch, ce_weight, lam: float, use_mse: bool):
     """(total, ce, mse). MSE is the mean over samples with ``has_recon`` of their per-pixel MSE; it is
     always part of the graph (times 0 when no sample has a target), so DDP sees every parameter used."""
     y = batch["label"]
     ce = F.cross_entropy(logits.float(), y, weight=ce_weight)
     if use_mse and recon is not None:
-        has = batch["has_recon"].float()
-        mse = (per_sample_mse(recon, batch["target"]) * has).sum() / has.sum().clamp(min=1.0)
+        mse = recon_mse(recon, batch)
     else:
         mse = logits.new_zeros(()).float()
     return ce + lam * mse, ce, mse

@@ -190,7 +190,7 @@ def pretrain_trunk(cfg: Config, out_dir: str | Path | None = None, manifest=None
     from tqdm import tqdm
 
     from scxnn.dataset import ANY_FINDING, load_study_manifest, make_loader
-    from scxnn.losses import per_sample_mse
+    from scxnn.losses import recon_mse
     from scxnn.hardware import autocast, resolve_device, to_device
 
     t0 = time.perf_counter()
@@ -257,9 +257,7 @@ def pretrain_trunk(cfg: Config, out_dir: str | Path | None = None, manifest=None
             logits, recon = res if decode else (res, None)
             loss = masked_bce(logits, yb)
             if decode:  # hard-labelled films only: weak labels have no masks
-                has = b["has_recon"].float()
-                mse = (per_sample_mse(recon, b["target"]) * has).sum() / has.sum().clamp(min=1.0)
-                loss = loss + cfg.model.recon_weight * mse
+                loss = loss + cfg.model.recon_weight * recon_mse(recon, b)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -297,23 +295,6 @@ def pretrain_trunk(cfg: Config, out_dir: str | Path | None = None, manifest=None
 # --------------------------------------------------------------------------- the shipped trunk
 
 
-def machine_summary() -> str:
-    """One line on the machine a trunk was made on: CPU, cores, native bf16, torch."""
-    import os
-    import platform
-
-    from scxnn.hardware import bf16_supported
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{cpu}, {os.cpu_count()} cores, native CPU bf16: {'yes' if bf16_supported('cpu') else 'no'}, {gpu}; "
-            f"torch {torch.__version__}, Python {platform.python_version()}")
-
-
 def ship_trunk(cfg: Config, trunk_pt: Path, dest: Path, command: str, seconds: dict[str, float], films: dict[str, int]) -> str:
     """Write the trunk at ``trunk_pt`` (from :func:`pretrain_trunk`) as the shipped file ``dest``:
     the SCXNN weights in fp16 (integer buffers as they are) under ``model``, its SHA-256 beside it,
@@ -321,6 +302,7 @@ def ship_trunk(cfg: Config, trunk_pt: Path, dest: Path, command: str, seconds: d
     Returns the SHA-256."""
     import yaml
 
+    from scxnn.hardware import bf16_supported, machine_description, resolve_device
     from scxnn.utils import sha256_file
     from scxnn.weights import CARD_NAME, trunk_sha256_path
 
@@ -348,7 +330,7 @@ before it loads the file (`scxnn.models.shipped_trunk`).
 | objective | {'multi-label BCE over the 13 findings + ' + str(cfg.model.recon_weight) + ' x MSE of the lesion reconstruction (image x union of the dilated masks)' if cfg.pretrain.masks else 'multi-label BCE over the 13 findings'}; {cfg.pretrain.epochs} epochs x {cfg.pretrain.images_per_epoch} class-balanced draws, Adam, cosine from lr {cfg.pretrain.lr} |
 | films | {films.get('train', 0):,} training films ({films.get('hard', 0):,} hard-labelled with masks), {films.get('val', 0):,} validation films for the log; seed {cfg.seed}, internal site only, no unseen finding, disjoint from every study film (tests/test_trunk.py) |
 | wall time | {total / 60:.1f} min: {', '.join(f'{k} {v / 60:.1f} min' for k, v in seconds.items())} |
-| machine | {machine_summary()} |
+| machine | {machine_description(str(resolve_device(cfg)))}; native CPU bf16: {'yes' if bf16_supported('cpu') else 'no'} (train.bf16: {cfg.train.bf16}); torch {torch.__version__} |
 
 The objective was chosen by measurement against a labels-only trunk and against training from
 scratch (README, "The shipped trunk"). The machine ran other work beside the pretraining for parts
