@@ -190,6 +190,10 @@ class Train:
     augment_sharpen: float  # max sharpening alpha (0: off)
     augment_blur: int  # max Gaussian blur kernel, odd pixels (< 3: off)
     augment_noise: float  # max Gaussian noise std, fraction of full scale (0: off)
+    # Per-finding budgets: finding -> {train key: value}, applied over the keys above for that
+    # finding's model only (Config.for_finding), e.g. {nodule: {max_epochs: 20}}. Variants keep it,
+    # unless variants.protocol sets train.by_finding (a reduced protocol must: see Config).
+    by_finding: dict[str, dict[str, Any]]
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, "batch_size", "must be >= 1")
@@ -211,6 +215,17 @@ class Train:
         _check(0 <= self.augment_sharpen <= 1, "augment_sharpen", "must be in [0, 1]")
         _check(self.augment_blur >= 0, "augment_blur", "must be >= 0")
         _check(0 <= self.augment_noise < 1, "augment_noise", "must be in [0, 1)")
+        keys = {f.name for f in fields(Train)} - {"by_finding"}
+        for finding, over in self.by_finding.items():
+            _check(isinstance(over, Mapping), "by_finding", f"{finding}: expected a mapping of train keys, got {over!r}")
+            bad = sorted(str(k) for k in over if k not in keys)
+            _check(not bad, "by_finding", f"{finding}: {bad} are not train keys; allowed: {', '.join(sorted(keys))}")
+            try:  # the values too, now rather than when that finding's model starts training
+                dataclasses.replace(self, **over, by_finding={})
+            except _FieldError as e:
+                raise _FieldError("by_finding", f"{finding}.{e.key}: {e.msg}") from None
+            except TypeError:
+                raise _FieldError("by_finding", f"{finding}: a value has the wrong type") from None
 
 
 @dataclass(frozen=True)
@@ -355,6 +370,14 @@ class Config:
     def __post_init__(self) -> None:
         _check(len(self.findings) >= 1, "findings", "must list at least one finding")
         _check(not set(self.findings) & set(self.unseen_findings), "unseen_findings", "must not overlap findings")
+        stray = sorted(set(self.train.by_finding) - set(self.findings))
+        _check(not stray, "train.by_finding", f"names findings not in this profile: {stray}")
+        # A reduced variant protocol (say max_epochs: 1) would lose to a finding's own budget.
+        proto = self.variants.protocol
+        clash = sorted({k for over in self.train.by_finding.values() for k in over if f"train.{k}" in proto})
+        _check(not clash or "train.by_finding" in proto, "train.by_finding",
+               f"sets {clash}, which variants.protocol sets for every model; add train.by_finding (e.g. {{}}) "
+               "to variants.protocol so that the variants share one protocol")
 
     # -- views -------------------------------------------------------------------------------
     @property
@@ -381,6 +404,17 @@ class Config:
             d = {k: d[k] for k in sections}
         blob = json.dumps(d, sort_keys=True, separators=(",", ":")).encode()
         return sha256_text(blob, 12)
+
+    def for_finding(self, finding: str) -> "Config":
+        """The config ``finding``'s model trains with: ``train.by_finding[finding]`` applied over
+        ``train`` (validated like any override). Idempotent; the same config when it has none."""
+        over = self.train.by_finding.get(finding) or {}
+        if not over:
+            return self
+        try:
+            return self.replace({f"train.{k}": v for k, v in over.items()})
+        except ConfigError as e:
+            raise ConfigError(f"train.by_finding.{finding}: {e}") from None
 
     def replace(self, overrides: Mapping[str, Any] | Sequence[str]) -> "Config":
         """A new config with dotted-key overrides applied and validated."""
@@ -700,7 +734,9 @@ def _build(cls: type, data: Mapping[str, Any], sources: _Sources, prefix: str) -
         return cls(**kwargs)
     except _FieldError as e:
         key = f"{prefix}{e.key}"
-        raise ConfigError(f"{sources.get(key)}: {key}: {e.msg}, got {_short(kwargs.get(e.key))}") from None
+        head, _, rest = e.key.partition(".")  # a cross-section check names its field as section.field
+        got = getattr(kwargs.get(head), rest, None) if rest else kwargs.get(e.key)
+        raise ConfigError(f"{sources.get(key)}: {key}: {e.msg}, got {_short(got)}") from None
 
 
 def _coerce(tp: Any, value: Any, key: str, sources: _Sources) -> Any:

@@ -71,7 +71,10 @@ def require_step(cfg: Config, step: str, finding: str | None = None) -> Path:
         upstream = load_resolved(resolved)
     except ConfigError as e:
         raise RunMismatch(f"{resolved} is from an incompatible scxnn version; rerun step {what}: {e}") from None
-    mine, theirs = cfg.to_dict(), upstream.to_dict()
+    # A finding's model ran with its own train.by_finding entry applied (Config.for_finding); the
+    # train keys it set are compared, other findings' entries are not this model's business.
+    mine = _without_by_finding((cfg.for_finding(finding) if finding in cfg.findings else cfg).to_dict())
+    theirs = _without_by_finding(upstream.to_dict())
     changed = [k for k in UPSTREAM_SECTIONS if mine[k] != theirs[k]]
     if changed:
         raise RunMismatch(
@@ -79,6 +82,10 @@ def require_step(cfg: Config, step: str, finding: str | None = None) -> Path:
             f"rerun it with the same profile and overrides (see {resolved})"
         )
     return d
+
+
+def _without_by_finding(d: dict) -> dict:
+    return {**d, "train": {k: v for k, v in d["train"].items() if k != "by_finding"}}
 
 
 def _make_target(step: str) -> str:

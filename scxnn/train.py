@@ -73,6 +73,8 @@ RESUMABLE_CHANGES = {
     "train.stage2_epochs",
     "train.num_workers",
     "train.compile",
+    # Only the finding's own entry acts, through the train keys it sets, and those are compared.
+    "train.by_finding",
 }
 SUPERSEDED = "superseded"
 
@@ -115,6 +117,7 @@ def train_finding(cfg: Config, finding: str, out_dir=None, manifest=None, resume
 
     if finding not in cfg.findings:
         raise ValueError(f"finding {finding!r} is not in profile {cfg.profile!r}; findings: {', '.join(cfg.findings)}")
+    cfg = cfg.for_finding(finding)  # train.by_finding: this model's own budget; saved with it
     t_start = time.perf_counter()
     device = resolve_device(cfg)
     dist_ = init_distributed(device)

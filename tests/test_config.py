@@ -18,6 +18,7 @@ from scxnn.config import (
     load_resolved,
     profile_chain,
     save_resolved,
+    variant_config,
 )
 
 from scxnn.thesis import load_tables
@@ -177,3 +178,40 @@ def test_paths_resolve_against_the_project_not_cwd(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = load_config("smoke", params=PARAMS)
     assert cfg.path("runs") == PARAMS.parent / "runs" / "smoke"
+
+
+# --------------------------------------------------------------------------- per-finding budgets
+
+
+@pytest.mark.parametrize("finding", ["nodule", "interstitial_opacity"])
+def test_by_finding_changes_that_findings_model_only(finding):
+    cfg = load_config("demo", {"train.by_finding": {finding: {"max_epochs": 17, "lr": 3e-4}},
+                               "variants.protocol": {"train.by_finding": {}}}, params=PARAMS)
+    mine = cfg.for_finding(finding)
+    assert (mine.train.max_epochs, mine.train.lr) == (17, 3e-4)
+    assert mine.for_finding(finding) == mine  # applying it twice changes nothing
+    other = next(f for f in cfg.findings if f != finding)
+    assert cfg.for_finding(other) is cfg and cfg.train.max_epochs != 17
+
+
+@pytest.mark.parametrize("entry, expect", [
+    ({"nodulex": {"max_epochs": 2}}, r"not in this profile: \['nodulex'\]"),
+    ({"nodule": {"max_epoch": 2}}, r"nodule: \['max_epoch'\] are not train keys"),
+    ({"nodule": {"max_epochs": 0}}, r"nodule\.max_epochs: must be >= 1"),
+    ({"nodule": {"lr_floor": 0.5}}, r"nodule\.lr_floor: must be >= 0 and below lr"),
+    ({"nodule": {"max_epochs": "many"}}, "wrong type"),
+    ({"nodule": {"by_finding": {}}}, "not train keys"),
+])
+def test_bad_by_finding_fails_when_the_profile_loads(entry, expect):
+    with pytest.raises(ConfigError, match=r"train\.by_finding: .*" + expect):
+        load_config("smoke", {"train.by_finding": entry}, params=PARAMS)
+
+
+def test_by_finding_cannot_silently_beat_a_reduced_variant_protocol():
+    """Demo variants train one epoch each; a finding's own 20 would make its rows incomparable."""
+    with pytest.raises(ConfigError, match=r"add train\.by_finding .* to variants\.protocol"):
+        load_config("demo", {"train.by_finding": {"nodule": {"max_epochs": 20}},
+                             "variants.protocol": {"train.max_epochs": 1}}, params=PARAMS)
+    cfg = load_config("demo", {"train.by_finding": {"nodule": {"max_epochs": 20}},
+                               "variants.protocol": {"train.max_epochs": 1, "train.by_finding": {}}}, params=PARAMS)
+    assert variant_config(cfg, "two_class").for_finding("nodule").train.max_epochs == 1

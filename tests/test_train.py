@@ -419,3 +419,23 @@ def test_validation_cap_keeps_both_classes_when_the_target_is_common():
     few_rest = np.r_[np.ones(40, int), np.zeros(4, int)]
     _, y = _val_subset(rows.iloc[:44], few_rest, 24, seed=1)
     assert (y != 1).sum() == 4 and (y == 1).sum() == 20  # the cap is filled with targets when the rest runs out
+
+
+def test_a_findings_own_budget_is_trained_saved_and_accepted_downstream(smoke_cache, tmp_path):
+    """train.by_finding: the model trains and is saved with its own budget, the run's later steps
+    accept it, and another finding's entry changing later does not retrain it."""
+    from scxnn.pipeline import require_step
+
+    own = {FINDING: {"max_epochs": 1, "stage2_epochs": 0}}
+    cfg = _cfg(smoke_cache, paths__runs=str(tmp_path), train__by_finding=own, variants__protocol={"train.by_finding": {}})
+    r = T.train_finding(cfg, FINDING, progress=False)
+    assert r.history["stage"].tolist() == [1] and cfg.train.max_epochs == 2
+    saved = C.load_checkpoint(r.best_checkpoint)["config"]["train"]
+    assert (saved["max_epochs"], saved["stage2_epochs"]) == (1, 0)
+    assert require_step(cfg, C.STEP, FINDING) == r.out_dir
+    other = next(f for f in cfg.findings if f != FINDING)
+    later = cfg.replace({"train.by_finding": {**own, other: {"max_epochs": 3}}})
+    assert require_step(later, C.STEP, FINDING) == r.out_dir
+    again = T.train_finding(later, FINDING, resume=True, progress=False)
+    assert not (r.out_dir / T.SUPERSEDED).exists()
+    pd.testing.assert_frame_equal(_metrics(again.history), _metrics(r.history))
