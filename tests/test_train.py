@@ -23,6 +23,7 @@ from scxnn.config import load_config
 from scxnn.data import new_manifest
 from scxnn.dataset import RadiographDataset, load_study_manifest
 from scxnn.inference import score_films
+from scxnn.pipeline import require_step
 from scxnn.pixels import dilate_mask, fingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -424,8 +425,6 @@ def test_validation_cap_keeps_both_classes_when_the_target_is_common():
 def test_a_findings_own_budget_is_trained_saved_and_accepted_downstream(smoke_cache, tmp_path):
     """train.by_finding: the model trains and is saved with its own budget, the run's later steps
     accept it, and another finding's entry changing later does not retrain it."""
-    from scxnn.pipeline import require_step
-
     own = {FINDING: {"max_epochs": 1, "stage2_epochs": 0}}
     cfg = _cfg(smoke_cache, paths__runs=str(tmp_path), train__by_finding=own, variants__protocol={"train.by_finding": {}})
     r = T.train_finding(cfg, FINDING, progress=False)
