@@ -93,10 +93,11 @@ endif
 CORE_SRC := $(wildcard scxnn/__init__.py scxnn/config.py scxnn/utils.py scxnn/pipeline.py scxnn/thesis.py scxnn/weights/__init__.py)
 SRC_01 := $(CORE_SRC) $(wildcard scxnn/metrics.py scxnn/dicom.py scxnn/pixels.py scxnn/batch.py scxnn/sources.py scxnn/data.py scxnn/reports.py scxnn/gallery.py scxnn/synth/*.py scxnn/adapters/*.py)
 SRC_02 := $(CORE_SRC) $(wildcard scxnn/weights/densenet121_trunk.pt scxnn/data.py scxnn/dataset.py scxnn/pixels.py scxnn/sources.py scxnn/models.py scxnn/checkpoints.py scxnn/hardware.py scxnn/pretrain.py scxnn/train.py scxnn/labels.py scxnn/losses.py scxnn/distributed.py scxnn/metrics.py scxnn/inference.py scxnn/reports.py scxnn/training_figures.py)
-SRC_03 := $(CORE_SRC) $(wildcard scxnn/dataset.py scxnn/models.py scxnn/checkpoints.py scxnn/hardware.py scxnn/inference.py scxnn/ensemble.py scxnn/metrics.py scxnn/ood.py)
+SRC_03 := $(CORE_SRC) $(wildcard scxnn/data.py scxnn/dataset.py scxnn/models.py scxnn/checkpoints.py scxnn/hardware.py scxnn/inference.py scxnn/ensemble.py scxnn/metrics.py scxnn/ood.py)
 SRC_04 := $(CORE_SRC) $(wildcard scxnn/ensemble.py scxnn/metrics.py scxnn/ood.py scxnn/evaluation.py scxnn/reports.py scxnn/figures.py scxnn/study_tables.py scxnn/variants.py scxnn/data.py)
 SRC_06 := $(CORE_SRC) $(wildcard scxnn/dicom.py scxnn/pixels.py scxnn/sources.py scxnn/data.py scxnn/dataset.py scxnn/models.py scxnn/checkpoints.py scxnn/train.py scxnn/cam.py scxnn/localisation.py scxnn/metrics.py scxnn/ensemble.py scxnn/evaluation.py scxnn/reports.py scxnn/figures.py scxnn/study_tables.py)
 SRC_07 := $(CORE_SRC) $(wildcard scxnn/data.py scxnn/ensemble.py scxnn/metrics.py scxnn/evaluation.py scxnn/variants.py scxnn/reports.py scxnn/figures.py scxnn/study_tables.py)
+SRC_08 := $(CORE_SRC) $(wildcard scxnn/checkpoints.py scxnn/metrics.py scxnn/models.py scxnn/data.py scxnn/adapters/*.py scxnn/batch.py scxnn/inference.py scxnn/ensemble.py scxnn/evaluation.py scxnn/cam.py scxnn/external.py scxnn/transfer.py scxnn/study_tables.py scxnn/figures.py scxnn/reports.py)
 SRC_V := $(CORE_SRC) $(wildcard scxnn/weights/densenet121_trunk.pt scxnn/data.py scxnn/dataset.py scxnn/pixels.py scxnn/batch.py scxnn/sources.py scxnn/models.py scxnn/checkpoints.py scxnn/hardware.py scxnn/pretrain.py scxnn/train.py scxnn/labels.py scxnn/losses.py scxnn/distributed.py scxnn/inference.py scxnn/ensemble.py scxnn/metrics.py scxnn/evaluation.py scxnn/variants.py)
 
 NB01 := $(EXEC)/01_preprocessing.ipynb
@@ -106,7 +107,8 @@ NB04 := $(EXEC)/04_evaluation.ipynb
 NB05 := $(EXEC)/05_novel_diseases.ipynb
 NB06 := $(EXEC)/06_gradcam.ipynb
 NB07 := $(EXEC)/07_ablations.ipynb
-ALL_NBS := $(NB01) $(NB02) $(NB03) $(NB04) $(NB05) $(NB06) $(NB07)
+NB08 := $(EXEC)/08_transfer.ipynb
+ALL_NBS := $(NB01) $(NB02) $(NB03) $(NB04) $(NB05) $(NB06) $(NB07) $(NB08)
 INDEX := reports/README.md
 
 $(NB01): notebooks/01_preprocessing.ipynb $(SETTINGS) $(SRC_01) | $(STAMP)
@@ -137,11 +139,15 @@ $(NB05): notebooks/05_novel_diseases.ipynb $(NB03) $(SETTINGS) $(SRC_04) | $(STA
 $(NB06): notebooks/06_gradcam.ipynb $(NB02) $(SETTINGS) $(SRC_06) | $(STAMP)
 	$(call RUN_NB,notebook,06_gradcam) $< $@ -p profile $(PROFILE)
 
+# The real films live outside the repository (../shared); the notebook says so when they are absent.
+$(NB08): notebooks/08_transfer.ipynb $(NB03) $(SETTINGS) $(SRC_08) | $(STAMP)
+	$(call RUN_NB,notebook,08_transfer) $< $@ -p profile $(PROFILE)
+
 $(NB07): notebooks/07_ablations.ipynb $(NB01) $(VARIANT_ABLATIONS) $(SETTINGS) $(SRC_07) | $(STAMP)
 	$(call RUN_NB,notebook,07_ablations) $< $@ -p profile $(PROFILE)
 
 # ---------------------------------------------------------------- entry points
-.PHONY: help setup venv trunk reports preprocess train variants ensemble evaluate novel gradcam ablations test lab lock clean clean-profile
+.PHONY: help setup venv trunk reports preprocess train variants ensemble evaluate novel gradcam ablations transfer test lab lock clean clean-profile
 
 help: ## list the targets
 	@echo "SCXNN study - make TARGET [PROFILE=demo|smoke|thesis|...]  (default PROFILE=demo)"
@@ -166,6 +172,7 @@ variants: $(VARIANT_RESULTS) ## whole-pipeline variants (params variants.runs), 
 evaluate: $(NB04) ## 04: Tables 2, 3, 7, 8 with 95% CIs, ROC figures
 novel: $(NB05) ## 05: unseen findings (Table 9)
 gradcam: $(NB06) ## 06: Grad-CAM (Figure 5) and localization
+transfer: $(NB08) ## 08: the run scored on real NIH films it never saw, beside its synthetic figures (needs ../shared)
 ablations: $(NB07) ## 07: Tables 4, 5, 6 (whole-pipeline variants; make -j2 trains two at a time)
 
 # The shipped trunk (scxnn/weights/densenet121_trunk.pt, its .sha256 and TRUNK_CARD.md): phony, and

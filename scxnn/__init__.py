@@ -13,7 +13,7 @@ floor or the floors below it, inside functions too (``tests/test_layout.py`` che
 4. training: pretrain, train
 5. inference: inference, ort, ood
 6. ensemble and evaluation: ensemble, evaluation, cam, localisation, variants
-7. reports and commands' logic: reports, figures, gallery, training_figures, study_tables, external, certify, predict, bench
+7. reports and commands' logic: reports, figures, gallery, training_figures, study_tables, external, transfer, certify, predict, bench
 8. command line: cli, __main__
 """
 
@@ -26,6 +26,6 @@ LAYERS = (
     ("training", ("pretrain", "train")),
     ("inference", ("inference", "ort", "ood")),
     ("ensemble and evaluation", ("ensemble", "evaluation", "cam", "localisation", "variants")),
-    ("reports and commands' logic", ("reports", "figures", "gallery", "training_figures", "study_tables", "external", "certify", "predict", "bench")),
+    ("reports and commands' logic", ("reports", "figures", "gallery", "training_figures", "study_tables", "external", "transfer", "certify", "predict", "bench")),
     ("command line", ("cli", "__main__")),
 )

@@ -53,6 +53,11 @@ def _gate_key(pre: Preprocess) -> list:
     return [GATE_VERSION, pre.min_side, pre.max_aspect, pre.max_megapixels]
 
 
+# What preprocessing writes into a row; every other field comes from the input manifest.
+_PIXEL_FIELDS = ("path", "masks", "source_sha256", "view", "modality", "body_part", "photometric", "bits_stored",
+                 "pixel_spacing_mm", "scope_flags")
+
+
 def _process(job: _Job) -> tuple[str, dict | None, str | None]:
     """Worker: one image -> (image_id, output row or None, skip reason or None). Never raises."""
     from scxnn import plausibility
@@ -63,11 +68,13 @@ def _process(job: _Job) -> tuple[str, dict | None, str | None]:
     try:
         sha = sha256_file(job.source)
         rec_path = _record_path(out, image_id)
-        key = [sha, job.fp, _gate_key(job.pre)]
+        key = [sha, job.fp, _gate_key(job.pre), sorted(job.masks)]
         if rec_path.is_file():  # resume: same source bytes and settings -> nothing to do
             rec = json.loads(rec_path.read_text())
             if rec.get("key") == key and (out / rec["row"]["path"]).is_file():
-                return image_id, rec["row"], None
+                # The pixels are the record's; the labels are the manifest's now (an adapter may
+                # have corrected them since, e.g. a film it used to call normal).
+                return image_id, {**rec["row"], **{k: v for k, v in job.row.items() if k not in _PIXEL_FIELDS}}, None
         rad = read_image(job.source, voi_lut=job.pre.voi_lut, max_megapixels=job.pre.max_megapixels)
         why = plausibility.check(rad.pixels, job.pre, rad.scope_flags)
         if why:

@@ -170,10 +170,14 @@ def study_order(cfg: Config | None, findings: Sequence[str]) -> list[str]:
 
 def study_cache(cfg: Config) -> tuple[pd.DataFrame, Path]:
     """(manifest, cache folder) of the profile's preprocessed PNG cache."""
-    from scxnn.data import MANIFEST_NAME, read_manifest
     from scxnn.sources import cache_dir
 
-    base = cache_dir(cfg)
+    return _cache(cfg, cache_dir(cfg))
+
+
+def _cache(cfg: Config, base: Path) -> tuple[pd.DataFrame, Path]:
+    from scxnn.data import MANIFEST_NAME, read_manifest
+
     path = base / MANIFEST_NAME
     if not path.is_file():
         raise FileNotFoundError(f"no preprocessed cache for profile {cfg.profile!r} at {path}; run the preprocessing step first")
@@ -302,10 +306,12 @@ def figure5(
     method: str = "gradcam",
     pairs_per_row: int = 3,
     device: str | torch.device = "cpu",
+    cache: str | os.PathLike | None = None,
 ):
     """Thesis Figure 5: per finding, a positive film with its target-class CAM and lesion outline,
     and the decoder's reconstruction beside it. Returns a :class:`matplotlib.figure.Figure`
     (not registered with pyplot, so nothing leaks between calls) with two axes per finding.
+    ``cache``: another PNG cache folder than the profile's (e.g. real films scored by step 08).
 
     The film is the first (by image id) hard-labelled positive of ``split`` with a lesion mask; the
     title says when another split had to be used, and a finding without any shows an empty panel.
@@ -317,7 +323,7 @@ def figure5(
     from scxnn.pixels import fingerprint
 
     models = load_models(model_dirs, device)
-    df, base = study_cache(cfg)
+    df, base = study_cache(cfg) if cache is None else _cache(cfg, Path(cache))
     expected = fingerprint(cfg.preprocess)
     findings = study_order(cfg, list(models))
     decoders = any(_has_decoder(models[f].model) for f in findings)

@@ -77,6 +77,7 @@ class Certificate:
     reason: str
     created: str
     format: int = _FORMAT
+    unknown_films: int = 0  # sample films whose source says neither normal nor abnormal: left out of the certificate
 
     def describe(self) -> str:
         if not self.certified:
@@ -123,6 +124,11 @@ def certify(run_dir: str | os.PathLike, manifest: str | os.PathLike, out_dir: st
     if not 0 < target < 1:
         raise ValueError(f"target must be in (0, 1), got {target!r}")
     n_boot, seed, ci = cfg.evaluate.bootstrap, cfg.seed, cfg.evaluate.ci
+    unknown = table["abnormal"].isna().to_numpy(dtype=bool)
+    if unknown.any():  # no label to count a miss or a correct normal on
+        log.warning("%d of %d sample films have no normal/abnormal verdict from their source: left out of the certificate",
+                    int(unknown.sum()), len(table))
+        table = table[~unknown].reset_index(drop=True)
     y = table["abnormal"].to_numpy(int)
     g = table["patient_id"].astype(str).to_numpy()
     s = table["score"].to_numpy(float)
@@ -150,7 +156,7 @@ def certify(run_dir: str | os.PathLike, manifest: str | os.PathLike, out_dir: st
                                                           "specificity_lo", "specificity_hi", "auto_normal", "auto_normal_lo",
                                                           "auto_normal_hi")},
         ood_flagged_share=float(flags.mean()), abnormal_needed=needed, reason=reason,
-        created=_dt.date.today().isoformat())
+        created=_dt.date.today().isoformat(), unknown_films=int(unknown.sum()))
     out.mkdir(parents=True, exist_ok=True)
     cols = ["image_id", "patient_id", "site", "abnormal", "score", "ood_score"]
     atomic_write_text(out / SITE_SCORES_NAME, table[cols].assign(ood_flag=flags).to_csv(index=False))

@@ -12,6 +12,9 @@ split                 ``train`` / ``val`` / ``test`` (by patient and image; :fun
 label_type            ``hard`` (lesion masks for its positive findings) or ``weak`` (image-level only)
 <13 findings>         one column per target finding: 1 present, 0 absent, empty (NA) unknown
 <unseen findings>     ``pneumonia``, ``edema``, ``fracture``: same coding, evaluation sets only
+abnormal              the source's verdict on the whole film: 1 it gives the film any finding, mapped
+                      to a column or not; 0 it calls the film normal; empty (NA) it says neither
+                      (:func:`abnormal_labels`)
 masks                 ``finding=relative/path.png;finding=…`` for hard labels (:func:`parse_masks`)
 view                  ``PA``, ``AP``, ``LATERAL``… or empty
 path                  the image, relative to the manifest's folder (or absolute)
@@ -19,8 +22,15 @@ source_sha256         sha256 of the source file's bytes (resume key, provenance)
 ====================  ==============================================================================
 
 Optional technical columns (``modality``, ``body_part``, ``photometric``, ``bits_stored``,
-``pixel_spacing_mm``, ``scope_flags``) may follow. Nothing else: no names, no raw IDs, no free-text
-header fields.
+``pixel_spacing_mm``, ``scope_flags``) may follow, and ``other_findings``: the source's findings that
+no column maps, ``|``-separated label names (e.g. ``Emphysema|Infiltration``). Nothing else: no
+names, no raw IDs, no free-text header fields.
+
+**Normal means the source says normal.** A film is abnormal when its source gives it any finding,
+whether or not a column maps it, and normal only when the source calls the whole film normal; a
+source's "No Finding" vouches for the findings that source labels, so the columns it never labels
+stay NA on its normal films. A manifest written without the ``abnormal`` column (a hand-made one) gets
+it from the finding columns: 1 when any is 1, 0 when all are 0, NA otherwise.
 """
 
 from __future__ import annotations
@@ -41,6 +51,8 @@ LABEL_TYPES = ("hard", "weak")
 BASE_COLUMNS = ("image_id", "patient_id", "study_date", "site", "split", "label_type")
 TAIL_COLUMNS = ("masks", "view", "path", "source_sha256")
 TECH_COLUMNS = ("modality", "body_part", "photometric", "bits_stored", "pixel_spacing_mm", "scope_flags")
+ABNORMAL = "abnormal"  # the source's verdict on the film: 1 / 0 / NA (unknown)
+OPTIONAL_COLUMNS = (*TECH_COLUMNS, "other_findings")
 # A fixed, public salt: hashing is for de-identification in shared tables, not for secrecy against
 # someone who already holds the source IDs. Change it per deployment via SCXNN_PATIENT_SALT.
 _DEFAULT_SALT = "scxnn-patient-v1"
@@ -64,7 +76,28 @@ def main_site(sites: Iterable[str]) -> str:
 
 
 def manifest_columns(findings: Sequence[str], unseen: Sequence[str]) -> list[str]:
-    return [*BASE_COLUMNS, *findings, *unseen, *TAIL_COLUMNS]
+    return [*BASE_COLUMNS, *findings, *unseen, ABNORMAL, *TAIL_COLUMNS]
+
+
+def abnormal_labels(df: pd.DataFrame, findings: Sequence[str], unseen: Sequence[str]) -> pd.Series:
+    """Each film's reference label, three-way, as a nullable ``Int8`` Series aligned with ``df``:
+    1 abnormal (any finding column is 1, or the source's ``abnormal`` verdict is 1: a finding no
+    column maps), 0 normal (the source calls the film normal; without an ``abnormal`` column, every
+    finding column is 0), NA unknown (the source says neither, e.g. CheXpert's uncertain -1 or SIIM's
+    "no pneumothorax"). The one rule behind the finding models' "normal" class, the SVM fit, the
+    thresholds and every normal-vs-abnormal figure; unknown films are scored but enter none of them."""
+    cols = [c for c in (*findings, *unseen) if c in df]
+    vals = df[cols].astype("Float64") if cols else pd.DataFrame(index=df.index)
+    positive = (vals == 1).fillna(False).any(axis=1) if cols else pd.Series(False, index=df.index)
+    if ABNORMAL in df:
+        out = pd.to_numeric(df[ABNORMAL], errors="coerce").astype("Int8")
+    else:
+        all_absent = (vals == 0).fillna(False).all(axis=1) if cols else pd.Series(False, index=df.index)
+        out = pd.Series(pd.NA, index=df.index, dtype="Int8")
+        out[all_absent.to_numpy(dtype=bool)] = 0
+    out = out.copy()
+    out[positive.to_numpy(dtype=bool)] = 1
+    return out
 
 
 def hash_patient(raw_key: str, salt: str | None = None) -> str:
@@ -100,12 +133,18 @@ def new_manifest(rows: Iterable[Mapping], findings: Sequence[str], unseen: Seque
     """
     cols = manifest_columns(findings, unseen)
     rows = list(rows)
-    extra = sorted({k for r in rows for k in r} - set(cols) - set(TECH_COLUMNS))
+    extra = sorted({k for r in rows for k in r} - set(cols) - set(OPTIONAL_COLUMNS))
     if extra:
-        raise ManifestError(f"unknown manifest columns {extra}; allowed extras: {', '.join(TECH_COLUMNS)}")
-    tech = [c for c in TECH_COLUMNS if any(c in r for r in rows)]
-    df = pd.DataFrame(rows, columns=[*cols, *tech])
-    return normalise(df, findings, unseen)
+        raise ManifestError(f"unknown manifest columns {extra}; allowed extras: {', '.join(OPTIONAL_COLUMNS)}")
+    # A row without a verdict (the generator's, a loose file's) gets the one its columns give.
+    lacks = np.array([ABNORMAL not in r for r in rows], dtype=bool)
+    if lacks.all():
+        cols.remove(ABNORMAL)
+    tech = [c for c in OPTIONAL_COLUMNS if any(c in r for r in rows)]
+    df = normalise(pd.DataFrame(rows, columns=[*cols, *tech]), findings, unseen)
+    if lacks.any() and not lacks.all():
+        df.loc[lacks, ABNORMAL] = abnormal_labels(df.drop(columns=[ABNORMAL]), findings, unseen)[lacks]
+    return df
 
 
 def normalise(df: pd.DataFrame, findings: Sequence[str], unseen: Sequence[str]) -> pd.DataFrame:
@@ -113,6 +152,14 @@ def normalise(df: pd.DataFrame, findings: Sequence[str], unseen: Sequence[str]) 
         if c not in df:
             df[c] = pd.NA
         df[c] = pd.to_numeric(df[c], errors="raise").astype("Int8")
+    if ABNORMAL in df:
+        df[ABNORMAL] = pd.to_numeric(df[ABNORMAL].replace("", pd.NA), errors="raise").astype("Int8")
+        bad = (df[ABNORMAL] == 0).fillna(False) & (df[list((*findings, *unseen))] == 1).fillna(False).any(axis=1)
+        if bad.any():
+            raise ManifestError(f"{int(bad.sum())} film(s) are abnormal 0 (normal) yet have a finding marked 1, e.g. "
+                                f"{list(df.loc[bad, 'image_id'][:3])}")
+    df[ABNORMAL] = abnormal_labels(df, findings, unseen)
+    df = df[[c for c in manifest_columns(findings, unseen) if c in df] + [c for c in df if c not in manifest_columns(findings, unseen)]]
     for c in (*BASE_COLUMNS, *TAIL_COLUMNS):
         if c not in df:
             df[c] = ""
@@ -125,11 +172,12 @@ def read_manifest(path: str | os.PathLike, findings: Sequence[str], unseen: Sequ
     if not path.is_file():
         raise ManifestError(f"manifest not found: {path}")
     df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    missing = [c for c in manifest_columns(findings, unseen) if c not in df.columns]
+    missing = [c for c in manifest_columns(findings, unseen) if c not in df.columns and c != ABNORMAL]
     if missing:
         raise ManifestError(f"{path}: missing columns {missing}")
-    for c in (*findings, *unseen):
-        df[c] = df[c].replace("", pd.NA)
+    for c in (*findings, *unseen, ABNORMAL):
+        if c in df:
+            df[c] = df[c].replace("", pd.NA)
     df = normalise(df, findings, unseen)
     validate_manifest(df, findings, unseen, source=str(path))
     return df
@@ -168,7 +216,7 @@ def validate_manifest(df: pd.DataFrame, findings: Sequence[str], unseen: Sequenc
     bad = sorted(set(df["label_type"]) - set(LABEL_TYPES))
     if bad:
         raise ManifestError(f"{source}: label_type must be one of {LABEL_TYPES}, got {bad}")
-    for c in (*findings, *unseen):
+    for c in (*findings, *unseen, *([ABNORMAL] if ABNORMAL in df else [])):
         vals = set(df[c].dropna().unique())
         if not vals <= {0, 1}:
             raise ManifestError(f"{source}: column {c!r} must be 1, 0 or empty, got {sorted(vals)}")
@@ -283,7 +331,7 @@ def table1(manifest: pd.DataFrame, cfg, thesis: dict | None) -> pd.DataFrame:
         rows.append({"risk": risk, "finding": finding, "hard": hard, "weak": weak, "total": hard + weak,
                      "thesis_hard": t.get("hard"), "thesis_weak": t.get("weak"), "thesis_total": t.get("total")})
     target = list(cfg.findings)
-    normal = internal[(internal[target].fillna(0) == 0).all(axis=1) & (internal[list(cfg.unseen_findings)].fillna(0) == 0).all(axis=1)]
+    normal = internal[(abnormal_labels(internal, target, list(cfg.unseen_findings)) == 0).fillna(False).to_numpy(dtype=bool)]
     t = ref.get("normal", {}) if isinstance(ref.get("normal"), dict) else {}
     rows.append({"risk": "normal", "finding": "normal", "hard": int((normal["label_type"] == "hard").sum()),
                  "weak": int((normal["label_type"] == "weak").sum()), "total": len(normal),

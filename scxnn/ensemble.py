@@ -23,6 +23,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
+from scxnn.data import abnormal_labels
 from scxnn.metrics import fmt_num, patient_bootstrap, proportion_ci, screening_metrics
 from scxnn.utils import atomic_open, atomic_write_bytes, atomic_write_text, log
 
@@ -305,13 +306,6 @@ def load_thresholds(out_dir: str | os.PathLike) -> Thresholds:
 # --------------------------------------------------------------------------- the logits table
 
 
-def abnormal_labels(df, findings: Sequence[str], unseen: Sequence[str]) -> np.ndarray:
-    """1 when a film has any of the 13 findings or an unseen one (thesis: abnormal = target or
-    others), 0 when none; unknown values count as absent."""
-    cols = [c for c in (*findings, *unseen) if c in df]
-    return (df[cols].fillna(0).astype(int).to_numpy().sum(axis=1) > 0).astype(int)
-
-
 def logits_table(cfg, model_dirs: dict, progress: bool = True, features: bool = False,
                  only: tuple[tuple[str, str], ...] | None = None, cache: str | os.PathLike | None = None,
                  exclude: Collection[str] = (), max_train: int = 0, max_eval: int = 0):
@@ -336,7 +330,7 @@ def logits_table(cfg, model_dirs: dict, progress: bool = True, features: bool = 
     findings, unseen = list(cfg.findings), list(cfg.unseen_findings)
     df, cache = films_to_score(cfg, cache, only=only, exclude=exclude, max_train=max_train, max_eval=max_eval)
     keep = ["image_id", "patient_id", "site", "split", "label_type", "path", "source_sha256", *findings, *unseen]
-    out = df[keep].copy()
+    out = df[keep + [c for c in ("other_findings",) if c in df]].copy()
     out["abnormal"] = abnormal_labels(df, findings, unseen)
     device = resolve_device(cfg)
     pooled_all = []
@@ -376,11 +370,17 @@ def oof_scores(X, y, groups, make_model, n_splits: int = 5, seed: int = 0) -> np
 
 def validation_rows(table):
     """The only rows the SVM and its thresholds may see. Everything downstream of this call is given
-    this frame alone, so test, temporal and external films cannot reach the fit, by construction."""
-    val = table[table["split"] == "val"].copy()
+    this frame alone, so test, temporal and external films cannot reach the fit, by construction.
+    Validation films whose source says neither normal nor abnormal (``abnormal`` NA) have no label to
+    fit or certify on: they are left out, and the log says how many."""
+    val = table[table["split"] == "val"]
     if val.empty:
         raise ValueError("the logits table has no validation films (split == 'val'); the SVM and its thresholds are chosen on them only")
-    return val.reset_index(drop=True)
+    unknown = val["abnormal"].isna()
+    if unknown.any():
+        log.warning("%d of %d validation films have no normal/abnormal verdict from their source: left out of the SVM fit "
+                    "and the thresholds", int(unknown.sum()), len(val))
+    return val[~unknown].copy().reset_index(drop=True)
 
 
 def fit_ensemble(cfg, val) -> tuple[DefiniteNormalSVM, Thresholds, "pd.DataFrame"]:

@@ -31,7 +31,7 @@ DECISIONS = ("normal", "target", "others")  # index = the value of ``<finding>__
 RATES = ("sensitivity", "specificity", "npv", "ppv", "auto_normal")
 COUNTS = ("tn", "fn", "fp", "tp")
 UNSEEN = "unseen"  # risk label of an abnormal film that has only unseen findings
-UNKNOWN = "unknown"  # abnormal, yet no finding is marked present (labels missing)
+UNKNOWN = "unknown"  # abnormal, yet no column marks a finding (one its source gives that no column maps, or labels missing)
 RISK_RANK = (*RISK_GROUPS, UNSEEN, UNKNOWN)  # most to least urgent
 
 
@@ -75,11 +75,20 @@ def _section(thesis: Mapping | None, key: str) -> Mapping | None:
 # --------------------------------------------------------------------------- scores and sets
 
 
-def evaluation_sets(table: pd.DataFrame) -> dict[str, np.ndarray]:
+def known(table: pd.DataFrame) -> np.ndarray:
+    """Rows whose reference label is known (``abnormal`` 1 or 0; :func:`scxnn.data.abnormal_labels`)."""
+    return table["abnormal"].notna().to_numpy(dtype=bool)
+
+
+def evaluation_sets(table: pd.DataFrame, known_only: bool = True) -> dict[str, np.ndarray]:
     """Boolean row masks of the scored sets: the *test* split, one set per site, ordered internal,
     temporal, external1, external2, then any other site names sorted. Train and validation rows are
-    never included: the SVM and its thresholds were fitted on them. Empty sites are left out."""
+    never included: the SVM and its thresholds were fitted on them. Empty sites are left out.
+    ``known_only``: only the films whose source says normal or abnormal (every figure that needs the
+    reference label); films of unknown status are scored too, and :func:`table2` counts them."""
     test = (table["split"] == "test").to_numpy()
+    if known_only:
+        test = test & known(table)
     sites = set(table.loc[test, "site"].astype(str))
     order = [s for s in SITE_ORDER if s in sites] + sorted(sites - set(SITE_ORDER))
     site = table["site"].astype(str).to_numpy()
@@ -120,12 +129,18 @@ def table2(table: pd.DataFrame, threshold: float, n_boot: int, seed: int, ci: fl
     """Thesis Table 2: normal vs abnormal per evaluation set at the frozen threshold.
 
     Columns: set, images, patients, tn, fn, fp, tp, then sensitivity, specificity, npv, ppv,
-    auto_normal each with ``_lo``/``_hi``; with ``thesis``, thesis_tn ... thesis_auto_normal (NaN
-    for sets the thesis does not report)."""
+    auto_normal each with ``_lo``/``_hi``; unknown_films and unknown_called_normal: the set's films
+    whose source says neither normal nor abnormal (scored, outside every rate) and how many of them
+    fall below the threshold; with ``thesis``, thesis_tn ... thesis_auto_normal (NaN for sets the
+    thesis does not report)."""
     ref = _section(thesis, "table2_normal_vs_abnormal")
     rows = []
-    for name, mask in evaluation_sets(table).items():
-        row = {"set": name, **_screening_row(table[mask], threshold, n_boot, seed, ci)}
+    labelled = evaluation_sets(table)
+    for name, every in evaluation_sets(table, known_only=False).items():
+        mask = labelled.get(name, np.zeros(len(table), bool))
+        row = {"set": name, **(_screening_row(table[mask], threshold, n_boot, seed, ci) if mask.any() else {"images": 0, "patients": 0})}
+        unknown = every & ~mask
+        row.update(unknown_films=int(unknown.sum()), unknown_called_normal=int((_score(table[unknown]) < threshold).sum()))
         if ref is not None:
             row.update(thesis_confusion(ref.get(name)))
         rows.append(row)
@@ -435,7 +450,7 @@ def worst_risk(table: pd.DataFrame, findings: Mapping[str, str], unseen: Sequenc
     unseen_cols = [u for u in unseen if u in table]
     any_unseen = np.column_stack([_positive(table[u]) for u in unseen_cols]).any(axis=1) if unseen_cols \
         else np.zeros(len(table), dtype=bool)
-    out[table["abnormal"].to_numpy(int) == 1] = UNKNOWN
+    out[(table["abnormal"] == 1).fillna(False).to_numpy(dtype=bool)] = UNKNOWN
     out[any_unseen] = UNSEEN
     for group in reversed(RISK_GROUPS):  # most urgent last, so it wins
         cols = [f for f, r in findings.items() if r == group and f in table]
@@ -447,7 +462,10 @@ def worst_risk(table: pd.DataFrame, findings: Mapping[str, str], unseen: Sequenc
 def _present(table: pd.DataFrame, names: Sequence[str]) -> list[str]:
     cols = [n for n in names if n in table]
     flags = np.column_stack([_positive(table[c]) for c in cols]) if cols else np.zeros((len(table), 0), bool)
-    return [", ".join(c for c, f in zip(cols, row) if f) for row in flags]
+    named = [[c for c, f in zip(cols, row) if f] for row in flags]
+    # The source's findings that no column maps (e.g. NIH's Emphysema) name what a reviewer looks for.
+    other = table["other_findings"].fillna("").astype(str) if "other_findings" in table else [""] * len(table)
+    return [", ".join([*n, *[o for o in extra.split("|") if o]]) for n, extra in zip(named, other)]
 
 
 def _labelled_sets(table: pd.DataFrame) -> pd.DataFrame:
@@ -588,7 +606,7 @@ def batch_shift_rates(table: pd.DataFrame, gate, batch_sizes: Sequence[int], max
     rng = np.random.default_rng(seed)
     ref_share, n_ref = 1.0 - gate.quantile, gate.n_val
     rows = []
-    for name, mask in evaluation_sets(table).items():
+    for name, mask in evaluation_sets(table, known_only=False).items():
         flags = ~(table.loc[mask, "ood_score"].to_numpy(float) <= gate.threshold)
         n = len(flags)
         for size in [b for b in batch_sizes if b < n] + [n]:

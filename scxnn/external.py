@@ -15,8 +15,9 @@ Written under ``out_dir``: ``png/`` (the PNG cache, with ``skipped.csv``), ``log
 ``tables/<profile>/``: Table 2 at both thresholds, ROC AUC, AUC per finding, the missed films (by
 risk group and film by film) and, when the profile names published results (``evaluate.published``),
 the comparison with them, each as CSV + Markdown with 95% patient-bootstrap CIs, written by the same
-functions as notebook 04's (:mod:`scxnn.study_tables`); ``figures/<profile>/``: the ROC curve and
-the AUC per finding; ``summary.json``.
+functions as notebook 04's (:mod:`scxnn.study_tables`); ``figures/<profile>/``: the ROC curve, the
+AUC per finding and ``figure_gradcam`` (each finding model's Grad-CAM on a film of the manifest with
+that finding); ``summary.json``.
 """
 
 from __future__ import annotations
@@ -160,6 +161,13 @@ def evaluate_manifest(run_dir: str | os.PathLike, manifest: str | os.PathLike, o
     study_tables.auc_per_finding(cfg, table, where=where)
     _, missed = study_tables.missed(cfg, table, th, where=where)
     pub = study_tables.published(cfg, table, th, where=where)
+    positive = [f for f in cfg.findings if (table[f] == 1).any()]
+    if positive:  # where the models look on these films: one film per finding the manifest marks
+        from scxnn.checkpoints import run_model_dirs
+
+        dirs = run_model_dirs(run, cfg)
+        study_tables.gradcam_figure(cfg, {f: dirs[f] for f in positive}, cache=out / "png", name="figure_gradcam",
+                                    films=f"a film of {mpath.name} with its finding")
 
     first = t2.iloc[0]
     summary = {
@@ -170,6 +178,8 @@ def evaluate_manifest(run_dir: str | os.PathLike, manifest: str | os.PathLike, o
         **{k: float(first[k]) for k in ("sensitivity", "sensitivity_lo", "sensitivity_hi", "specificity", "specificity_lo",
                                         "specificity_hi", "auto_normal", "auto_normal_lo", "auto_normal_hi")},
         "missed_abnormal": int(len(missed)),
+        # Scored, yet outside every rate: the source says neither normal nor abnormal (CheXpert's -1 alone, say).
+        "unknown_films": int(t2["unknown_films"].sum()), "unknown_called_normal": int(t2["unknown_called_normal"].sum()),
         "target": float(th.target), "meets_target": str(first["meets_target"]),
         "validation": th.describe(), "strict_certified": bool(th.certified),
         **{f"strict_{k}": float(t2s.iloc[0][k]) for k in ("sensitivity", "sensitivity_lo", "sensitivity_hi", "auto_normal",
@@ -195,7 +205,9 @@ def format_summary(s: dict) -> str:
              f"ROC AUC {ci('auc')}",
              f"at the point threshold: sensitivity {ci('sensitivity')} (target {s['target']:.0%}: {s['meets_target']}), "
              f"specificity {ci('specificity')}, auto-normal {ci('auto_normal', percent=True)}; "
-             f"{s['missed_abnormal']} abnormal film(s) auto-reported normal",
+             f"{s['missed_abnormal']} abnormal film(s) auto-reported normal"
+             + (f"; {s['unknown_films']} film(s) of unknown status (no normal/abnormal verdict from their source) outside the "
+                f"rates, {s['unknown_called_normal']} of them below the threshold" if s.get("unknown_films") else ""),
              f"at the strict threshold ({'certified' if s['strict_certified'] else 'not certified: calls nothing normal'}): "
              f"sensitivity {ci('sensitivity', 'strict_')}, auto-normal {ci('auto_normal', 'strict_', percent=True)}",
              f"validation: {s['validation']}"]

@@ -6,14 +6,16 @@ manifest's finding columns (1 present, 0 absent, NA unknown) by :func:`finding_l
 =====  ===============  =========================================================================
 class  ``num_classes``  films
 =====  ===============  =========================================================================
-0      3 and 2          normal: none of the 13 findings, nor an unseen one, is present
+0      3 and 2          normal: the film is normal (:func:`scxnn.data.abnormal_labels`: its source
+                        calls it normal, and no finding is marked present)
 1      3 and 2          ``F`` present (whatever else is present too)
-2      3                others: ``F`` absent and another finding present (an unseen finding alone
-                        counts too: such a film is abnormal, never normal); class 0 with 2 classes
-NA     3 and 2          ``F`` unknown: the film is left out of this model's sets
+2      3                others: ``F`` absent and the film abnormal: another finding present (an
+                        unseen finding alone counts too), or a finding of its source that no column
+                        maps (NIH's Infiltration, say): such a film is never normal; class 0 with 2
+                        classes
+NA     3 and 2          ``F`` unknown, or (3 classes) ``F`` absent on a film whose source says
+                        neither normal nor abnormal: the film is left out of this model's sets
 =====  ===============  =========================================================================
-
-An NA among the *other* findings reads as absent.
 
 Sets (:func:`training_sets`, from the manifest's splits, never its sites): ``stage1`` the hard-label
 training films (all training films with ``train.stage1_labels: any``), ``stage2`` every training
@@ -34,6 +36,7 @@ import pandas as pd
 import torch
 
 from scxnn.config import Config
+from scxnn.data import abnormal_labels
 from scxnn.dataset import sample_seed
 from scxnn.utils import sha256_text
 
@@ -47,11 +50,12 @@ def finding_labels(
 ) -> pd.Series:
     """Per-row class for ``finding``'s model, as a nullable Int8 Series aligned with ``df``.
 
-    3 classes (thesis): 0 normal (none of the target findings, nor an unseen one), 1 target present,
-    2 others (target absent and another finding present; an image with only an unseen finding also
-    counts as "others": it is abnormal, never normal). 2 classes: 1 target, 0 everything else
-    ("others" fold into 0). NA target -> NA (the row is left out). An NA among the *other* findings is
-    read as absent. ``findings`` / ``unseen`` default to the finding columns of the study defaults.
+    3 classes (thesis): 0 normal (the film is normal, :func:`scxnn.data.abnormal_labels`), 1 target
+    present, 2 others (target absent on an abnormal film: another finding, an unseen one, or one its
+    source gives that no column maps; never normal). 2 classes: 1 target, 0 everything else
+    ("others" fold into 0). NA target -> NA (the row is left out); with 3 classes an absent target on
+    a film of unknown status too, since normal and others cannot be told apart. ``findings`` /
+    ``unseen`` default to the finding columns of the study defaults.
     """
     if num_classes not in (2, 3):
         raise ValueError(f"num_classes must be 2 or 3, got {num_classes!r}")
@@ -64,11 +68,11 @@ def finding_labels(
     if finding not in df:
         raise KeyError(f"finding {finding!r} is not a manifest column")
     target = df[finding].astype("Float64")
-    others = [c for c in (*findings, *unseen) if c != finding and c in df]
-    other_pos = (df[others].astype("Float64").fillna(0) == 1).any(axis=1) if others else pd.Series(False, index=df.index)
+    status = abnormal_labels(df, findings, unseen)
     out = pd.Series(0, index=df.index, dtype="Int8")
     if num_classes == 3:
-        out[other_pos.to_numpy(dtype=bool)] = 2
+        out[(status == 1).fillna(False).to_numpy(dtype=bool)] = 2
+        out[status.isna().to_numpy(dtype=bool)] = pd.NA
     out[(target == 1).fillna(False).to_numpy(dtype=bool)] = 1
     out[target.isna().to_numpy(dtype=bool)] = pd.NA
     return out

@@ -21,6 +21,7 @@ STEPS: dict[str, str] = {
     "05_novel_diseases": "unseen findings: Table 9",
     "06_gradcam": "Grad-CAM (Figure 5) and localization",
     "07_ablations": "backbone, lambda and preprocessing ablations: Tables 4, 5, 6",
+    "08_transfer": "the run scored on real films it never saw (NIH ChestX-ray14 sample) beside its synthetic figures",
 }
 KERNEL_NAME = "scxnn"
 

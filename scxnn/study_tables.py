@@ -306,15 +306,18 @@ def unseen_screening(cfg: Config, table: pd.DataFrame, th) -> pd.DataFrame | Non
     return us
 
 
-def gradcam_figure(cfg: Config, models, split: str = "test"):
-    """Figure 5 (:func:`scxnn.cam.figure5`) written with its caption; returns the figure."""
+def gradcam_figure(cfg: Config, models, split: str = "test", cache=None, name: str = "figure5_gradcam",
+                   films: str = "a positive test film"):
+    """Figure 5 (:func:`scxnn.cam.figure5`) written with its caption; returns the figure. ``cache``:
+    another PNG cache than the profile's, e.g. the films ``scxnn evaluate`` or step 08 scored, saved
+    as ``name`` (``films`` says which films the caption is about)."""
     from scxnn import cam
 
-    fig = cam.figure5(cfg, models, split=split)
+    fig = cam.figure5(cfg, models, split=split, cache=cache)
     what = (", and the decoder's reconstruction." if cfg.model.decoder != "none"
             else " (classification-only models: no decoder output).")
-    reports.save_figure(cfg, fig, "figure5_gradcam", caption="Figure 5: per finding model, a positive test film with the "
-                                                              "Grad-CAM of its target class and the lesion outline" + what)
+    reports.save_figure(cfg, fig, name, caption=f"{'Figure 5: ' if cache is None else ''}per finding model, {films} with the "
+                                                f"Grad-CAM of its target class and the lesion outline where it has a mask" + what)
     return fig
 
 

@@ -13,15 +13,20 @@ import pandas as pd
 import pytest
 from conftest import require_shared
 
-from scxnn import data
+from scxnn import data, labels
 from scxnn.adapters import _common as C
 from scxnn.adapters._common import opaque_id as oid
-from scxnn.adapters import ADAPTERS, build_manifest, kermany, nih, siim
+from scxnn.adapters import ADAPTERS, build_manifest, kermany, nih, siim, tbx11k
 
 F = ("pneumothorax", "pneumoperitoneum", "mediastinal_widening", "pleural_effusion", "nodule", "consolidation",
      "active_tuberculosis", "advanced_tuberculosis", "atelectasis", "support_device", "pleural_calcification",
      "interstitial_opacity", "cardiomegaly")
 U = ("pneumonia", "edema", "fracture")
+# What NIH labels (0 on its "No Finding" films) and what it never labels (NA on every film).
+NIH_LABELLED = ("pneumothorax", "pleural_effusion", "nodule", "consolidation", "atelectasis", "cardiomegaly", "pneumonia", "edema")
+NIH_NEVER = ("support_device", "pneumoperitoneum", "active_tuberculosis", "advanced_tuberculosis", "mediastinal_widening",
+             "pleural_calcification", "interstitial_opacity", "fracture")
+NA = pd.NA
 
 
 def _png(path: Path, h: int = 32, w: int = 40) -> Path:
@@ -72,8 +77,9 @@ def test_kermany_real(tmp_path):
     assert "person" not in df.drop(columns=["path"]).to_csv(index=False)
     _no_raw_ids(df[["image_id", "patient_id", "study_date", "site", "split", "masks"]], "person", "IM-")
     normals = df[df["pneumonia"] == 0]
-    assert (normals[list(F)] == 0).all().all()
-    assert df[df["pneumonia"] == 1][list(F)].isna().all().all()
+    # "normal" vouches only for what Kermany grades: the 13 targets stay unknown, the film is normal
+    assert df[list(F)].isna().all().all() and (normals["abnormal"] == 0).all()
+    assert (df.loc[df["pneumonia"] == 1, "abnormal"] == 1).all() and set(df["other_findings"]) == {""}
     assert set(df["split"]) == {"train", "val", "test"} and set(df["view"]) == {"AP"}
     # persons with both bacterial and viral films stay in one split
     person = df["path"].str.extract(r"(person\d+)_")[0]
@@ -100,7 +106,10 @@ def test_nih_mini_real(tmp_path):
     assert df["pleural_effusion"].sum() == lab["Effusion"].sum() == 170
     assert df["nodule"].sum() == (lab["Nodule"] | lab["Mass"]).sum()
     assert df["cardiomegaly"].sum() == 84 and df["pneumonia"].sum() == 11 and df["edema"].sum() == 31
-    assert df["support_device"].isna().sum() == 1004 - 501  # only "No Finding" films are 0
+    # "No Finding" vouches only for what NIH labels: support_device is unknown on every film
+    assert df["support_device"].isna().all() and (df.loc[df["abnormal"] == 0, "cardiomegaly"] == 0).all()
+    assert (df["abnormal"] == 0).sum() == (lab["finding_labels"] == "No Finding").sum() == 501
+    assert (df["abnormal"] == 1).sum() == 1004 - 501
     assert "Infiltration" in nih.UNMAPPED and "Fibrosis" in nih.UNMAPPED
     # the 9 boxed images: 7 have boxes of mapped findings (2 only "Infiltrate", unmapped)
     boxed = set(pd.read_csv(root / "nih_bbox_subset_origcoords.csv")["Image Index"].str[:-4])
@@ -160,6 +169,8 @@ def test_siim_fake(tmp_path):
     mask = cv2.imread(str(tmp_path / "out" / data.parse_masks(r.loc[oid("siim", "img1"), "masks"])["pneumothorax"]), cv2.IMREAD_UNCHANGED)
     assert (mask == (box | box2)).all()
     assert r[list(F[1:])].isna().all().all()
+    # "-1" is "no pneumothorax", not a normal film: the verdict is unknown
+    assert r.loc[oid("siim", "img1"), "abnormal"] == 1 and r.loc[[oid("siim", "img2"), oid("siim", "img3")], "abnormal"].isna().all()
     _no_raw_ids(df, "pat-a", "pat-b")
 
 
@@ -184,7 +195,9 @@ def test_vindr_fake(tmp_path):
     assert len(df) == 3 and df.attrs["skipped"][0]["path"].endswith("zzz.dicom")
     assert r.loc[oid("vindr", "ccc"), "split"] == "test" and r.loc[oid("vindr", "aaa"), "split"] != "test"
     assert r.loc[oid("vindr", "aaa"), "nodule"] == 1 and pd.isna(r.loc[oid("vindr", "aaa"), "mediastinal_widening"])
-    assert r.loc[oid("vindr", "bbb"), "nodule"] == 0 and r.loc[oid("vindr", "bbb"), "support_device"] == 0  # "No finding" film
+    assert r.loc[oid("vindr", "bbb"), "nodule"] == 0 and pd.isna(r.loc[oid("vindr", "bbb"), "support_device"])  # "No finding" film
+    assert list(r.loc[[oid("vindr", i) for i in ("aaa", "bbb", "ccc")], "abnormal"]) == [1, 0, 1]
+    assert r.loc[oid("vindr", "aaa"), "other_findings"] == "Aortic enlargement" and r.loc[oid("vindr", "ccc"), "other_findings"] == "Tuberculosis"
     assert r.loc[oid("vindr", "ccc"), "pleural_effusion"] == 1 and r.loc[oid("vindr", "ccc"), "pneumonia"] == 1
     assert pd.isna(r.loc[oid("vindr", "ccc"), "active_tuberculosis"])
     m = cv2.imread(str(tmp_path / "out" / data.parse_masks(r.loc[oid("vindr", "aaa"), "masks"])["nodule"]), cv2.IMREAD_UNCHANGED)
@@ -208,7 +221,8 @@ def test_kermany_upstream_layout_fake(tmp_path):
     data.validate_manifest(df, F, U)
     name = df["path"].map(lambda p: Path(p).name)
     normal = name.str.startswith(("IM-", "NORMAL2"))
-    assert (df.loc[normal, "pneumonia"] == 0).all() and (df.loc[normal, list(F)] == 0).all().all()
+    assert (df.loc[normal, "pneumonia"] == 0).all() and df[list(F)].isna().all().all()
+    assert (df.loc[normal, "abnormal"] == 0).all() and (df.loc[~normal, "abnormal"] == 1).all()
     assert (df.loc[~normal, "pneumonia"] == 1).all() and df.loc[~normal, list(F)].isna().all().all()
     # person1's bacterial (train/) and viral (test/) films are one patient, so one split
     p1 = df[name.str.startswith("person1_")]
@@ -270,8 +284,11 @@ def test_nih_official_layout_fake(tmp_path):
     assert not {"Patient Age", "Patient Gender", "age", "sex"} & set(df.columns)
     _no_raw_ids(df.drop(columns=["path"]), "00000001", "00000002")
     assert r.loc["00000001_000.png", "pleural_effusion"] == 1 and r.loc["00000002_000.png", "nodule"] == 1  # Mass -> nodule
-    # "No Finding": every finding 0, even the ones NIH never labels
-    assert (r.loc["00000005_000.png", list(F) + list(U)].astype(float) == 0).all()
+    # "No Finding": 0 for what NIH labels; the findings NIH never labels stay unknown
+    nf = r.loc["00000005_000.png"]
+    assert all(nf[c] == 0 for c in NIH_LABELLED) and nf[[c for c in (*F, *U) if c not in NIH_LABELLED]].isna().all()
+    assert nf["abnormal"] == 0 and r.loc["00000003_000.png", "abnormal"] == 1
+    assert r.loc["00000003_000.png", "other_findings"] == "Infiltration" and r.loc["00000001_000.png", "other_findings"] == "Infiltration"
     # Infiltration is unmapped: the labelled findings are 0, the never-labelled ones unknown
     assert r.loc["00000003_000.png", "consolidation"] == 0 and pd.isna(r.loc["00000003_000.png", "pneumoperitoneum"])
     assert r.loc["00000004_000.png", "pneumonia"] == 1 and r.loc["00000004_000.png", "edema"] == 1
@@ -313,8 +330,9 @@ def test_chexpert_fake(tmp_path):
     assert r.loc[oid("chexpert", "patient00001_study1_view2_lateral"), "view"] == "LATERAL"
     n = r.loc[oid("chexpert", "patient00002_study1_view1_frontal")]
     assert n["cardiomegaly"] == 0 and n["fracture"] == 0 and pd.isna(n["support_device"])
+    assert n["abnormal"] == 0 and a["abnormal"] == 1  # No Finding, Support Devices blank: a normal film
     v = r.loc[oid("chexpert", "patient64541_study1_view1_frontal")]
-    assert v["split"] == "val" and v["edema"] == 1 and v["fracture"] == 1
+    assert v["split"] == "val" and v["edema"] == 1 and v["fracture"] == 1 and v["abnormal"] == 1
     assert r.loc[oid("chexpert", "patient00001_study1_view1_frontal"), "split"] in ("train", "test")
     assert not {"Sex", "Age"} & set(df.columns)
     _no_raw_ids(df[["patient_id", "masks", "site"]], "patient0")
@@ -345,6 +363,7 @@ def test_mimic_fake(tmp_path):
     assert r.loc[oid("mimic", "d2"), "view"] == "LATERAL" and r.loc[oid("mimic", "d1"), "study_date"] == "2180-05-06"
     assert r.loc[oid("mimic", "d1"), "cardiomegaly"] == 0 and pd.isna(r.loc[oid("mimic", "d1"), "support_device"])
     assert r.loc[oid("mimic", "d3"), "atelectasis"] == 1 and pd.isna(r.loc[oid("mimic", "d3"), "cardiomegaly"]) and r.loc[oid("mimic", "d3"), "pleural_effusion"] == 0
+    assert r.loc[oid("mimic", "d1"), "abnormal"] == 0 and r.loc[oid("mimic", "d3"), "abnormal"] == 1
     assert r.loc[oid("mimic", "d3"), "split"] == "test" and r.loc[oid("mimic", "d1"), "split"] == r.loc[oid("mimic", "d2"), "split"] == "train"
     _no_raw_ids(df[["patient_id", "masks"]], "10000032")
     with pytest.raises(FileNotFoundError, match="mimic-cxr-2.0.0-negbio.csv"):
@@ -369,7 +388,11 @@ def test_tbx11k_fake(tmp_path):
     df = ADAPTERS["tbx11k"].build(root, tmp_path / "out", F, U, seed=0)
     r = df.set_index("image_id")
     assert len(df) == 6 and len(df.attrs["skipped"]) == 1
-    assert r.loc[oid("tbx11k", "h0001"), "active_tuberculosis"] == 0 and r.loc[oid("tbx11k", "h0001"), "nodule"] == 0
+    # "health" vouches only for what TBX11K labels (active TB): the other findings stay unknown
+    assert r.loc[oid("tbx11k", "h0001"), "active_tuberculosis"] == 0 and pd.isna(r.loc[oid("tbx11k", "h0001"), "nodule"])
+    assert r.loc[oid("tbx11k", "h0001"), "abnormal"] == 0 and (r.drop(index=oid("tbx11k", "h0001"))["abnormal"] == 1).all()
+    assert r.loc[oid("tbx11k", "s0001"), "other_findings"] == tbx11k.SICK
+    assert r.loc[oid("tbx11k", "tb0002"), "other_findings"] == "ObsoletePulmonaryTuberculosis"
     assert r.loc[oid("tbx11k", "s0001"), "active_tuberculosis"] == 0 and pd.isna(r.loc[oid("tbx11k", "s0001"), "nodule"])
     assert r.loc[oid("tbx11k", "tb0001"), "active_tuberculosis"] == 1 and r.loc[oid("tbx11k", "tb0001"), "label_type"] == "hard"
     assert r.loc[oid("tbx11k", "tb0002"), "active_tuberculosis"] == 0 and pd.isna(r.loc[oid("tbx11k", "tb0003"), "active_tuberculosis"])
@@ -377,6 +400,240 @@ def test_tbx11k_fake(tmp_path):
     assert set(r.loc[[oid("tbx11k", "tb0003"), oid("tbx11k", "tb0004")], "split"]) == {"val"}
     m = cv2.imread(str(tmp_path / "out" / data.parse_masks(r.loc[oid("tbx11k", "tb0001"), "masks"])["active_tuberculosis"]), cv2.IMREAD_UNCHANGED)
     assert m.shape == (30, 30) and m[3:9, 2:7].all() and int((m > 0).sum()) == 30
+
+
+# ------------------------------------------------------------------ the film's verdict: normal means the source says normal
+# One film per adapter, in each dataset's layout; ``spec`` is what the source says about it.
+def _film_nih(root: Path, spec: str) -> None:
+    # the shared 512-px sample's layout: labels.csv with `image`, the files in images/
+    _png(root / "images/00000001_000.png")
+    pd.DataFrame([{"image": "00000001_000.png", "finding_labels": spec, "follow_up": 0, "patient_id": 1, "age": 61, "sex": "F",
+                   "view": "PA"}]).to_csv(root / "labels.csv", index=False)
+
+
+def _film_vindr(root: Path, spec: str) -> None:
+    # "global:X": a global label (image_labels) on a film the readers boxed nothing on ("No finding" locally)
+    kind, _, name = spec.rpartition(":")
+    _png(root / "train/aaa.png")
+    local = "No finding" if kind == "global" else name
+    box = [None] * 4 if local == "No finding" else [1, 1, 6, 6]
+    pd.DataFrame([["aaa", "R1", local, *box]], columns=["image_id", "rad_id", "class_name", "x_min", "y_min", "x_max", "y_max"]
+                 ).to_csv(root / "annotations/annotations_train.csv", index=False)
+    if kind == "global":
+        pd.DataFrame([{"image_id": "aaa", "rad_id": "R1", name: 1, "No finding": 0}]).to_csv(root / "annotations/image_labels_train.csv", index=False)
+
+
+CHEXPERT_HEAD = ["No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema", "Consolidation",
+                 "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other", "Fracture", "Support Devices"]
+
+
+def _chexpert_values(spec: str) -> dict[str, str]:
+    """``"Lung Opacity=1,Edema=-1"`` -> every CheXpert label, blank unless named."""
+    given = dict(kv.split("=") for kv in spec.split(",") if kv)
+    return {h: f"{float(given[h]):.1f}" if h in given else "" for h in CHEXPERT_HEAD}
+
+
+def _film_chexpert(root: Path, spec: str) -> None:
+    rel = "train/patient00001/study1/view1_frontal.jpg"
+    _png(root / rel)
+    pd.DataFrame([{"Path": f"{root.name}/{rel}", "Sex": "Male", "Age": "40", "Frontal/Lateral": "Frontal", "AP/PA": "PA",
+                   **_chexpert_values(spec)}]).to_csv(root / "train.csv", index=False)
+
+
+def _film_mimic(root: Path, spec: str) -> None:
+    pd.DataFrame({"dicom_id": ["d1"], "subject_id": ["10000032"], "study_id": ["50414267"], "ViewPosition": ["PA"],
+                  "StudyDate": ["21800506"]}).to_csv(root / "mimic-cxr-2.0.0-metadata.csv", index=False)
+    pd.DataFrame([{"subject_id": "10000032", "study_id": "50414267", **_chexpert_values(spec)}]
+                 ).to_csv(root / "mimic-cxr-2.0.0-chexpert.csv", index=False)
+    _png(root / "files/p10/p10000032/s50414267/d1.jpg")
+
+
+def _film_tbx11k(root: Path, spec: str) -> None:
+    # "tb:Category+Category", "sick" or "health"
+    cls, _, cats = spec.partition(":")
+    _png(root / f"imgs/{cls}/f0001.png", 30, 30)
+    (root / "lists").mkdir()
+    (root / "lists/TBX11K_train.txt").write_text(f"{cls}/f0001.png\n")
+    names = ["ActiveTuberculosis", "ObsoletePulmonaryTuberculosis", "PulmonaryTuberculosis"]
+    anns = [{"id": k, "image_id": 1, "category_id": 1 + names.index(c), "bbox": [2, 2, 8, 8]} for k, c in enumerate(filter(None, cats.split("+")))]
+    (root / "annotations/json").mkdir(parents=True)
+    (root / "annotations/json/TBX11K_train.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "f0001.png", "width": 30, "height": 30}], "annotations": anns,
+        "categories": [{"id": 1 + i, "name": n} for i, n in enumerate(names)]}))
+
+
+def _film_siim(root: Path, spec: str) -> None:
+    _png(root / "train_png/img1.png", 16, 16)
+    box = np.zeros((16, 16), np.uint8)
+    box[2:5, 3:6] = 255
+    pd.DataFrame({"ImageId": ["img1"], " EncodedPixels": [siim.rle_encode(box) if spec == "positive" else spec]}
+                 ).to_csv(root / "train-rle.csv", index=False)
+
+
+def _film_kermany(root: Path, spec: str) -> None:
+    rel = "images/normal/IM-0001-0001.jpeg" if spec == "normal" else "images/p/person3_bacteria_10.jpeg"
+    _png(root / rel)
+    pd.DataFrame({"path": [rel], "label": [spec]}).to_csv(root / "labels.csv", index=False)
+
+
+FILMS = {"nih": _film_nih, "vindr": _film_vindr, "chexpert": _film_chexpert, "mimic": _film_mimic, "tbx11k": _film_tbx11k,
+         "siim": _film_siim, "kermany": _film_kermany}
+# (adapter, what the source says, abnormal, other_findings)
+UNMAPPED_ONLY = [
+    ("nih", "Infiltration", 1, "Infiltration"), ("nih", "Emphysema", 1, "Emphysema"), ("nih", "Fibrosis", 1, "Fibrosis"),
+    ("nih", "Pleural_Thickening", 1, "Pleural_Thickening"), ("nih", "Hernia", 1, "Hernia"),
+    ("nih", "Infiltration|Emphysema", 1, "Emphysema|Infiltration"),
+    ("vindr", "Aortic enlargement", 1, "Aortic enlargement"), ("vindr", "global:Other diseases", 1, "Other diseases"),
+    ("vindr", "global:COPD", 1, "COPD"), ("vindr", "global:Tuberculosis", 1, "Tuberculosis"),
+    ("chexpert", "Enlarged Cardiomediastinum=1", 1, "Enlarged Cardiomediastinum"), ("chexpert", "Lung Opacity=1", 1, "Lung Opacity"),
+    ("chexpert", "Pleural Other=1,Cardiomegaly=0", 1, "Pleural Other"), ("chexpert", "Support Devices=1,No Finding=1", 1, ""),
+    ("mimic", "Lung Opacity=1", 1, "Lung Opacity"), ("mimic", "Pleural Other=1,Enlarged Cardiomediastinum=1", 1, "Enlarged Cardiomediastinum|Pleural Other"),
+    ("tbx11k", "sick", 1, tbx11k.SICK), ("tbx11k", "tb:ObsoletePulmonaryTuberculosis", 1, "ObsoletePulmonaryTuberculosis"),
+    ("tbx11k", "tb:PulmonaryTuberculosis", 1, "PulmonaryTuberculosis"), ("tbx11k", "tb", 1, tbx11k.TB_UNBOXED),
+]
+OTHER_VERDICTS = [
+    ("nih", "No Finding", 0, ""), ("nih", "", NA, ""), ("nih", "Cardiomegaly|Infiltration", 1, "Infiltration"),
+    ("vindr", "No finding", 0, ""), ("vindr", "Nodule/Mass", 1, ""),
+    ("chexpert", "No Finding=1", 0, ""), ("chexpert", "Edema=-1", NA, ""), ("chexpert", "No Finding=1,Support Devices=-1", NA, ""),
+    ("chexpert", "No Finding=1,Edema=-1", NA, ""), ("chexpert", "", NA, ""), ("chexpert", "Cardiomegaly=0", NA, ""),
+    ("mimic", "No Finding=1", 0, ""), ("mimic", "Atelectasis=-1", NA, ""),
+    ("tbx11k", "health", 0, ""), ("tbx11k", "tb:ActiveTuberculosis", 1, ""),
+    ("siim", "positive", 1, ""), ("siim", "-1", NA, ""),
+    ("kermany", "normal", 0, ""), ("kermany", "pneumonia_bacterial", 1, ""),
+]
+
+
+def _build_one(tmp_path: Path, adapter: str, spec: str) -> pd.Series:
+    root = tmp_path / ("CheXpert-v1.0-small" if adapter == "chexpert" else adapter)
+    (root / "annotations").mkdir(parents=True)
+    FILMS[adapter](root, spec)
+    df = ADAPTERS[adapter].build(root, tmp_path / "out", F, U, seed=0)
+    assert len(df) == 1 and df.attrs["skipped"] == []
+    data.validate_manifest(df, F, U)
+    assert {"abnormal", "other_findings"} <= set(df.columns)
+    return df
+
+
+def _same(got, want) -> bool:
+    return pd.isna(got) if want is NA else got == want
+
+
+@pytest.mark.parametrize("adapter, spec, abnormal, other", UNMAPPED_ONLY, ids=[f"{a}-{s}" for a, s, *_ in UNMAPPED_ONLY])
+def test_a_film_with_only_an_unmapped_finding_is_abnormal_never_normal(tmp_path, adapter, spec, abnormal, other):
+    df = _build_one(tmp_path, adapter, spec)
+    r = df.iloc[0]
+    assert r["abnormal"] == 1 and r["other_findings"] == other
+    assert data.abnormal_labels(df, F, U).iloc[0] == 1
+    # no finding model may learn this film as "normal" (class 0 of three): "others" or unknown
+    for f in F:
+        assert _same(labels.finding_labels(df, f, 3, F, U).iloc[0], NA if pd.isna(r[f]) else 2 if r[f] == 0 else 1), f
+    # the written manifest reads back with its verdict and the source's label names
+    back = data.read_manifest(data.write_manifest(df, tmp_path / "m.csv"), F, U)
+    assert back.loc[0, "abnormal"] == 1 and back.loc[0, "other_findings"] == other
+
+
+@pytest.mark.parametrize("adapter, spec, abnormal, other", OTHER_VERDICTS, ids=[f"{a}-{s or 'nothing'}" for a, s, *_ in OTHER_VERDICTS])
+def test_normal_and_unknown_films(tmp_path, adapter, spec, abnormal, other):
+    df = _build_one(tmp_path, adapter, spec)
+    r = df.iloc[0]
+    assert _same(r["abnormal"], abnormal) and r["other_findings"] == other
+    assert _same(data.abnormal_labels(df, F, U).iloc[0], abnormal)
+    if abnormal is NA:  # unknown films enter no class of a three-class model
+        assert labels.finding_labels(df, "cardiomegaly", 3, F, U).isna().all()
+
+
+def test_nih_infiltration_only_is_others_for_the_cardiomegaly_model(tmp_path):
+    df = _build_one(tmp_path, "nih", "Infiltration")
+    assert df.loc[0, "cardiomegaly"] == 0 and df.loc[0, "abnormal"] == 1
+    assert labels.finding_labels(df, "cardiomegaly", 3, F, U).iloc[0] == 2  # "others", never 0 (normal)
+    assert data.abnormal_labels(df, F, U).iloc[0] == 1
+
+
+def test_nih_no_finding_vouches_only_for_what_nih_labels(tmp_path):
+    r = _build_one(tmp_path, "nih", "No Finding").iloc[0]
+    assert all(r[c] == 0 for c in NIH_LABELLED) and all(pd.isna(r[c]) for c in NIH_NEVER) and r["abnormal"] == 0
+
+
+@pytest.mark.parametrize("adapter, spec, zero, unknown", [
+    ("chexpert", "No Finding=1", ("cardiomegaly", "pneumothorax", "nodule", "fracture"), ("support_device", "pneumoperitoneum", "active_tuberculosis")),
+    ("vindr", "No finding", ("nodule", "interstitial_opacity", "fracture"), ("support_device", "pneumoperitoneum", "mediastinal_widening")),
+    ("tbx11k", "health", ("active_tuberculosis",), ("advanced_tuberculosis", "nodule", "support_device")),
+    ("kermany", "normal", ("pneumonia",), F),
+], ids=["chexpert", "vindr", "tbx11k", "kermany"])
+def test_a_normal_film_leaves_what_its_source_never_labels_unknown(tmp_path, adapter, spec, zero, unknown):
+    r = _build_one(tmp_path, adapter, spec).iloc[0]
+    assert r["abnormal"] == 0
+    assert all(r[c] == 0 for c in zero) and all(pd.isna(r[c]) for c in unknown)
+
+
+def test_code_labels_zero_fills_only_labelled_blanks_and_verdict():
+    out = C.code_labels((), {"a", "b"}, ["a", "b", "c", "d"], normal=True, explicit={"b": NA}, normal_keeps_na=("a",))
+    assert out["b"] == 0 and out["a"] == 0 and pd.isna(out["c"]) and pd.isna(out["d"])
+    out = C.code_labels((), {"a"}, ["a"], normal=True, explicit={"a": NA}, normal_keeps_na=("a",))
+    assert pd.isna(out["a"])  # e.g. CheXpert's support_device: No Finding ignores devices
+    assert C.verdict(True, True) == 1 and C.verdict(False, True) == 0 and pd.isna(C.verdict(False, False))
+    assert C.other_findings(["Infiltration", "Emphysema", "Infiltration"]) == "Emphysema|Infiltration" and C.other_findings([]) == ""
+
+
+# ------------------------------------------------------------------ NIH layouts: the shared 512-px sample, errors
+@pytest.mark.realdata
+def test_nih_512_real(tmp_path):
+    root = require_shared("realdata", "nih_cxr14_512")
+    df = build_manifest("nih", root, tmp_path, F, U, seed=0)
+    lab = pd.read_csv(root / "labels.csv", dtype=str, keep_default_na=False)
+    assert len(df) == len(lab) == 319 and df.attrs["skipped"] == [] and df["image_id"].is_unique
+    data.validate_manifest(df, F, U)
+    assert not {"age", "sex", "Patient Age", "Patient Gender", "follow_up"} & set(df.columns)
+    by = df.set_index(df["path"].map(lambda p: Path(p).name))
+    got = by.loc[lab["image"], "abnormal"].to_numpy()
+    normal = (lab["finding_labels"] == "No Finding").to_numpy()
+    assert (got[~normal] == 1).all() and (got[normal] == 0).all() and normal.sum() == 48
+    only_unmapped = lab["finding_labels"].map(lambda s: set(s.split("|")) <= set(nih.UNMAPPED)).to_numpy()
+    assert only_unmapped.sum() > 0 and (by.loc[lab["image"][only_unmapped], "abnormal"] == 1).all()
+    assert by.loc[lab["image"][only_unmapped], list(NIH_LABELLED)].eq(0).all().all()
+    assert by["other_findings"].str.contains("Infiltration").sum() == 64
+    assert df[list(NIH_NEVER)].isna().all().all()
+    assert (df["cardiomegaly"] == 1).sum() == 34 and set(df["view"]) <= {"PA", "AP"}
+    back = data.read_manifest(tmp_path / data.MANIFEST_NAME, F, U)
+    assert back["abnormal"].equals(df["abnormal"]) and list(back["other_findings"]) == list(df["other_findings"])
+
+
+@pytest.mark.parametrize("columns, missing", [
+    (["image", "finding_labels", "patient_id"], "'view'"),
+    (["path", "finding_labels", "patient_id", "view"], "'image' or 'path' + 'image_index'"),
+    (["image_index", "patient_id", "view", "age"], "'finding_labels'"),
+], ids=["no-view", "no-image", "no-labels"])
+def test_nih_labels_csv_missing_columns_is_one_line(tmp_path, capsys, columns, missing):
+    from scxnn.cli import main
+
+    root = tmp_path / "nih"
+    root.mkdir()
+    pd.DataFrame([["x"] * len(columns)], columns=columns).to_csv(root / "labels.csv", index=False)
+    with pytest.raises(ValueError, match="labels.csv lacks columns") as e:
+        nih.build(root, tmp_path / "out", F, U)
+    assert missing in str(e.value) and "\n" not in str(e.value)
+    assert main(["manifest", "nih", str(root), "--out", str(tmp_path / "cli"), "--profile", "smoke"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: nih:") and "labels.csv" in err[0] and missing in err[0]
+
+
+def test_nih_data_entry_missing_columns_is_a_value_error(tmp_path):
+    root = tmp_path / "nih"
+    root.mkdir()
+    pd.DataFrame({"Image Index": ["a.png"], "Finding Labels": ["No Finding"]}).to_csv(root / "Data_Entry_2017.csv", index=False)
+    with pytest.raises(ValueError, match="Data_Entry_2017.csv lacks columns 'Patient ID', 'View Position'"):
+        nih.build(root, tmp_path / "out", F, U)
+
+
+def test_nih_data_entry_wins_over_labels_csv(tmp_path):
+    root = tmp_path / "nih"
+    root.mkdir()
+    _nih_official(root)
+    # a sample's labels.csv beside it (here one that would fail): the official file is read
+    pd.DataFrame({"image": ["00000001_000.png"], "finding_labels": ["Hernia"]}).to_csv(root / "labels.csv", index=False)
+    df = nih.build(root, tmp_path / "out", F, U, seed=0)
+    assert len(df) == 6 and (df["path"].str.contains("images_00")).all()
+    assert (df.set_index(df["path"].map(lambda p: Path(p).name)).loc["00000004_000.png", "split"]) == "test"  # official split
 
 
 # ------------------------------------------------------------------ splits by patient and by image

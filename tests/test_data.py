@@ -7,6 +7,7 @@ import pytest
 
 from scxnn.data import (
     ManifestError,
+    abnormal_labels,
     check_image_splits,
     check_patient_splits,
     format_masks,
@@ -40,6 +41,41 @@ def test_roundtrip_keeps_codes_and_unknowns(tmp_path):
     back = read_manifest(p, FINDINGS, UNSEEN)
     pd.testing.assert_frame_equal(back, df)
     assert parse_masks(back.loc[0, "masks"]) == {"nodule": "m/0.png"} and parse_masks(back.loc[1, "masks"]) == {}
+
+
+ABSENT = object()  # the row has no "abnormal" key at all (the generator's rows, a hand-made manifest)
+
+
+@pytest.mark.parametrize("given, columns, expected", [
+    pytest.param(ABSENT, {}, 0, id="no-verdict-all-absent-is-normal"),
+    pytest.param(ABSENT, {"nodule": 1}, 1, id="no-verdict-a-finding-is-abnormal"),
+    pytest.param(ABSENT, {"cardiomegaly": None}, None, id="no-verdict-an-unknown-column-is-unknown"),
+    pytest.param(1, {}, 1, id="unmapped-source-finding-is-abnormal"),
+    pytest.param(0, {"cardiomegaly": None}, 0, id="source-normal-with-an-unlabelled-column-is-normal"),
+    pytest.param(None, {}, None, id="source-says-neither-is-unknown-even-with-every-column-0"),
+    pytest.param(None, {"pneumonia": 1}, 1, id="an-unseen-finding-is-abnormal-whatever-the-verdict"),
+])
+def test_abnormal_is_the_sources_verdict_three_way_and_survives_a_round_trip(tmp_path, given, columns, expected):
+    row = _row(0, "a", **columns) if given is ABSENT else _row(0, "a", abnormal=given, **columns)
+    df = new_manifest([row], FINDINGS, UNSEEN)
+    got = df.loc[0, "abnormal"]
+    assert (pd.isna(got) and expected is None) or got == expected
+    back = read_manifest(write_manifest(df, tmp_path / "manifest.csv"), FINDINGS, UNSEEN)
+    pd.testing.assert_series_equal(back["abnormal"], df["abnormal"])
+    assert abnormal_labels(df, FINDINGS, UNSEEN).equals(df["abnormal"])
+
+
+def test_rows_with_and_without_a_verdict_mix_and_a_hand_made_manifest_without_the_column_reads(tmp_path):
+    df = new_manifest([_row(0, "a", abnormal=1), _row(1, "b"), _row(2, "c", nodule=1)], FINDINGS, UNSEEN)
+    assert df["abnormal"].tolist() == [1, 0, 1]
+    p = tmp_path / "hand.csv"
+    df.drop(columns=["abnormal"]).to_csv(p, index=False)
+    assert read_manifest(p, FINDINGS, UNSEEN)["abnormal"].tolist() == [0, 0, 1]  # the unmapped finding is lost with the column
+
+
+def test_a_normal_verdict_beside_a_marked_finding_is_refused():
+    with pytest.raises(ManifestError, match="abnormal 0"):
+        new_manifest([_row(0, "a", nodule=1, abnormal=0)], FINDINGS, UNSEEN)
 
 
 def test_patient_in_two_splits_fails_loudly():

@@ -4,6 +4,7 @@ validation-chosen definite-normal thresholds, skops persistence."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from scxnn.ensemble import DefiniteNormalSVM, choose_thresholds, load, logit_columns, save
@@ -179,6 +180,24 @@ def test_fit_ensemble_uses_validation_only_with_out_of_fold_thresholds():
     svm2, th2, _ = fit_ensemble(cfg, validation_rows(poisoned))
     X = t[logit_columns(list(cfg.findings))].to_numpy()
     assert np.array_equal(svm.decision_function(X), svm2.decision_function(X)) and th == th2
+
+
+def test_validation_films_of_unknown_status_enter_neither_the_svm_nor_the_thresholds(caplog):
+    # A validation film whose source says neither normal nor abnormal (CheXpert's -1 alone) has no
+    # label: counted as normal it would train the SVM to clear it and loosen the certified bound.
+    from scxnn.ensemble import fit_ensemble, logit_columns, validation_rows
+
+    cfg, t = _table()
+    svm, th, _ = fit_ensemble(cfg, validation_rows(t))
+    extra = t[t["split"] == "val"].head(15).assign(abnormal=pd.NA, patient_id=lambda d: "u" + d["patient_id"])
+    mixed = pd.concat([t, extra], ignore_index=True)
+    mixed["abnormal"] = mixed["abnormal"].astype("Int8")
+    with caplog.at_level("WARNING", logger="scxnn"):
+        rows = validation_rows(mixed)
+    assert len(rows) == 120 and rows["abnormal"].notna().all() and "15 of 135 validation films" in caplog.text
+    svm2, th2, _ = fit_ensemble(cfg, rows)
+    X = t[logit_columns(list(cfg.findings))].to_numpy()
+    assert np.allclose(svm.decision_function(X), svm2.decision_function(X)) and th2 == th
 
 
 def test_threshold_lies_between_separated_groups():

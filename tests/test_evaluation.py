@@ -49,7 +49,11 @@ def make_table(num_classes: int = 3, seed: int = 0) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     for c in [*FINDINGS, *UNSEEN]:
         df[c] = df[c].astype("Int8")
-    df.loc[df.index[df["split"].eq("test")][:2], "nod"] = pd.NA  # unknown labels count as absent
+    # Two test films with an unknown label: one with nothing else marked (status unknown), one with
+    # another finding present (abnormal whatever the unknown one is).
+    df.loc[df.index[df["split"].eq("test")][:2], "nod"] = pd.NA
+    first = df.index[df["split"].eq("test")][0]
+    df.loc[first, [c for c in [*FINDINGS, *UNSEEN] if c != "nod"]] = 0
     df["abnormal"] = abnormal_labels(df, list(FINDINGS), UNSEEN)
     names = ("normal", "target", "others")[:num_classes]
     for f in FINDINGS:
@@ -61,7 +65,7 @@ def make_table(num_classes: int = 3, seed: int = 0) -> pd.DataFrame:
         for n in names:
             df[f"{f}__{n}"] = mean[n] + rng.normal(0, 0.8, len(df))
         df[f"{f}__pred"] = df[[f"{f}__{n}" for n in names]].to_numpy().argmax(axis=1)
-    df["score"] = 1.5 * df["abnormal"] + rng.normal(0, 1, len(df))
+    df["score"] = 1.5 * df["abnormal"].fillna(0).to_numpy(float) + rng.normal(0, 1, len(df))
     return df
 
 
@@ -96,7 +100,10 @@ def test_evaluation_sets_are_test_rows_only_one_per_site_in_order(table):
     assert list(sets) == ["internal", "temporal", "external1", "external2", "hospital_b"]
     stacked = np.vstack(list(sets.values()))
     assert (stacked.sum(axis=0) <= 1).all()  # disjoint
-    assert (stacked.any(axis=0) == (table["split"] == "test").to_numpy()).all()  # and cover the test split
+    # ... and cover the test split's films whose status is known; known_only=False covers them all.
+    assert (stacked.any(axis=0) == ((table["split"] == "test") & table["abnormal"].notna()).to_numpy()).all()
+    every = np.vstack(list(E.evaluation_sets(table, known_only=False).values()))
+    assert (every.any(axis=0) == (table["split"] == "test").to_numpy()).all()
     for name, mask in sets.items():
         assert set(table.loc[mask, "split"]) == {"test"} and set(table.loc[mask, "site"]) == {name}
 
@@ -133,6 +140,21 @@ def test_table2_by_hand_ignores_train_and_val():
     # Nothing abnormal: sensitivity is undefined (NaN), never 0 or 1.
     none = E.table2(t[t["abnormal"] == 0], threshold=0.0, n_boot=N_BOOT, seed=0).iloc[0]
     assert np.isnan(none["sensitivity"]) and np.isnan(none["sensitivity_lo"])
+
+
+def test_table2_counts_films_of_unknown_status_outside_every_rate():
+    # Film u1's source says neither normal nor abnormal: scored, reported, in no rate's denominator.
+    t = pd.DataFrame({
+        "image_id": ["a1", "a2", "n1", "n2", "u1", "u2"], "patient_id": ["a", "b", "c", "d", "e", "f"],
+        "site": "internal", "split": "test", "abnormal": pd.array([1, 1, 0, 0, pd.NA, pd.NA], dtype="Int8"),
+        "score": [1.0, 2.0, -1.0, -2.0, -5.0, 3.0],
+    })
+    row = E.table2(t, threshold=0.0, n_boot=N_BOOT, seed=0).iloc[0]
+    assert (row["images"], row["tp"], row["tn"], row["unknown_films"], row["unknown_called_normal"]) == (4, 2, 2, 2, 1)
+    assert row["auto_normal"] == pytest.approx(2 / 4)
+    # A set with no film of known status still shows its unknown films.
+    only = E.table2(t[t["abnormal"].isna()], threshold=0.0, n_boot=N_BOOT, seed=0).iloc[0]
+    assert (only["images"], only["unknown_films"], only["unknown_called_normal"]) == (0, 2, 1)
 
 
 def test_table2_counts_sum_intervals_bracket_and_repeat(table):

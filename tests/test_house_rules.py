@@ -176,7 +176,7 @@ def _make_sources(var: str) -> set[str]:
     return {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__") for p in files}
 
 
-STEP_SOURCES = {"01": "SRC_01", "02": "SRC_02", "03": "SRC_03", "04": "SRC_04", "05": "SRC_04", "06": "SRC_06", "07": "SRC_07"}
+STEP_SOURCES = {"01": "SRC_01", "02": "SRC_02", "03": "SRC_03", "04": "SRC_04", "05": "SRC_04", "06": "SRC_06", "07": "SRC_07", "08": "SRC_08"}
 
 
 @pytest.mark.parametrize("step", sorted(STEP_SOURCES))

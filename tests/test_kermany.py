@@ -109,6 +109,8 @@ def test_evaluate_scores_another_folder_without_retraining(kermany_run, tmp_path
     pub = pd.read_csv(tables / "published_comparison.csv")
     assert pub["source"].str.startswith("Kermany").any() and (pub["source"] == "ours").sum() == 2
     assert (out / "figures" / "kermany" / "roc.png").is_file()
+    assert (out / "figures" / "kermany" / "figure_gradcam.png").is_file()  # where the models look on these films
+    assert summary["unknown_films"] == 0  # Kermany calls every film normal or pneumonia
     # Nothing was retrained or refitted; no raw patient name reached the outputs.
     assert before == {p: p.stat().st_mtime_ns for p in (tmp / "runs").rglob("*") if p.is_file()}
     for f in [*tables.glob("*.csv"), *tables.glob("*.md"), out / "summary.json"]:
@@ -168,7 +170,7 @@ def test_evaluate_needs_a_manifest(kermany_run, tmp_path, capsys):
     assert "scxnn manifest" in capsys.readouterr().err
 
 
-def test_notebooks_04_to_07_run_on_a_weak_label_profile(kermany_run, tmp_path):
+def test_notebooks_04_to_08_run_on_a_weak_label_profile(kermany_run, tmp_path):
     """The report notebooks on a profile without masks, unseen findings or variants: each skips what
     does not apply (and says so) instead of failing, and 04 writes the published comparison."""
     import yaml
@@ -177,7 +179,7 @@ def test_notebooks_04_to_07_run_on_a_weak_label_profile(kermany_run, tmp_path):
 
     cfg, tmp, *_ , args = kermany_run
     overrides = {k: yaml.safe_load(v) for k, v in (a.split("=", 1) for a in args[1::2])}
-    for nb in ("04_evaluation", "05_novel_diseases", "06_gradcam", "07_ablations"):
+    for nb in ("04_evaluation", "05_novel_diseases", "06_gradcam", "07_ablations", "08_transfer"):
         run_notebook(ROOT / "notebooks" / f"{nb}.ipynb", tmp_path / f"{nb}.ipynb", {"profile": "kermany", "overrides": overrides})
     tables = tmp / "reports" / "tables" / "kermany"
     assert (tables / "published_comparison.md").is_file() and (tables / "table2_normal_vs_abnormal.csv").is_file()
@@ -186,6 +188,9 @@ def test_notebooks_04_to_07_run_on_a_weak_label_profile(kermany_run, tmp_path):
     assert (tmp / "reports" / "figures" / "kermany" / "figure5_gradcam.png").is_file()
     text = (tmp_path / "05_novel_diseases.ipynb").read_text()
     assert "Table 9 is skipped" in text
+    # NIH labels neither pneumonia subtype: the transfer table has the normal-vs-abnormal row alone.
+    if (ROOT.parent / "shared" / "realdata" / "nih_cxr14_512").is_dir():
+        assert pd.read_csv(tables / "transfer_nih.csv")["measure"].tolist() == ["normal_vs_abnormal"]
     meta = json.loads((tables / "published_comparison.json").read_text())
     assert meta["reference"] == "published" and "Kermany" in meta["thesis"]
 

@@ -125,7 +125,7 @@ def _make_n(*args: str) -> subprocess.CompletedProcess:
 def test_make_launch_slurm_prefixes_every_job_and_local_runs_none():
     slurm = _make_n("reports", "LAUNCH=slurm").stdout
     cfg = load_config("smoke")
-    for name in ("01_preprocessing", "03_svm_ensemble", "04_evaluation", "05_novel_diseases", "06_gradcam", "07_ablations",
+    for name in ("01_preprocessing", "03_svm_ensemble", "04_evaluation", "05_novel_diseases", "06_gradcam", "07_ablations", "08_transfer",
                  *(f"train-{f} --finding {f}" for f in cfg.findings)):
         assert f"--name {name} --" in slurm, name
     assert slurm.count("--kind variant --name variant-") == len(cfg.variants.runs)  # each a job, three_class too (it scores)

@@ -118,7 +118,8 @@ def test_a_change_reruns_only_what_depends_on_it(smoke_reports):
 
     assert would_run("notebooks/05_novel_diseases.ipynb") == {str(EXEC.relative_to(ROOT) / "05_novel_diseases.ipynb")}
     downstream_of_03 = would_run("notebooks/03_svm_ensemble.ipynb")
-    assert {p.rsplit("/", 1)[-1] for p in downstream_of_03} == {"03_svm_ensemble.ipynb", "04_evaluation.ipynb", "05_novel_diseases.ipynb"}
+    assert {p.rsplit("/", 1)[-1] for p in downstream_of_03} == {"03_svm_ensemble.ipynb", "04_evaluation.ipynb", "05_novel_diseases.ipynb",
+                                                                  "08_transfer.ipynb"}
     # The profile's resolved settings (.make/<profile>.settings, rewritten when they change) are
     # everything's prerequisite, so a change of them reruns the whole study.
     everything = would_run(f".make/{PROFILE}.settings")

@@ -233,6 +233,18 @@ def test_manifest_input_keeps_labels_and_maps_masks(tmp_path):
     assert skipped.empty and df.loc[0, "nodule"] == 1 and df.loc[0, "split"] == "train"
     m = read_png(tmp_path / "out" / parse_masks(df.loc[0, "masks"])["nodule"])
     assert m.shape == (cfg.preprocess.size,) * 2 and 0 < (m > 0).mean() < 0.2
+    # The labels corrected since (an adapter that now reads more of its source): a resumed run keeps
+    # the pixels it made and takes the manifest's labels, never the record's old ones.
+    stamp = os.stat(tmp_path / "out" / df.loc[0, "path"]).st_mtime_ns
+    fixed = {**row, "cardiomegaly": 1, "other_findings": "Emphysema"}
+    write_manifest(new_manifest([fixed], list(cfg.findings), list(cfg.unseen_findings)), src / "manifest.csv")
+    df2, _ = preprocess_inputs(cfg, [src / "manifest.csv"], tmp_path / "out", progress=False)
+    assert os.stat(tmp_path / "out" / df2.loc[0, "path"]).st_mtime_ns == stamp
+    assert (df2.loc[0, "cardiomegaly"], df2.loc[0, "other_findings"]) == (1, "Emphysema")
+    # Another set of lesion masks is another preprocessing of the film: redone, not resumed.
+    write_manifest(new_manifest([{**fixed, "nodule": 0, "masks": ""}], list(cfg.findings), list(cfg.unseen_findings)), src / "manifest.csv")
+    df3, _ = preprocess_inputs(cfg, [src / "manifest.csv"], tmp_path / "out", progress=False)
+    assert df3.loc[0, "masks"] == "" and df3.loc[0, "nodule"] == 0
 
 
 def crash_on_bad(job):

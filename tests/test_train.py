@@ -80,16 +80,30 @@ def test_finding_labels_normal_target_other_na_and_two_class_folding():
             {"cardiomegaly": 1},  # other
             {"nodule": pd.NA, "cardiomegaly": 1},  # unknown target: excluded
             {"pneumonia": 1},  # unseen finding only: abnormal, never "normal"
-            {"atelectasis": pd.NA},  # NA among the others reads as absent
+            # NA among the others with nothing marked: the source said neither normal nor abnormal,
+            # so normal and "others" cannot be told apart (3 classes); with 2 classes it is "not nodule".
+            {"atelectasis": pd.NA},
+            {"atelectasis": pd.NA, "abnormal": 0},  # the source calls the film normal (NIH's No Finding)
+            {"abnormal": 1},  # a finding of its source that no column maps (NIH's Emphysema): others
         ]
     )
     lab3 = L.finding_labels(df, "nodule", 3, list(cfg.findings), list(cfg.unseen_findings))
-    assert lab3.tolist()[:4] == [0, 1, 1, 2] and pd.isna(lab3[4]) and lab3[5] == 2 and lab3[6] == 0
+    assert lab3.tolist()[:4] == [0, 1, 1, 2] and pd.isna(lab3[4]) and lab3[5] == 2
+    assert pd.isna(lab3[6]) and lab3[7] == 0 and lab3[8] == 2
     lab2 = L.finding_labels(df, "nodule", 2, list(cfg.findings), list(cfg.unseen_findings))
-    assert lab2.tolist()[:4] == [0, 1, 1, 0] and pd.isna(lab2[4]) and lab2[5] == 0
+    assert lab2.tolist()[:4] == [0, 1, 1, 0] and pd.isna(lab2[4]) and lab2[5] == 0 and lab2[6:].tolist() == [0, 0, 0]
     assert L.finding_labels(df, "nodule", 3).equals(lab3)  # defaults: the study's finding columns
     with pytest.raises(ValueError):
         L.finding_labels(df, "nodule", 4)
+
+
+@pytest.mark.parametrize("finding", list(load_config("smoke").findings))
+def test_a_film_abnormal_only_by_an_unmapped_finding_is_others_for_every_model_never_normal(finding):
+    # NIH gives a film "Emphysema" alone: no column maps it, every column is 0, and its source's
+    # verdict is the only trace. Before, every model learned it as normal.
+    df, cfg = _manifest([{"abnormal": 1}, {"abnormal": 0}])
+    lab3 = L.finding_labels(df, finding, 3, list(cfg.findings), list(cfg.unseen_findings))
+    assert lab3.tolist() == [2, 0]
 
 
 @pytest.mark.parametrize("as_file", [False, True])

@@ -1,7 +1,10 @@
 """Adapters: read a local copy of a public chest X-ray dataset into the common manifest
 (:mod:`scxnn.data`). One module per dataset, each with ``FINDING_MAP`` (source label -> target or
 unseen finding), ``UNMAPPED`` (source labels deliberately left out, reasons in the module
-docstring), ``NORMAL_LABELS`` and ``build(root, out_dir, findings, unseen, seed, split)``.
+docstring), ``NORMAL_LABELS`` and ``build(root, out_dir, findings, unseen, seed, split)``. Every row
+carries the source's verdict on the whole film, ``abnormal`` (1 any finding, mapped or not; 0 the
+source calls it normal; NA neither), and its unmapped labels, ``other_findings``: a film whose only
+finding no column maps is abnormal, never normal (label policy: :mod:`._common`).
 
 ``build_manifest`` runs one adapter and writes ``out_dir/manifest.csv``; images the labels list
 but the disk lacks are skipped and reported in ``df.attrs["skipped"]``.

@@ -1,17 +1,22 @@
 """Helpers shared by the dataset adapters: layout checks, image size, box/RLE -> mask files, label
-coding and the patient-level split.
+coding, the film's verdict and the patient-level split.
 
 Label policy (all adapters):
 
 * a column the dataset labels gets 1 / 0 from its labels (uncertain -> NA where the dataset says so);
-* a column the dataset never labels is NA ("cannot tell") ...
-* ... except on images the dataset calls normal as a whole (its ``NORMAL_LABELS``): a film read as
-  normal asserts that nothing is there, so NA becomes 0 (minus ``normal_keeps_na``, e.g. CheXpert's
-  "No Finding" ignores support devices).
+* a column the dataset never labels is NA ("cannot tell"), on every film, normal ones included: a
+  source's "No Finding" vouches only for the findings that source labels;
+* on a film the dataset calls normal as a whole (its ``NORMAL_LABELS``), a column the dataset labels
+  but left blank (e.g. CheXpert's blanks on "No Finding" films) becomes 0, minus ``normal_keeps_na``
+  (e.g. CheXpert's "No Finding" ignores support devices);
+* every row carries the source's verdict on the whole film (:func:`verdict`, the manifest's
+  ``abnormal``): 1 when the source gives the film any finding, mapped to a column or not, 0 when it
+  calls the film normal and gives no finding, NA when it says neither; and ``other_findings``, the
+  source's finding labels no column maps (:func:`other_findings`). A film whose only finding is an
+  unmapped one (NIH "Infiltration") is therefore abnormal, never normal.
 """
 
 from __future__ import annotations
-
 
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -96,17 +101,30 @@ def code_labels(
     """Finding columns for one image (see the module docstring).
 
     positives: target names present; labelled: target names the dataset can tell about for this
-    image; explicit: per-column values that override (1 / 0 / pd.NA, e.g. CheXpert's -1 -> NA)."""
+    image; explicit: per-column values that override (1 / 0 / pd.NA, e.g. CheXpert's -1 -> NA);
+    normal: the dataset calls the film normal, so its labelled columns still NA (blanks) become 0."""
     pos, lab = set(positives), set(labelled)
     out: dict[str, object] = {}
     for c in columns:
         v: object = 1 if c in pos else 0 if c in lab else pd.NA
         if explicit and c in explicit:
             v = explicit[c]
-        if normal and v is pd.NA and c not in normal_keeps_na:
+        # "No Finding" vouches only for what the source labels: a never-labelled column stays NA.
+        if normal and v is pd.NA and c in lab and c not in normal_keeps_na:
             v = 0
         out[c] = v
     return out
+
+
+def verdict(any_finding: bool, normal: bool) -> object:
+    """The source's verdict on the whole film (the manifest's ``abnormal``): 1 when it gives the film
+    any finding (mapped or not: a finding always wins), 0 when it calls the film normal, else NA."""
+    return 1 if any_finding else 0 if normal else pd.NA
+
+
+def other_findings(labels: Iterable[str]) -> str:
+    """The manifest's ``other_findings``: the source's unmapped finding labels, sorted, ``|``-joined."""
+    return "|".join(sorted({str(s) for s in labels if str(s)}))
 
 
 def path_for_manifest(path: Path, out_dir: Path) -> str:
@@ -196,7 +214,12 @@ def base_row(
     masks: Mapping[str, str] | None = None,
     view: str = "",
     study_date: str = "",
+    *,
+    abnormal: object,
+    other: Iterable[str] = (),
 ) -> dict:
+    """One manifest row. ``abnormal`` (:func:`verdict`) has no default: every adapter must say what its
+    source says about the whole film; ``other`` are the source's unmapped finding labels."""
     return {
         "image_id": opaque_id(dataset, image_id),
         "_raw_id": image_id,
@@ -206,6 +229,8 @@ def base_row(
         "split": "",
         "label_type": "hard" if masks else "weak",
         **labels,
+        data.ABNORMAL: abnormal,
+        "other_findings": other_findings(other),
         "masks": data.format_masks(masks or {}),
         "view": view,
         "path": path_for_manifest(image, out_dir),

@@ -10,8 +10,16 @@ Official split honoured: valid -> val, train re-split by patient into train/test
 
 Coding: 1 -> 1, 0 -> 0, -1 (uncertain) -> NA, blank -> NA. Blank means "not mentioned in the
 report"; many papers read it as 0, but here "not mentioned" is "cannot tell" (documented choice).
-"No Finding" = 1 zero-fills the blanks, except support_device (CheXpert's No Finding ignores
-support devices).
+"No Finding" = 1 with no pathology 1 or -1 zero-fills the blanks of the mapped columns, except
+support_device (CheXpert's No Finding ignores support devices, so a blank there stays NA).
+
+``abnormal`` (the film's verdict): 1 when any label is 1, mapped or not (Enlarged Cardiomediastinum,
+Lung Opacity, Pleural Other) and Support Devices included (the study counts a device as a finding);
+0 when "No Finding" is 1, no label is 1 or -1 and Support Devices is not -1; NA otherwise (only
+uncertain -1s, or nothing said). A "No Finding" film with Support Devices blank is normal at film
+level while its support_device column stays NA: the report mentions devices when present, so the
+blank says "none" for the film, but the labeler's No Finding does not vouch for the column. The
+unmapped labels that are 1 are the film's ``other_findings``.
 
 Mapping: Pneumothorax, Pleural Effusion, Consolidation, Atelectasis, Cardiomegaly, Support Devices
 -> support_device, Lung Lesion -> nodule (nodule or mass); unseen: Pneumonia, Edema, Fracture.
@@ -45,21 +53,33 @@ FINDING_MAP: dict[str, str | None] = {
 }
 UNMAPPED: tuple[str, ...] = ("Enlarged Cardiomediastinum", "Lung Opacity", "Pleural Other")
 NORMAL_KEEPS_NA = ("support_device",)
+DEVICE = "Support Devices"
 
 
-def code_chexpert(rec: Mapping[str, object], cols: Sequence[str]) -> dict[str, object]:
-    """Finding columns from one CheXpert-style record (also used by the MIMIC adapter)."""
-    explicit: dict[str, object] = {}
+def _value(rec: Mapping[str, object], src: str) -> int | None:
+    """One label as 1 / 0 / -1, or None when blank or absent."""
+    v = pd.to_numeric(rec.get(src, ""), errors="coerce")
+    return None if pd.isna(v) else int(v)
+
+
+def code_chexpert(rec: Mapping[str, object], cols: Sequence[str]) -> tuple[dict[str, object], object, set[str]]:
+    """(finding columns, ``abnormal`` verdict, unmapped labels that are 1) from one CheXpert-style
+    record (also used by the MIMIC adapter); see the module docstring."""
+    vals = {src: _value(rec, src) for src in (*FINDING_MAP, *UNMAPPED)}
+    ones = {s for s, v in vals.items() if v == 1}
+    unsure = {s for s, v in vals.items() if v == -1}
+    # No Finding vouches for the pathologies only: a device (1 or -1) does not undo it.
+    vouches = _value(rec, "No Finding") == 1 and not (ones | unsure) - {DEVICE}
+    known: dict[str, int] = {}
     for src, t in FINDING_MAP.items():
-        if t not in cols or src not in rec:
-            continue
-        v = pd.to_numeric(rec[src], errors="coerce")
-        v = pd.NA if pd.isna(v) or v == -1 else int(v)
-        # Two sources for one target (none today, but keep it safe): any 1 wins, else first known.
-        prev = explicit.get(t, pd.NA)
-        explicit[t] = 1 if (v is not pd.NA and v == 1) or (prev is not pd.NA and prev == 1) else (prev if prev is not pd.NA else v)
-    normal = pd.to_numeric(rec.get("No Finding"), errors="coerce") == 1
-    return C.code_labels((), (), cols, bool(normal), explicit, NORMAL_KEEPS_NA)
+        v = vals[src]
+        if t in cols and v in (0, 1):  # uncertain -1 and blank: cannot tell
+            # Two sources for one target (none today, but keep it safe): any 1 wins, else first known.
+            known[t] = 1 if v == 1 else known.get(t, v)
+    explicit = {t: known.get(t, pd.NA) for t in set(FINDING_MAP.values()) if t in cols}
+    labels = C.code_labels((), C.target_names(FINDING_MAP), cols, vouches, explicit, NORMAL_KEEPS_NA)
+    normal = vouches and DEVICE not in unsure
+    return labels, C.verdict(bool(ones), normal), ones & set(UNMAPPED)
 
 
 def _resolve(root: Path, rel: str) -> Path:
@@ -93,6 +113,7 @@ def build(root, out_dir, findings: Sequence[str], unseen: Sequence[str], seed: i
             view = "LATERAL" if lateral else str(rec.get("AP/PA") or "").upper()
             if view == "NAN":
                 view = ""
-            rows.append(C.base_row(iid, patient, DATASET, img, out_dir, code_chexpert(rec, cols), view=view))
+            labels, abnormal, other = code_chexpert(rec, cols)
+            rows.append(C.base_row(iid, patient, DATASET, img, out_dir, labels, view=view, abnormal=abnormal, other=other))
             official[iid] = part
     return C.finish(rows, findings, unseen, seed, split, skipped, official=official, source=DATASET)

@@ -13,10 +13,12 @@ bacterial and viral images; the split is by that key, so they land in one split.
 train/test folders are not honoured: the dev sample is a re-selection by patient, and the study
 needs train/val/test.
 
-Mapping: both pneumonia types -> the unseen finding ``pneumonia``; normals are 0 in every column
-(the film was graded normal); for pneumonia images the 13 target findings are NA (a child with
-pneumonia may well have consolidation or effusion; nobody graded them). With
-``findings=SUBTYPES`` the two types become the finding columns instead (a subtype classifier).
+Mapping: both pneumonia types -> the unseen finding ``pneumonia``; normals are 0 for pneumonia (and
+both subtypes, when asked): what the dataset grades. The 13 target findings are NA on every film,
+normal ones included: Kermany's "normal" vouches only for what it grades, and a child with pneumonia
+may well have consolidation or effusion that nobody graded. ``abnormal``: normal -> 0, pneumonia
+-> 1; ``other_findings`` is always empty (every class is mapped). With ``findings=SUBTYPES`` the two
+types become the finding columns instead (a subtype classifier).
 Views: all films are AP (dataset description). No lesion masks: every row is ``weak``.
 """
 
@@ -93,8 +95,8 @@ def build(root, out_dir, findings: Sequence[str], unseen: Sequence[str], seed: i
             skipped.append({"path": str(img), "reason": str(e)})
             continue
         pos = set() if normal else {FINDING_MAP[label], SUBTYPE_MAP.get(label)}
-        # Only pneumonia and its subtypes are graded; for normals code_labels zero-fills the rest.
+        # Only pneumonia and its subtypes are graded: a normal is 0 there and NA in every other column.
         lab = {"pneumonia", *(SUBTYPES if normal or label in SUBTYPE_MAP else ())}
         labels = C.code_labels(pos, lab, cols, normal)
-        rows.append(C.base_row(Path(rel).stem, patient, DATASET, img, out_dir, labels, view="AP"))
+        rows.append(C.base_row(Path(rel).stem, patient, DATASET, img, out_dir, labels, view="AP", abnormal=C.verdict(not normal, normal)))
     return C.finish(rows, findings, unseen, seed, split, skipped, source=DATASET)

@@ -6,9 +6,11 @@ ViewPosition, StudyDate, …), ``mimic-cxr-2.0.0-chexpert.csv[.gz]`` and/or
 ``mimic-cxr-2.0.0-split.csv[.gz]`` (dicom_id, study_id, subject_id, split in train/validate/test;
 optional) and images ``files/pXX/p<subject_id>/s<study_id>/<dicom_id>.jpg``.
 
-Labels are per study and apply to every image of the study; coding and mapping are those of the
-CheXpert adapter (same label names): uncertain -1 and blank -> NA, see :mod:`.chexpert`. A study
-missing from the label CSV gets NA everywhere. The official split is honoured (validate -> val).
+Labels are per study and apply to every image of the study; coding, mapping, the film's ``abnormal``
+verdict and its ``other_findings`` are those of the CheXpert adapter (same label names, see
+:mod:`.chexpert`): uncertain -1 and blank -> NA; any label 1, mapped or not -> abnormal 1; "No
+Finding" alone -> abnormal 0. A study missing from the label CSV gets NA everywhere, its verdict
+included. The official split is honoured (validate -> val).
 Patient = subject_id. ViewPosition PA/AP/LATERAL (LL -> LATERAL). StudyDate is kept (it is MIMIC's
 shifted, de-identified date) as YYYY-MM-DD.
 """
@@ -60,5 +62,6 @@ def build(root, out_dir, findings: Sequence[str], unseen: Sequence[str], seed: i
         d = str(m.get("StudyDate") or "")
         date = f"{d[:4]}-{d[4:6]}-{d[6:8]}" if len(d) >= 8 and d[:8].isdigit() else ""
         view = VIEWS.get(str(m.get("ViewPosition") or "").upper(), "")
-        rows.append(C.base_row(did, sub, DATASET, img, out_dir, code_chexpert(rec, cols), view=view, study_date=date))
+        labs, abnormal, other = code_chexpert(rec, cols)
+        rows.append(C.base_row(did, sub, DATASET, img, out_dir, labs, view=view, study_date=date, abnormal=abnormal, other=other))
     return C.finish(rows, findings, unseen, seed, split, skipped, official=official, source=DATASET)

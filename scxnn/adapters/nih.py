@@ -2,13 +2,17 @@
 
 Layouts read (``root``):
 
-* official: ``Data_Entry_2017_v2020.csv`` (or ``Data_Entry_2017.csv``), optional
-  ``BBox_List_2017.csv``, images anywhere below root (``images/`` or ``images_0NN/images/``), optional
-  ``train_val_list.txt`` + ``test_list.txt`` (the official split: honoured; train_val is re-split
-  into train/val by patient);
-* the shared mini sample: ``labels.csv`` (path, image_index, finding_labels, patient_id, view,
-  width, height) + ``nih_bbox_subset_origcoords.csv``; its folders' train/valid/test are a repo
-  author's split, not NIH's, so patients are split here.
+* official: ``Data_Entry_2017_v2020.csv`` (or ``Data_Entry_2017.csv``; columns ``Image Index``,
+  ``Finding Labels``, ``Patient ID``, ``View Position``), optional ``BBox_List_2017.csv``, the 1024-px
+  images anywhere below root (``images/`` or ``images_0NN/images/``), optional ``train_val_list.txt``
+  + ``test_list.txt`` (the official split: honoured; train_val is re-split into train/val by
+  patient). It wins when a ``labels.csv`` lies beside it;
+* a shared sample's ``labels.csv`` with ``finding_labels``, ``patient_id``, ``view`` and either
+  ``image`` (the NIH Image Index, the file in ``images/``; e.g. ``nih_cxr14_512``, 512-px PNGs) or
+  ``path`` + ``image_index`` (the file's path below root; e.g. ``nih_cxr14_mini``), with optional
+  boxes in ``nih_bbox_subset_origcoords.csv`` or ``BBox_List_2017.csv``. A sample's own folders are
+  not NIH's split, so patients are split here. A ``labels.csv`` lacking these columns is a
+  ValueError naming the file and the columns.
 
 Boxes are in the 1024x1024 space of the released PNGs and are rescaled to each file's size.
 
@@ -23,7 +27,11 @@ Mapping decisions:
   Fibrosis (only loosely interstitial opacity), Pleural_Thickening (not pleural calcification),
   Emphysema and Hernia (no counterpart). Boxes of unmapped labels (``Infiltrate``) are not written.
 * Findings NIH never labels (pneumoperitoneum, mediastinal widening, both TB, support device,
-  pleural calcification, interstitial opacity, fracture) are NA, except on "No Finding" films (0).
+  pleural calcification, interstitial opacity, fracture) are NA on every film: "No Finding" vouches
+  only for the findings NIH labels, which are 0 on it.
+* ``abnormal``: "No Finding" -> 0; any other label, mapped or not (an "Infiltration"-only film is
+  abnormal, never normal) -> 1; no label at all -> NA. The unmapped labels of a film are its
+  ``other_findings``.
 
 Patient age and sex are never read into the manifest. ``label_type`` is ``hard`` for an image with at
 least one box of a mapped finding (its other positive labels have no mask).
@@ -41,9 +49,14 @@ from scxnn.adapters import _common as C
 
 DATASET = "nih"
 LAYOUT = (
-    "Data_Entry_2017_v2020.csv (or Data_Entry_2017.csv), BBox_List_2017.csv, images/**.png, "
-    "[train_val_list.txt, test_list.txt]; or the mini sample: labels.csv + nih_bbox_subset_origcoords.csv + images/"
+    "Data_Entry_2017_v2020.csv (or Data_Entry_2017.csv), [BBox_List_2017.csv], images/**.png (1024 px), "
+    "[train_val_list.txt, test_list.txt]; or a sample's labels.csv (image, finding_labels, patient_id, view; "
+    "images/<image>) or (path, image_index, finding_labels, patient_id, view), [nih_bbox_subset_origcoords.csv]"
 )
+ENTRY_FILES = ("Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv")
+ENTRY_COLUMNS = ("Image Index", "Finding Labels", "Patient ID", "View Position")
+SAMPLE_COLUMNS = ("finding_labels", "patient_id", "view")
+SAMPLE_BOX_FILES = ("nih_bbox_subset_origcoords.csv", "BBox_List_2017.csv")
 NORMAL_LABELS = ("No Finding",)
 FINDING_MAP: dict[str, str | None] = {
     "Pneumothorax": "pneumothorax",
@@ -61,15 +74,41 @@ BOX_ALIASES = {"Infiltrate": "Infiltration"}  # BBox_List spells it differently
 BOX_SPACE = 1024.0
 
 
+def _read(path: Path, needed: Sequence[str], alternatives: Sequence[Sequence[str]] = ((),)) -> pd.DataFrame:
+    """The CSV as strings, or a one-line ValueError naming the file and the columns it lacks (a
+    KeyError deep in the adapter would tell a person nothing). It needs every column of ``needed``
+    and every column of at least one of ``alternatives``."""
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    have = set(df.columns)
+    missing = [c for c in needed if c not in have]
+    alt = next((a for a in alternatives if set(a) <= have), None)
+    if missing or alt is None:
+        what = [repr(c) for c in missing]
+        if alt is None:
+            what.append(" or ".join(" + ".join(repr(c) for c in a) for a in alternatives))
+        raise ValueError(f"nih: {path} lacks columns {', '.join(what)}. Expected layout: {LAYOUT}")
+    return df
+
+
+def _sample_entries(root: Path) -> tuple[pd.DataFrame, Path | None]:
+    """A shared sample's labels.csv: ``image`` (in images/) or ``path`` + ``image_index``."""
+    df = _read(root / "labels.csv", SAMPLE_COLUMNS, (("image",), ("path", "image_index")))
+    if "image" in df:
+        index, rel = df["image"], "images/" + df["image"]
+    else:
+        index, rel = df["image_index"], df["path"]
+    out = pd.DataFrame({"image_index": index, "rel": rel, "labels": df["finding_labels"], "patient": df["patient_id"], "view": df["view"]})
+    box = next((root / n for n in SAMPLE_BOX_FILES if (root / n).is_file()), None)
+    return out, box
+
+
 def _entries(root: Path) -> tuple[pd.DataFrame, Path | None, bool]:
-    """(image_index, rel_path, finding_labels, patient, view), the box file, and whether official."""
-    if (root / "labels.csv").is_file() and not any((root / n).is_file() for n in ("Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv")):
-        df = pd.read_csv(root / "labels.csv", dtype=str, keep_default_na=False)
-        out = pd.DataFrame({"image_index": df["image_index"], "rel": df["path"], "labels": df["finding_labels"], "patient": df["patient_id"], "view": df["view"]})
-        box = root / "nih_bbox_subset_origcoords.csv"
-        return out, (box if box.is_file() else None), False
-    entry = C.require_file(root, ["Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv"], DATASET, LAYOUT)
-    df = pd.read_csv(entry, dtype=str, keep_default_na=False)
+    """(image_index, rel_path, labels, patient, view), the box file, and whether official. Only these
+    columns are kept: age and sex never reach the manifest."""
+    if (root / "labels.csv").is_file() and not any((root / n).is_file() for n in ENTRY_FILES):
+        return (*_sample_entries(root), False)
+    entry = C.require_file(root, ENTRY_FILES, DATASET, LAYOUT)
+    df = _read(entry, ENTRY_COLUMNS)
     found = {p.name: p.relative_to(root).as_posix() for p in root.rglob("*.png")}
     out = pd.DataFrame(
         {
@@ -121,9 +160,10 @@ def build(root, out_dir, findings: Sequence[str], unseen: Sequence[str], seed: i
         if not img.is_file():
             skipped.append({"path": str(img), "reason": "listed in labels but missing on disk"})
             continue
-        src = [s.strip() for s in e.labels.split("|") if s.strip()]
+        src = {s.strip() for s in str(e.labels).split("|") if s.strip()}
+        found = src - set(NORMAL_LABELS)  # any other label, mapped or not, is a finding
         pos = {FINDING_MAP[s] for s in src if FINDING_MAP.get(s)}
-        labels = C.code_labels(pos, labelled, cols, normal=any(s in NORMAL_LABELS for s in src))
+        labels = C.code_labels(pos, labelled, cols, normal=bool(src) and not found)
         masks = {}
         if boxes.get(e.image_index):
             h, w = C.image_size(img)
@@ -134,7 +174,8 @@ def build(root, out_dir, findings: Sequence[str], unseen: Sequence[str], seed: i
                 if t in cols:
                     per[t].append((x * sx, y * sy, (x + bw) * sx, (y + bh) * sy))
             masks = {t: C.write_mask(C.boxes_to_mask(b, (h, w)), out_dir, DATASET, iid, t) for t, b in per.items()}
-        rows.append(C.base_row(iid, str(e.patient), DATASET, img, out_dir, labels, masks, view=str(e.view).upper()))
+        rows.append(C.base_row(iid, str(e.patient), DATASET, img, out_dir, labels, masks, view=str(e.view).upper(),
+                               abnormal=C.verdict(bool(found), bool(src)), other=found - set(FINDING_MAP)))
         by_name[e.image_index].append(iid)
     off = _official_split(root, by_name) if official else None
     return C.finish(rows, findings, unseen, seed, split, skipped, official=off, source=DATASET)

@@ -14,7 +14,8 @@ Patient: the DICOM PatientID tag (a random UID in this release); for the PNG exp
 no header, the ImageId (one image per patient in practice). No official labelled split: patients are
 split here. Only pneumothorax is labelled: every other column is NA (there is no "normal" label;
 ``-1`` says only "no pneumothorax"). Every image with a positive RLE is ``hard``; negatives are
-``weak`` with pneumothorax = 0.
+``weak`` with pneumothorax = 0. ``abnormal``: 1 with a positive RLE; NA for ``-1`` (SIIM says nothing
+about the rest of the film, so it is not a normal film); ``other_findings`` is always empty.
 """
 
 from __future__ import annotations
@@ -112,5 +113,5 @@ def build(root, out_dir, findings: Sequence[str], unseen: Sequence[str], seed: i
             for e in encs:
                 m |= rle_decode(e, h, w)
             masks = {"pneumothorax": C.write_mask(m, out_dir, DATASET, iid, "pneumothorax")}
-        rows.append(C.base_row(iid, _patient(img), DATASET, img, out_dir, labels, masks))
+        rows.append(C.base_row(iid, _patient(img), DATASET, img, out_dir, labels, masks, abnormal=C.verdict(positive, normal=False)))
     return C.finish(rows, findings, unseen, seed, split, skipped, source=DATASET)

@@ -13,8 +13,15 @@ Mapping: ActiveTuberculosis boxes -> active_tuberculosis (mask, ``hard``).
 UNMAPPED: ObsoletePulmonaryTuberculosis (healed/latent TB is neither active nor the thesis'
 "advanced" TB) and PulmonaryTuberculosis (activity undetermined: active_tuberculosis becomes NA on
 such images unless an active box is also present). A TB image with only obsolete boxes is
-active_tuberculosis 0. ``health`` films are normal (0 everywhere); ``sick`` films are
-active_tuberculosis 0 and NA elsewhere; advanced_tuberculosis is never labelled (NA).
+active_tuberculosis 0. TBX11K labels only active TB: ``health`` and ``sick`` films are
+active_tuberculosis 0 and NA elsewhere ("healthy" vouches only for what TBX11K labels);
+advanced_tuberculosis is never labelled (NA).
+
+``abnormal`` (the film's verdict): ``health`` -> 0; ``sick`` (sick but not TB) -> 1, a sick film is
+never normal, with ``other_findings`` ``sick_non_tb``; ``tb`` -> 1 whatever its boxes (active,
+obsolete only, or undetermined), with its unmapped box categories as ``other_findings`` (e.g.
+``ObsoletePulmonaryTuberculosis``), or ``tb_unboxed`` when no box tells its category (no
+annotation file).
 """
 
 from __future__ import annotations
@@ -34,6 +41,9 @@ NORMAL_LABELS = ("health",)
 FINDING_MAP: dict[str, str | None] = {"ActiveTuberculosis": "active_tuberculosis"}
 UNMAPPED: tuple[str, ...] = ("ObsoletePulmonaryTuberculosis", "PulmonaryTuberculosis")
 UNDETERMINED = "PulmonaryTuberculosis"
+SICK = "sick_non_tb"  # other_findings of a sick film: a disease no column names
+TB_UNBOXED = "tb_unboxed"  # other_findings of a tb film whose boxes (its TB category) are unknown
+SICK_CLASSES = ("sick", "tb")  # never normal, whatever their boxes
 
 
 def _boxes(path: Path) -> dict[str, list[tuple[str, tuple]]]:
@@ -47,6 +57,15 @@ def _boxes(path: Path) -> dict[str, list[tuple[str, tuple]]]:
         x, y, w, h = a["bbox"]
         out[names[a["image_id"]]].append((cats[a["category_id"]], (x, y, x + w, y + h)))
     return out
+
+
+def _other(cls: str, cats: set[str]) -> set[str]:
+    """A film's findings no column maps: a sick film's disease, a TB film's unmapped categories."""
+    if cls == "sick":
+        return {SICK}
+    if cls == "tb":
+        return (cats - set(FINDING_MAP)) if cats else {TB_UNBOXED}
+    return set()
 
 
 def build(root, out_dir, findings: Sequence[str], unseen: Sequence[str], seed: int = 0, split=(0.8, 0.1, 0.1)) -> pd.DataFrame:
@@ -78,6 +97,7 @@ def build(root, out_dir, findings: Sequence[str], unseen: Sequence[str], seed: i
             if active and "active_tuberculosis" in cols:
                 m = C.boxes_to_mask(active, C.image_size(img))
                 masks = {"active_tuberculosis": C.write_mask(m, out_dir, DATASET, img.stem, "active_tuberculosis")}
-            rows.append(C.base_row(img.stem, img.stem, DATASET, img, out_dir, labels, masks))
+            rows.append(C.base_row(img.stem, img.stem, DATASET, img, out_dir, labels, masks,
+                                   abnormal=C.verdict(cls in SICK_CLASSES, cls in NORMAL_LABELS), other=_other(cls, cats)))
             official[img.stem] = sp
     return C.finish(rows, findings, unseen, seed, split, skipped, official=official, source=DATASET)

@@ -18,8 +18,13 @@ UNMAPPED (reason): Aortic enlargement (not mediastinal widening), Calcification 
 pleural), Tuberculosis (global, active vs advanced unknown), Pulmonary fibrosis, Pleural thickening,
 Infiltration, Lung Opacity, Lung cavity, Lung cyst, Emphysema, Enlarged PA, Mediastinal shift,
 Other lesion, COPD, Lung tumor, Other diseases (no counterpart or too broad).
-Never labelled -> NA (except "No finding" films -> 0): pneumoperitoneum, mediastinal widening,
-both TB findings, support device, pleural calcification.
+Never labelled -> NA on every film, "No finding" films included (they vouch only for what VinDr
+labels): pneumoperitoneum, mediastinal widening, both TB findings, support device, pleural
+calcification.
+
+``abnormal``: 0 when every reader gave only "No finding"; 1 when any reader gave any other class,
+local or global, mapped or not (an "Aortic enlargement"- or "Other diseases"-only film is abnormal,
+never normal); the unmapped classes are the film's ``other_findings``.
 """
 
 from __future__ import annotations
@@ -93,13 +98,15 @@ def build(root, out_dir, findings: Sequence[str], unseen: Sequence[str], seed: i
                 skipped.append({"path": str(img), "reason": "listed in annotations but missing on disk"})
                 continue
             src = names[iid]
-            normal = src <= set(NORMAL_LABELS)  # "No finding" from every reader
+            found = src - set(NORMAL_LABELS)  # any other class, local or global, mapped or not
+            normal = bool(src) and not found  # "No finding" from every reader
             pos = {FINDING_MAP[s] for s in src if FINDING_MAP.get(s)}
             labels = C.code_labels(pos, labelled, cols, normal)
             masks = {}
             if boxes.get(iid):
                 shape = C.image_size(img)
                 masks = {t: C.write_mask(C.boxes_to_mask(b, shape), out_dir, DATASET, iid, t) for t, b in boxes[iid].items()}
-            rows.append(C.base_row(iid, iid, DATASET, img, out_dir, labels, masks))
+            rows.append(C.base_row(iid, iid, DATASET, img, out_dir, labels, masks, abnormal=C.verdict(bool(found), normal),
+                                   other=found - set(FINDING_MAP)))
             official[iid] = SPLIT_NAMES[part]
     return C.finish(rows, findings, unseen, seed, split, skipped, official=official, source=DATASET)

@@ -1,0 +1,106 @@
+"""Transfer: the profile's run scored on real radiographs it never saw, beside its own test figures
+(step 08, ``notebooks/08_transfer.ipynb``). For the demo, trained on synthetic films only, this is
+what the synthetic study's results are worth on real films.
+
+The real films are a labelled public sample read by its adapter (by default the 319 adult NIH
+ChestX-ray14 films of ``../shared/realdata/nih_cxr14_512``). Nothing is refitted: the films go
+through the run's preprocessing, finding models and SVM (:func:`scxnn.external.score_manifest`).
+The table ``transfer_<adapter>`` gives, with 95% patient-bootstrap CIs:
+
+* ``normal_vs_abnormal``: the SVM score, films the source calls normal ("No Finding") against films
+  it gives any finding, mapped or not (:func:`scxnn.data.abnormal_labels`);
+* each finding the source labels: the finding model's softmax probability of its target, the
+  finding against every other film of known label (:func:`scxnn.evaluation.auc_per_finding`);
+
+and ``figure_transfer_gradcam`` the Grad-CAM of each finding's model on a real film with that
+finding (image-level labels: no outline). ``TARGETS`` are the transfer AUCs issue 32 asks of the
+demo; a row says whether its lower bound, its point estimate or neither reaches them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from scxnn import reports
+from scxnn.adapters import build_manifest
+from scxnn.checkpoints import run_model_dirs
+from scxnn.config import Config
+from scxnn.ensemble import load_run
+from scxnn.evaluation import auc_per_finding, format_ci, svm_auc
+from scxnn.external import score_manifest
+from scxnn.metrics import fmt_ci
+from scxnn.study_tables import gradcam_figure
+from scxnn.utils import log
+
+NORMAL_VS_ABNORMAL = "normal_vs_abnormal"
+# Issue 32's done-whens for the demo run on real adult NIH films.
+TARGETS = {NORMAL_VS_ABNORMAL: 0.70, "cardiomegaly": 0.80, "pleural_effusion": 0.80, "pneumothorax": 0.65,
+           "consolidation": 0.65, "atelectasis": 0.65, "nodule": 0.65}
+AUC_COLUMNS = ("auc", "auc_lo", "auc_hi")
+
+
+def _verdict(lo: float, auc: float, target: float) -> str:
+    if not np.isfinite(target) or not np.isfinite(auc):
+        return "n/a"
+    return "reached" if lo >= target else "point estimate only" if auc >= target else "below target"
+
+
+def _rows(svm_row: pd.Series | None, per_finding: pd.DataFrame) -> pd.DataFrame:
+    """One row per measure: normal vs abnormal first, then the findings; columns n_pos, n_neg, auc*."""
+    keep = ["n_pos", "n_neg", *AUC_COLUMNS]
+    parts = [] if svm_row is None else [pd.DataFrame([{"measure": NORMAL_VS_ABNORMAL, **svm_row[keep].to_dict()}])]
+    if len(per_finding):  # a profile whose findings the source never labels (Kermany's subtypes on NIH) has none
+        parts.append(per_finding.rename(columns={"finding": "measure"})[["measure", *keep]])
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["measure", *keep])
+
+
+def transfer_table(cfg: Config, run_dir: str | Path, real_root: str | Path, out_dir: str | Path,
+                   adapter: str = "nih", progress: bool = True) -> pd.DataFrame | None:
+    """Score the run ``run_dir`` (``runs/<profile>``) on the real films under ``real_root`` and write
+    the transfer table and its Grad-CAM figure. None, with a log line saying so, when the folder is
+    absent (a checkout without ``../shared``). Columns: measure, study_auc[_lo, _hi] (the run's own
+    first evaluation set: the synthetic internal test set for the demo), real_n_pos, real_n_neg, real_auc[_lo, _hi], target, verdict."""
+    real_root, out = Path(real_root), Path(out_dir)
+    if not real_root.is_dir():
+        log.warning("no real films at %s: the transfer table is not written (it needs ../shared/realdata)", real_root)
+        return None
+    findings, unseen = list(cfg.findings), list(cfg.unseen_findings)
+    manifest_dir = out / "manifest"
+    build_manifest(adapter, real_root, manifest_dir, findings, unseen, seed=cfg.seed)
+    _, real, _, dropped, _ = score_manifest(run_dir, manifest_dir / "manifest.csv", out / "scored", drop_seen=True, progress=progress)
+    n_boot, seed, ci = cfg.evaluate.bootstrap, cfg.seed, cfg.evaluate.ci
+    study, _, _, _ = load_run(Path(run_dir) / "03_svm_ensemble", cfg)
+    own_svm = svm_auc(study, n_boot, seed, ci)
+    own = _rows(own_svm.iloc[0] if len(own_svm) else None, auc_per_finding(study, findings, n_boot, seed, ci))
+    real_svm = svm_auc(real, n_boot, seed, ci)
+    labelled = [f for f in findings if real[f].notna().any()]  # the findings the source labels
+    rea = _rows(real_svm.iloc[0] if len(real_svm) else None, auc_per_finding(real, labelled, n_boot, seed, ci))
+    df = rea.rename(columns={c: f"real_{c}" for c in ("n_pos", "n_neg", *AUC_COLUMNS)}).merge(
+        own[["measure", *AUC_COLUMNS]].rename(columns={c: f"study_{c}" for c in AUC_COLUMNS}), on="measure", how="left")
+    df = df[["measure", *(f"study_{c}" for c in AUC_COLUMNS), "real_n_pos", "real_n_neg", *(f"real_{c}" for c in AUC_COLUMNS)]]
+    df["target"] = [TARGETS.get(m, np.nan) for m in df["measure"]]
+    df["verdict"] = [_verdict(lo, a, t) for lo, a, t in zip(df["real_auc_lo"], df["real_auc"], df["target"])]
+    first = df.iloc[0]
+    trained_on = "synthetic films only" if cfg.data.source == "synth" else f"{cfg.data.adapter or 'its own'} films"
+    reports.write_table(
+        cfg, df, f"transfer_{adapter}",
+        f"Transfer: the {cfg.profile} run, trained on {trained_on}, scored without retraining on {len(real)} real "
+        f"{adapter} films ({real_root.name}; {dropped['patients']} patient(s) left out as seen by the run) beside its own "
+        f"test set (study_: the first evaluation set, internal for the synthetic study). {NORMAL_VS_ABNORMAL}: the SVM score, films the source calls normal against films it "
+        f"gives any finding, mapped or not; a finding: its model's probability, the finding against every other film of known "
+        f"label. AUC with {ci:.0%} patient-bootstrap CIs; target: issue 32's transfer AUC; verdict: its lower bound "
+        f"(reached), only its point estimate, or neither reaches it.",
+        headline=f"real {adapter} films: normal vs abnormal AUC {fmt_ci(first['real_auc'], first['real_auc_lo'], first['real_auc_hi'])} "
+                 f"(own test set {fmt_ci(first['study_auc'], first['study_auc_lo'], first['study_auc_hi'])})",
+        display=format_ci(df.rename(columns={"real_auc": "real", "real_auc_lo": "real_lo", "real_auc_hi": "real_hi",
+                                             "study_auc": "study", "study_auc_lo": "study_lo",
+                                             "study_auc_hi": "study_hi"}), ("study", "real")))
+    if not labelled:
+        return df
+    models = run_model_dirs(run_dir, cfg)
+    gradcam_figure(cfg, {f: models[f] for f in labelled}, cache=out / "scored" / "png", name=f"figure_transfer_gradcam_{adapter}",
+                   films=f"a real {adapter} film with its finding")
+    return df
