@@ -235,6 +235,14 @@ def test_certify_a_site_then_screen_with_its_certificate(kermany_run, tmp_path, 
                  "--target", "0.6", "--no-progress"]) == 0
     cert = json.loads((tmp_path / "c60" / "certificate.json").read_text())
     assert cert["certified"] and cert["sensitivity_lo"] >= 0.6 and cert["target"] == 0.6
+    # Films whose source says neither normal nor abnormal have no label to count: left out, counted.
+    m = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    m.loc[m.index[m["abnormal"] == "0"][:5], "abnormal"] = ""
+    m.to_csv(tmp_path / "m" / "unknown.csv", index=False)
+    assert main(["certify", "--models", run, "--manifest", str(tmp_path / "m" / "unknown.csv"), "--out", str(tmp_path / "c60u"),
+                 "--site", "kermany_test", "--target", "0.6", "--no-progress"]) == 0
+    unknown = json.loads((tmp_path / "c60u" / "certificate.json").read_text())
+    assert (unknown["unknown_films"], unknown["films"], unknown["abnormal_films"]) == (5, n - 5, cert["abnormal_films"])
     capsys.readouterr()
     assert main(["predict", "--models", run, str(films), "--out", str(tmp_path / "p1"), "--certificate", str(tmp_path / "c60"),
                  "--no-progress", "--no-overlays"]) == 0
