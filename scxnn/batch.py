@@ -53,8 +53,9 @@ def _gate_key(pre: Preprocess) -> list:
     return [GATE_VERSION, pre.min_side, pre.max_aspect, pre.max_megapixels]
 
 
-# What preprocessing writes into a row; every other field comes from the input manifest.
-_PIXEL_FIELDS = ("path", "masks", "source_sha256", "view", "modality", "body_part", "photometric", "bits_stored",
+# What preprocessing writes into a row; every other field comes from the input manifest (``view``
+# from both: the manifest's, else the file header's).
+_PIXEL_FIELDS = ("path", "masks", "source_sha256", "modality", "body_part", "photometric", "bits_stored",
                  "pixel_spacing_mm", "scope_flags")
 
 
@@ -74,7 +75,8 @@ def _process(job: _Job) -> tuple[str, dict | None, str | None]:
             if rec.get("key") == key and (out / rec["row"]["path"]).is_file():
                 # The pixels are the record's; the labels are the manifest's now (an adapter may
                 # have corrected them since, e.g. a film it used to call normal).
-                return image_id, {**rec["row"], **{k: v for k, v in job.row.items() if k not in _PIXEL_FIELDS}}, None
+                row = {**rec["row"], **{k: v for k, v in job.row.items() if k not in _PIXEL_FIELDS}}
+                return image_id, {**row, "view": job.row.get("view") or rec["row"].get("view") or ""}, None
         rad = read_image(job.source, voi_lut=job.pre.voi_lut, max_megapixels=job.pre.max_megapixels)
         why = plausibility.check(rad.pixels, job.pre, rad.scope_flags)
         if why:

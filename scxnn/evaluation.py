@@ -39,7 +39,7 @@ RISK_RANK = (*RISK_GROUPS, UNSEEN, UNKNOWN)  # most to least urgent
 
 
 def _positive(col: pd.Series) -> np.ndarray:
-    """1 -> True; 0 and unknown (NA) -> False, as in :func:`scxnn.ensemble.abnormal_labels`."""
+    """1 -> True; 0 and unknown (NA) -> False: whether a finding column marks the finding present."""
     return col.fillna(0).astype(int).to_numpy() == 1
 
 

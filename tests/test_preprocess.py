@@ -236,11 +236,11 @@ def test_manifest_input_keeps_labels_and_maps_masks(tmp_path):
     # The labels corrected since (an adapter that now reads more of its source): a resumed run keeps
     # the pixels it made and takes the manifest's labels, never the record's old ones.
     stamp = os.stat(tmp_path / "out" / df.loc[0, "path"]).st_mtime_ns
-    fixed = {**row, "cardiomegaly": 1, "other_findings": "Emphysema"}
+    fixed = {**row, "cardiomegaly": 1, "other_findings": "Emphysema", "view": "AP"}
     write_manifest(new_manifest([fixed], list(cfg.findings), list(cfg.unseen_findings)), src / "manifest.csv")
     df2, _ = preprocess_inputs(cfg, [src / "manifest.csv"], tmp_path / "out", progress=False)
     assert os.stat(tmp_path / "out" / df2.loc[0, "path"]).st_mtime_ns == stamp
-    assert (df2.loc[0, "cardiomegaly"], df2.loc[0, "other_findings"]) == (1, "Emphysema")
+    assert (df2.loc[0, "cardiomegaly"], df2.loc[0, "other_findings"], df2.loc[0, "view"]) == (1, "Emphysema", "AP")
     # Another set of lesion masks is another preprocessing of the film: redone, not resumed.
     write_manifest(new_manifest([{**fixed, "nodule": 0, "masks": ""}], list(cfg.findings), list(cfg.unseen_findings)), src / "manifest.csv")
     df3, _ = preprocess_inputs(cfg, [src / "manifest.csv"], tmp_path / "out", progress=False)
