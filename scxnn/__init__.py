@@ -11,7 +11,7 @@ floor or the floors below it, inside functions too (``tests/test_layout.py`` che
 2. data: dicom, data, pixels, batch, adapters, synth, sources, dataset, labels
 3. models: models, losses, checkpoints
 4. training: pretrain, train
-5. inference: inference, ort, ood
+5. inference: inference, ort, ood, monitor
 6. ensemble and evaluation: ensemble, evaluation, cam, localisation, variants
 7. reports and commands' logic: reports, figures, gallery, training_figures, study_tables, external, transfer, certify, predict, bench
 8. command line: cli, __main__
@@ -24,7 +24,7 @@ LAYERS = (
     ("data", ("dicom", "data", "pixels", "batch", "adapters", "synth", "sources", "dataset", "labels")),
     ("models", ("models", "losses", "checkpoints")),
     ("training", ("pretrain", "train")),
-    ("inference", ("inference", "ort", "ood")),
+    ("inference", ("inference", "ort", "ood", "monitor")),
     ("ensemble and evaluation", ("ensemble", "evaluation", "cam", "localisation", "variants")),
     ("reports and commands' logic", ("reports", "figures", "gallery", "training_figures", "study_tables", "external", "transfer", "certify", "predict", "bench")),
     ("command line", ("cli", "__main__")),

@@ -216,26 +216,71 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     table = predict(args.models, args.inputs, args.out, threshold=args.threshold, device=args.device, bf16=args.bf16,
                     overlays=not args.no_overlays, full_size=not args.no_full_size, progress=not args.no_progress, backend=args.backend,
-                    certificate=args.certificate, anonymise_names=args.anonymise_names, names_in_report=args.names_in_report)
-    batch = table.attrs["batch"]
+                    certificate=args.certificate, anonymise_names=args.anonymise_names, names_in_report=args.names_in_report,
+                    monitor=args.monitor)
+    batch, watch = table.attrs["batch"], table.attrs.get("monitor")
     if args.json:
         _print_json({"films": len(table), "decisions": {d: int((table["decision"] == d).sum()) for d in DECISIONS},
-                     "batch": {**dataclasses.asdict(batch), "verdict": batch.describe()},
+                     "batch": {**dataclasses.asdict(batch), "verdict": batch.describe()}, "monitor": _monitor_json(watch),
                      "predictions": str(Path(args.out) / "predictions.csv"), "report": str(Path(args.out) / REPORT_NAME)})
         return 0
     counts = ", ".join(f"{d} {int((table['decision'] == d).sum())}" for d in DECISIONS)
-    print(f"{len(table)} film(s): {counts}; {batch.describe()}\n"
-          f"-> {_rel(Path(args.out) / 'predictions.csv')}, {_rel(Path(args.out) / REPORT_NAME)}")
+    print(f"{len(table)} film(s): {counts}; {batch.describe()}\n" + (f"{watch.describe()}\n" if watch is not None else "")
+          + f"-> {_rel(Path(args.out) / 'predictions.csv')}, {_rel(Path(args.out) / REPORT_NAME)}")
+    return 0
+
+
+def _monitor_json(watch) -> dict | None:
+    if watch is None:
+        return None
+    return {"path": watch.path, "new": watch.new, "since": watch.since, "films": watch.films, "flagged": watch.flagged,
+            "cusum": watch.cusum, "alarm": watch.alarm, "clears": watch.clears, "damaged": watch.damaged,
+            "rule": watch.rule.to_dict() if watch.rule else None, "verdict": watch.describe()}
+
+
+def _cmd_monitor(args: argparse.Namespace) -> int:
+    from scxnn import monitor
+
+    path = monitor.locate(args.monitor, args.certificate, args.models)
+    if not path.is_file():
+        raise FileNotFoundError(f"no site monitor at {path}: it starts with the first `scxnn predict` call that can issue definite_normal there")
+    watch = monitor.clear(path, args.by, args.why) if args.action == "clear" else monitor.status_of(path)
+    if args.json:
+        _print_json(_monitor_json(watch))
+        return 0
+    print(watch.describe())
+    if watch.rule is not None:
+        print(f"rule: {watch.rule.describe()}")
+    for c in watch.clears:
+        print(f"cleared {c['time']} by {c['by']}: {c['why']} (alarm of film {c['alarm']['film']}, {c['alarm']['chart']} chart)")
+    if args.action == "clear":
+        print(f"alarm cleared; recorded in {_rel(path)}")
     return 0
 
 
 def _cmd_certify(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from scxnn.certify import CERTIFICATE_NAME, certify
+    from scxnn.certify import CERTIFICATE_NAME, PLAN_CONFIDENCES, PLAN_TARGETS, certify, format_plan, plan
 
+    if args.plan:
+        given = [o for o, v in (("--manifest", args.manifest), ("--out", args.out), ("--site", args.site),
+                                ("--drop-seen", args.drop_seen)) if v]
+        if given:  # a plan scores no film: ignoring them would look as if they had been used
+            raise ValueError(f"--plan scores no film and writes nothing, so it takes no {', '.join(given)}")
+        table = plan(args.models, targets=PLAN_TARGETS if args.target is None else (args.target,),
+                     confidences=PLAN_CONFIDENCES if args.confidence is None else (args.confidence,))
+        if args.json:
+            _print_json({"plan": table.to_dict("records"), **table.attrs})
+            return 0
+        print(format_plan(table))
+        return 0
+    missing = [o for o, v in (("--manifest (the site's labelled sample)", args.manifest), ("--out (where the certificate goes)", args.out))
+               if not v]
+    if missing:
+        raise ValueError(f"certify needs {' and '.join(missing)}, or --plan to see what certifying would take")
     cert = certify(args.models, args.manifest, args.out, site=args.site, target=args.target, drop_seen=args.drop_seen,
-                   progress=not args.no_progress)
+                   progress=not args.no_progress, confidence=args.confidence)
     if args.json:
         _print_json({**dataclasses.asdict(cert), "verdict": cert.describe(), "certificate": str(Path(args.out) / CERTIFICATE_NAME)})
         return 0 if cert.certified else 3
@@ -449,13 +494,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drop-seen", action="store_true", help="leave out films the run has seen: its training and validation patients, and copies of their films under other names or patient ids (same sha256 of the file); the summary counts both (default: such an overlap is an error)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    p = add("certify", "freeze a site's definite-normal threshold from a labelled sample of its films (exit 3: refused, with how many more abnormal films it needs)", _cmd_certify, profile=False)
+    p = add("certify", "freeze a site's definite-normal threshold from a labelled sample of its films (exit 3: refused, with how many more abnormal films it needs); --plan: what certifying would take, before collecting any", _cmd_certify, profile=False)
     p.add_argument("--json", action="store_true", help="print one JSON summary on stdout instead of the text lines (for the next tool in a pipe)")
     p.add_argument("--models", required=True, help="the trained run: runs/<profile> (holds 02_train_disease_model/ and 03_svm_ensemble/)")
-    p.add_argument("--manifest", required=True, help="manifest.csv of the site's labelled sample (e.g. from `scxnn manifest DATASET ROOT --out DIR`)")
-    p.add_argument("--out", required=True, help="output folder: certificate.json, site_scores.csv, png/, logits.parquet")
+    p.add_argument("--manifest", help="manifest.csv of the site's labelled sample (e.g. from `scxnn manifest DATASET ROOT --out DIR`); required unless --plan")
+    p.add_argument("--out", help="output folder: certificate.json, site_scores.csv, png/, logits.parquet; required unless --plan")
     p.add_argument("--site", help="the site's name in the certificate and the report (default: the manifest's site names)")
-    p.add_argument("--target", type=float, help="sensitivity to certify (default: the run's ensemble.sensitivity_target)")
+    p.add_argument("--target", type=float, help="sensitivity to certify (default: the run's ensemble.sensitivity_target); with --plan: "
+                   "plan this target only (default: 0.90, 0.95, 0.97, 0.98 and 0.99)")
+    p.add_argument("--confidence", type=float, metavar="C", help="level of the exact (Clopper-Pearson) one-sided lower bound of "
+                   "sensitivity that must reach the target, in (0.5, 1) (default: 0.975, the lower end of the run's two-sided 95%% "
+                   "intervals, as its strict threshold; 99%% then takes 368 abnormal patients with none missed, 299 at 0.95); "
+                   "with --plan: plan this confidence only (default: 0.90, 0.95, 0.975 and 0.99)")
+    p.add_argument("--plan", action="store_true", help="plan a site sample instead: for each target and confidence, the abnormal "
+                   "patients it takes (none or one missed) and the threshold and auto-normal share to expect, from the run's "
+                   "validation scores; scores no film, needs no --manifest or --out")
     p.add_argument("--drop-seen", action="store_true", help="leave out films the run has seen: its training and validation patients, and copies of their films under other names or patient ids (same sha256 of the file); the summary counts both (default: such an overlap is an error)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -475,7 +528,21 @@ def build_parser() -> argparse.ArgumentParser:
     names = p.add_mutually_exclusive_group()
     names.add_argument("--anonymise-names", action="store_true", help="write no input file name anywhere: predictions.csv names films by film_id (from the content hash), as report.html always does")
     names.add_argument("--names-in-report", action="store_true", help="show the file names in report.html (default: film ids only, as the page is meant to be shared; file names can hold a patient's name)")
+    p.add_argument("--monitor", metavar="PATH", help="the site monitor's file (or folder) that every call appends its films to "
+                   "(default: monitor.jsonl in the certificate's folder, or in the run folder when its validation certifies); on "
+                   "wherever definite_normal can be issued: after its alarm nothing is definite_normal until re-certified or cleared")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = add("monitor", "a certified site's monitor across predict calls: show its state, or clear an alarm (who and why are recorded)",
+            _cmd_monitor, profile=False)
+    p.add_argument("action", choices=["show", "clear"], help="show: films watched, the charts and any alarm; clear: lift the alarm")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--monitor", metavar="PATH", help="the monitor file or its folder")
+    where.add_argument("--certificate", metavar="CERT", help="the site's certificate folder (its monitor.jsonl)")
+    where.add_argument("--models", metavar="RUN", help="the run folder (the monitor of the run's own population)")
+    p.add_argument("--by", metavar="NAME", help="clear: who clears the alarm (recorded)")
+    p.add_argument("--why", metavar="TEXT", help="clear: why it is safe to go on (recorded)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of the text lines")
 
     p = add("gradcam", "Grad-CAM overlays of the finding models for any image (DICOM/PNG/JPEG files or folders)", _cmd_gradcam, profile=False)
     p.add_argument("--models", required=True, help="folder with <finding>/best.pt, e.g. runs/demo/02_train_disease_model")

@@ -254,6 +254,11 @@ class Evaluate:
     # OOD-flagged films is significantly above this tolerance gets no definite_normal at all.
     batch_ood_share: float
     batch_alpha: float  # one-sided binomial test level of that rule
+    # The site monitor of `scxnn predict` (scxnn.monitor): Bernoulli CUSUMs over the stream of
+    # screened films. monitor_arl: in-distribution films between false alarms, on average, at
+    # least; monitor_shift_share: the flagged share its flagged chart detects fastest.
+    monitor_arl: float
+    monitor_shift_share: float
     # Published results on the profile's data to print beside ours (notebook 04), e.g.
     # {"Kermany et al. 2018": {accuracy: 0.928, sensitivity: 0.932, specificity: 0.901, auc: 0.968}}
     published: dict[str, dict[str, Any]]
@@ -264,6 +269,8 @@ class Evaluate:
         _check(self.ood_fit_images >= 0, "ood_fit_images", "must be >= 0 (0: every training film)")
         _check(0 < self.batch_ood_share < 1, "batch_ood_share", "must be in (0, 1)")
         _check(0 < self.batch_alpha < 0.5, "batch_alpha", "must be in (0, 0.5)")
+        _check(self.monitor_arl >= 10, "monitor_arl", "must be >= 10 films")
+        _check(0 < self.monitor_shift_share < 1, "monitor_shift_share", "must be in (0, 1)")
         _check(self.bootstrap >= 100, "bootstrap", "must be >= 100")
         _check(0 < self.ci < 1, "ci", "must be in (0, 1)")
         _check(self.batch_size >= 1, "batch_size", "must be >= 1")

@@ -31,7 +31,7 @@ import pandas as pd
 
 from scxnn.utils import atomic_write_text
 
-__all__ = ["DECISIONS", "DISCLAIMER", "thumbnail_png", "write_report"]
+__all__ = ["DECISIONS", "DISCLAIMER", "stream_chart", "thumbnail_png", "write_report"]
 
 #: Known decisions, in display order, with their badge label.
 DECISIONS: dict[str, str] = {
@@ -398,10 +398,65 @@ def _table(df: pd.DataFrame, pcols: list[str], has: set[str],
     return (f'<table id="films"><thead><tr>{"".join(heads)}</tr></thead>\n<tbody>\n{rows}\n</tbody></table>')
 
 
+# --------------------------------------------------------------------------------------------- site monitor
+MAX_POINTS = 1500  # points per polyline: a long stream is thinned (the CUSUM by its bucket's maximum)
+
+
+def stream_chart(flags: list[int], cusum: list[float], limit: float, tolerance: float, marks: list[tuple[int, str]] = (),
+                 window: int = 25) -> str:
+    """An inline SVG of a site monitor's stream (numbers only, nothing fetched): top, the share of the
+    last ``window`` films the gate flagged, with the stream rule's in-control ``tolerance`` dashed;
+    bottom, the flagged-share CUSUM with its alarm line at ``limit``. ``marks``: (film, "alarm" |
+    "clear") as vertical lines."""
+    n = len(flags)
+    if n == 0:
+        return '<p class="monitor-empty">No film in the stream yet.</p>'
+    f = np.asarray(flags, dtype=float)
+    roll = np.convolve(f, np.ones(window), "full")[:n] / np.minimum(np.arange(1, n + 1), window)
+    c = np.asarray(cusum, dtype=float)
+    stride = max(1, math.ceil(n / MAX_POINTS))
+    idx = np.arange(0, n, stride)
+    c_top = np.array([c[i:i + stride].max() for i in idx])
+    w, h, left, gap = 720.0, 110.0, 44.0, 30.0
+    top2 = h + gap
+    ymax = max(float(limit) * 1.25, float(c.max()) * 1.05, 1e-9)
+
+    def x(i) -> float:
+        return left + (w - left - 8) * (i / max(n - 1, 1))
+
+    def pts(vals, y0, scale) -> str:
+        return " ".join(f"{x(i):.1f},{y0 + h - min(max(v, 0.0), scale) / scale * h:.1f}" for i, v in zip(idx, vals))
+
+    tol_y, lim_y = h - min(tolerance, 1.0) * h, top2 + h - float(limit) / ymax * h
+    parts = [f'<svg class="monitor" role="img" aria-label="site monitor chart" viewBox="0 0 {w:.0f} {2 * h + gap + 24:.0f}" '
+             f'width="{w:.0f}" height="{2 * h + gap + 24:.0f}" xmlns="http://www.w3.org/2000/svg" font-size="11" font-family="sans-serif">',
+             f'<rect x="{left}" y="0" width="{w - left - 8}" height="{h}" fill="#f6f7f9"/>',
+             f'<rect x="{left}" y="{top2}" width="{w - left - 8}" height="{h}" fill="#f6f7f9"/>',
+             f'<text x="2" y="10">100%</text><text x="2" y="{h:.0f}">0%</text>',
+             f'<text x="{left + 4}" y="12">flagged share of the last {window} films</text>',
+             f'<line x1="{left}" x2="{w - 8}" y1="{tol_y:.1f}" y2="{tol_y:.1f}" stroke="#777" stroke-dasharray="4 3"/>',
+             f'<text x="{w - 8}" y="{tol_y - 3:.1f}" text-anchor="end" fill="#555">tolerance {tolerance:.0%}</text>',
+             f'<polyline fill="none" stroke="#2b6cb0" stroke-width="1.5" points="{pts(roll[idx], 0.0, 1.0)}"/>',
+             f'<text x="{left + 4}" y="{top2 + 12:.0f}">CUSUM of the flagged share</text>',
+             f'<line x1="{left}" x2="{w - 8}" y1="{lim_y:.1f}" y2="{lim_y:.1f}" stroke="#c53030" stroke-width="1.5"/>',
+             f'<text x="{w - 8}" y="{lim_y - 3:.1f}" text-anchor="end" fill="#c53030">alarm line h = {limit:.2f}</text>',
+             f'<polyline fill="none" stroke="#2d3748" stroke-width="1.5" points="{pts(c_top, top2, ymax)}"/>',
+             f'<text x="{left}" y="{2 * h + gap + 18:.0f}">film 1</text>',
+             f'<text x="{w - 8}" y="{2 * h + gap + 18:.0f}" text-anchor="end">film {n}</text>']
+    for film, kind in marks:
+        colour = "#c53030" if kind == "alarm" else "#2f855a"
+        xi = x(max(int(film) - 1, 0))
+        parts.append(f'<line x1="{xi:.1f}" x2="{xi:.1f}" y1="0" y2="{2 * h + gap:.0f}" stroke="{colour}" stroke-dasharray="2 2">'
+                     f'<title>{_E(kind)} at film {int(film)}</title></line>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
 # --------------------------------------------------------------------------------------------- entry point
 def render_report(predictions: pd.DataFrame, thumbnails: Mapping[str, bytes] | None = None,
                   overlays: Mapping[str, bytes] | None = None, title: str = "SCXNN screening report",
-                  meta: Mapping[str, str] | None = None, full_size: Mapping[str, tuple] | None = None) -> str:
+                  meta: Mapping[str, str] | None = None, full_size: Mapping[str, tuple] | None = None,
+                  monitor: tuple[str, str] | None = None) -> str:
     """The page as a string (see :func:`write_report`)."""
     df = predictions if predictions is not None else pd.DataFrame()
     thumbnails = thumbnails or {}
@@ -419,6 +474,9 @@ def render_report(predictions: pd.DataFrame, thumbnails: Mapping[str, bytes] | N
         body = _controls(counts) + "\n" + _table(df, pcols, has, thumbnails, overlays, full_size)
     else:
         body = '<p class="empty" id="empty">No films in this report: the predictions table is empty.</p>'
+    if monitor is not None:  # (status line, chart SVG from stream_chart)
+        body = (f'<section class="monitor" aria-label="site monitor"><h2>Site monitor</h2><p>{_E(monitor[0])}</p>'
+                f'{monitor[1]}</section>\n' + body)
 
     return (
         "<!DOCTYPE html>\n"
@@ -435,13 +493,14 @@ def render_report(predictions: pd.DataFrame, thumbnails: Mapping[str, bytes] | N
 def write_report(predictions: pd.DataFrame, out_path: str | os.PathLike,
                  thumbnails: Mapping[str, bytes] | None = None, overlays: Mapping[str, bytes] | None = None,
                  title: str = "SCXNN screening report", meta: Mapping[str, str] | None = None,
-                 full_size: Mapping[str, tuple] | None = None) -> Path:
+                 full_size: Mapping[str, tuple] | None = None, monitor: tuple[str, str] | None = None) -> Path:
     """Write a self-contained HTML report of ``predictions`` to ``out_path`` (atomically); return the path.
 
     ``thumbnails`` and ``overlays`` map a row's ``file`` to PNG bytes (pre-shrunk by the caller, embedded
     as-is); ``full_size`` maps it to (film, overlay) paths relative to the report, either None, of
     the full-resolution pictures that each thumbnail links to (files beside the page, not embedded);
-    ``meta`` is shown in the header in its own order. The same input gives the same bytes."""
+    ``meta`` is shown in the header in its own order; ``monitor`` is the site monitor's status line
+    and its :func:`stream_chart`, shown above the films. The same input gives the same bytes."""
     out = Path(out_path)
-    atomic_write_text(out, render_report(predictions, thumbnails, overlays, title, meta, full_size))
+    atomic_write_text(out, render_report(predictions, thumbnails, overlays, title, meta, full_size, monitor))
     return out

@@ -76,15 +76,36 @@ def clopper_pearson(k: float, n: float, ci: float = 0.95) -> tuple[float, float]
     return lo, hi
 
 
-def certifiable_with(target: float, ci: float = 0.95) -> int:
-    """How many abnormal patients, none missed, it takes for the exact lower ``ci`` bound of
-    sensitivity to reach ``target`` (368 for 99% at a 95% CI; 72 for 95%)."""
+def certifiable_with(target: float, ci: float = 0.95, misses: int = 0) -> int:
+    """How many abnormal patients, ``misses`` of them missed, it takes for the exact lower bound of
+    the two-sided ``ci`` interval of sensitivity (the one-sided ``(1 + ci) / 2`` exact bound) to reach
+    ``target``. For 99%: 368 with none missed and 555 with one at ``ci`` 0.95 (one-sided 97.5%), 299
+    with none missed at 0.90 (one-sided 95%); for 95% at 0.95: 72."""
     if not 0 < target < 1:
         raise ValueError(f"target must be in (0, 1), got {target!r}")
+    if not 0 < ci < 1:
+        raise ValueError(f"ci must be in (0, 1), got {ci!r}")
+    if isinstance(misses, bool) or int(misses) != misses or misses < 0:
+        raise ValueError(f"misses must be a whole number >= 0, got {misses!r}")
+    misses = int(misses)
     n = math.ceil(math.log((1.0 - ci) / 2) / math.log(target))
     while clopper_pearson(n, n, ci)[0] < target:  # guard the float edge of the closed form
         n += 1
-    return n
+    if misses == 0:
+        return n
+
+    def reaches(n: int) -> bool:
+        return clopper_pearson(n - misses, n, ci)[0] >= target
+
+    # The bound rises with n at a fixed number of misses, and a miss only lowers it, so the answer
+    # lies above the no-miss one: bracket it by doubling, then bisect.
+    lo, hi = max(n - 1, misses), 2 * n + misses
+    while not reaches(hi):
+        lo, hi = hi, 2 * hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if reaches(mid) else (mid, hi)
+    return hi
 
 
 def proportion_ci(success: Sequence[bool], patients: Sequence, ci: float = 0.95,

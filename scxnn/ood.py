@@ -59,6 +59,7 @@ import torch
 from sklearn.covariance import LedoitWolf
 from sklearn.decomposition import PCA
 
+from scxnn.metrics import clopper_pearson
 from scxnn.utils import atomic_open
 
 MIN_TRAIN = 10  # fewer training films than this cannot give a meaningful covariance
@@ -190,6 +191,17 @@ class BatchShift:
                 f"(tolerance {self.tolerance:.0%}, binomial p = {self.p_value:.2g}, level {self.alpha:g})")
 
 
+def tolerance(reference_share: float, n_reference: int, max_share: float, alpha: float) -> float:
+    """The flagged share an in-distribution population may show: ``max_share`` or, if larger, the
+    exact one-sided upper ``1 - alpha`` bound of the reference films' own flagged share
+    (``reference_share`` of ``n_reference``). The batch rule (:func:`batch_shift`) and the site
+    monitor's stream rule (:mod:`scxnn.monitor`) both test against it."""
+    n_ref = int(n_reference)
+    ref_k = int(round(float(reference_share) * n_ref))
+    ref_hi = clopper_pearson(min(max(ref_k, 0), n_ref), n_ref, 1 - 2 * alpha)[1] if n_ref > 0 else 0.0
+    return float(max(max_share, ref_hi))
+
+
 def batch_shift(flagged: np.ndarray, reference_share: float, n_reference: int, max_share: float,
                 alpha: float) -> BatchShift:
     """Does a batch look like the population the gate was set on? Each film's flag says little
@@ -205,13 +217,9 @@ def batch_shift(flagged: np.ndarray, reference_share: float, n_reference: int, m
     reach significance (2 of 2 films, 7 of 20); a single film is judged by its own flag alone."""
     from scipy.stats import binom
 
-    from scxnn.metrics import clopper_pearson
-
     f = np.asarray(flagged, dtype=bool).ravel()
     n, k = int(f.size), int(f.sum())
-    ref_k = int(round(float(reference_share) * int(n_reference)))
-    ref_hi = clopper_pearson(min(max(ref_k, 0), int(n_reference)), int(n_reference), 1 - 2 * alpha)[1] if n_reference > 0 else 0.0
-    tol = float(max(max_share, ref_hi))
+    tol = tolerance(reference_share, n_reference, max_share, alpha)
     p = float(binom.sf(k - 1, n, tol)) if n else 1.0
     return BatchShift(films=n, flagged=k, tolerance=tol, p_value=p, alpha=float(alpha), shifted=bool(n and p <= alpha * (1 + 1e-9)))
 

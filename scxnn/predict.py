@@ -3,7 +3,8 @@
 Every input becomes one row of ``predictions.csv`` with a decision:
 
 * ``definite_normal``: in scope, plausible, in distribution, in a batch that looks like the
-  population the threshold was certified on, and the SVM score is below a *certified* threshold:
+  population the threshold was certified on, at a site whose monitor raised no alarm (the stream
+  of films across calls: :mod:`scxnn.monitor`), and the SVM score is below a *certified* threshold:
   the site's own (``--certificate``, from ``scxnn certify``), or, without one, the run's ``strict``
   threshold when its validation set certifies the sensitivity target (exact lower bound);
 * ``likely_normal``: everything above holds except the certification: the score is below the
@@ -18,6 +19,9 @@ Every input becomes one row of ``predictions.csv`` with a decision:
   an exception inside the models, rejects that film with the reason; the batch goes on.
 
 So a film is never ``definite_normal`` when any safety check fails; the ``reason`` column says which.
+Wherever ``definite_normal`` can be issued, each call appends its scored films (hashed ids, flags and
+scores) to the site monitor; once its stream rule fires, every film's reason names the alarm and none
+is normal until the site is re-certified or a person clears it (``scxnn monitor clear``).
 The batch-level check needs the whole batch, so while a run is in progress the films that would be
 normal are written as ``pending``; the decisions are final once the run ends. Films that need
 review get a Grad-CAM overlay of their most likely finding, and ``report.html`` shows everything,
@@ -37,6 +41,7 @@ named by hashes; with ``anonymise_names`` the ``file`` column of ``predictions.c
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +54,7 @@ import torch
 from scxnn.checkpoints import RunIncomplete
 from scxnn.config import Config, load_resolved
 from scxnn.metrics import fmt_num
+from scxnn.monitor import Monitor, Status, binding_of, design_rule, locate
 from scxnn.pixels import encode_png, read_png
 from scxnn.utils import atomic_write_bytes, atomic_write_text, log, remove_stale_temporaries, sha256_file, sha256_text
 
@@ -77,6 +83,7 @@ class Screener:
     ort: object | None = None  # scxnn.ort.OrtEnsemble when the ONNX Runtime backend is used
     thresholds: object | None = None  # scxnn.ensemble.Thresholds of the run
     certificate: object | None = None  # scxnn.certify.Certificate of the site, when given
+    monitor: Monitor | None = None  # the site monitor (scxnn.monitor): on wherever definite_normal can be issued
 
     @property
     def certified_below(self) -> float:
@@ -108,11 +115,14 @@ class Screener:
     @classmethod
     def from_run(cls, run_dir: str | os.PathLike, threshold: str = "point", device: str = "auto", bf16: str = "auto",
                  backend: str = "torch", onnx_dir: str | os.PathLike | None = None,
-                 certificate: str | os.PathLike | None = None) -> "Screener":
+                 certificate: str | os.PathLike | None = None, monitor: str | os.PathLike | None = None) -> "Screener":
         """Load ``runs/<profile>`` (the folder holding ``02_train_disease_model`` and ``03_svm_ensemble``).
         ``backend="onnx"``: score with ONNX Runtime (CPU, fp32), the graphs exported once into
         ``onnx_dir`` (default ``<run>/onnx``). ``certificate``: a site certificate of this run
-        (``scxnn certify``); its threshold then replaces ``threshold``."""
+        (``scxnn certify``); its threshold then replaces ``threshold``. ``monitor``: where the site
+        monitor lives (default: ``monitor.jsonl`` in the certificate's folder, or in the run folder
+        when the run's own validation certifies); it is on wherever definite_normal can be issued,
+        and given explicitly it records an uncertified site too."""
         from scxnn import ensemble, ood
         from scxnn.checkpoints import BEST_NAME, STEP, load_run_models
         from scxnn.config import RESOLVED_NAME
@@ -149,7 +159,10 @@ class Screener:
         elif backend != "torch":
             raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
         limit, name = (cert.threshold, f"certificate ({cert.site})") if cert is not None else (getattr(th, threshold), threshold)
-        return cls(cfg, models, svm, float(limit), name, ood.load(ood_path), dev, use_bf16, engine, th, cert)
+        screener = cls(cfg, models, svm, float(limit), name, ood.load(ood_path), dev, use_bf16, engine, th, cert)
+        if cert is not None or th.certified or monitor is not None:
+            screener.monitor = site_monitor(screener, run, certificate, monitor)
+        return screener
 
     @property
     def findings(self) -> list[str]:
@@ -181,6 +194,42 @@ class Screener:
         ood_score = float(self.ood.score(feats)[0])
         return {"logits": dict(zip(cols, lg.reshape(-1).tolist())), "p_target": dict(zip(self.findings, probs[:, 1].tolist())),
                 "score": svm_score, "ood_score": ood_score, "ood_flag": bool(not ood_score <= self.ood.threshold)}
+
+
+def site_monitor(screener: Screener, run: Path, certificate: str | os.PathLike | None,
+                 monitor: str | os.PathLike | None = None) -> Monitor:
+    """The site's monitor (:mod:`scxnn.monitor`): its file (``monitor`` if given, a folder meaning
+    the ``monitor.jsonl`` inside it; else in the certificate's folder, or the run's), what it is bound
+    to (the certificate file, or the run) and its rule, from the certificate's sample
+    (``site_scores.csv``) or else the run's validation films (``val_scores.csv``)."""
+    from scxnn.certify import CERTIFICATE_NAME, SITE_SCORES_NAME, run_id
+    from scxnn.ensemble import VAL_SCORES_NAME
+
+    ev, cert = screener.cfg.evaluate, screener.certificate
+    if cert is not None:
+        folder = locate(certificate=certificate).parent
+        normals = _normals_below(folder / SITE_SCORES_NAME, screener.certified_below)
+        bound, site = f"certificate:{sha256_file(folder / CERTIFICATE_NAME)}", cert.site
+    else:
+        normals = _normals_below(run / "03_svm_ensemble" / VAL_SCORES_NAME, screener.certified_below)
+        bound, site = f"run:{run_id(run)}", f"{screener.cfg.profile} (the run's own population)"
+    share, n_ref = screener.batch_reference()
+    rule = design_rule(share, n_ref, *normals, max_share=ev.batch_ood_share, alpha=ev.batch_alpha,
+                       shift_share=ev.monitor_shift_share, arl=ev.monitor_arl)
+    path = locate(monitor, certificate if cert is not None else None, run)
+    return Monitor(path, binding_of(bound, json.dumps(rule.to_dict(), sort_keys=True)), rule, site)
+
+
+def _normals_below(scores_csv: Path, threshold: float) -> tuple[int, int]:
+    """(below, of): the reference's unflagged normal films and how many score below ``threshold``."""
+    if not scores_csv.is_file():
+        log.warning("no %s: the site monitor watches the flagged share only", scores_csv)
+        return 0, 0
+    t = pd.read_csv(scores_csv)
+    ok = t["abnormal"].eq(0).to_numpy().copy()
+    if "ood_flag" in t:
+        ok &= ~t["ood_flag"].astype(str).str.lower().isin(["true", "1"]).to_numpy()
+    return int((t["score"].to_numpy(float)[ok] < threshold).sum()), int(ok.sum())
 
 
 # --------------------------------------------------------------------------- inputs
@@ -238,10 +287,18 @@ def score_film(row: dict, pixels: tuple | None, why: str | None, screener: Scree
     return row, img8
 
 
-def decide(row: dict, screener: Screener, batch=None) -> tuple[str, str]:
+def decide(row: dict, screener: Screener, batch=None, watch: Status | None = None) -> tuple[str, str]:
     """(decision, reason) of a scored film: the one home of the rule in the module docstring.
     ``batch`` is the :class:`scxnn.ood.BatchShift` of the whole batch; without it (the run still
-    in progress) a would-be-normal film is ``pending``."""
+    in progress) a would-be-normal film is ``pending``. ``watch``: the site monitor's status with
+    this batch in it; under its alarm no film is normal, and every film's reason names it."""
+    decision, reason = _decide(row, screener, batch)
+    if watch is None or watch.alarm is None or decision == PENDING:
+        return decision, reason
+    return "needs_review", f"{watch.alarm_reason()}; {reason}"
+
+
+def _decide(row: dict, screener: Screener, batch=None) -> tuple[str, str]:
     score, t = float(row["score"]), screener.threshold
     th = screener.thresholds
     reasons = []
@@ -274,7 +331,8 @@ def decide(row: dict, screener: Screener, batch=None) -> tuple[str, str]:
 
 def finalize(table: pd.DataFrame, screener: Screener):
     """Apply the batch-level shift check (:func:`scxnn.ood.batch_shift`) to the scored films of the
-    whole batch and settle every scored film's decision (:func:`decide`). Returns (table, verdict)."""
+    whole batch, record them in the site monitor (when on; its status is ``table.attrs["monitor"]``)
+    and settle every scored film's decision (:func:`decide`). Returns (table, verdict)."""
     from scxnn import ood
 
     out = table.copy()
@@ -282,11 +340,19 @@ def finalize(table: pd.DataFrame, screener: Screener):
     flags = out.loc[scored, "ood_flag"].astype(str).str.lower().isin(["true", "1"]).to_numpy()
     share, n_ref = screener.batch_reference()
     batch = ood.batch_shift(flags, share, n_ref, screener.cfg.evaluate.batch_ood_share, screener.cfg.evaluate.batch_alpha)
+    watch = None
+    if screener.monitor is not None:  # the stream, this batch included, in input order
+        scores = out.loc[scored, "score"].to_numpy(float)
+        watch = screener.monitor.observe([{"film": f, "flag": fl, "score": sc, "below": sc < screener.certified_below}
+                                          for f, fl, sc in zip(out.loc[scored, "film_id"], flags, scores)])
     dec_col, why_col = out.columns.get_loc("decision"), out.columns.get_loc("reason")
     for i, flag in zip(np.flatnonzero(scored), flags):
         row = out.iloc[i].to_dict()
         row["ood_flag"] = bool(flag)
-        out.iloc[i, dec_col], out.iloc[i, why_col] = decide(row, screener, batch)
+        out.iloc[i, dec_col], out.iloc[i, why_col] = decide(row, screener, batch, watch)
+    if watch is not None:
+        out["monitor_alarm"] = pd.Series(np.where(scored, watch.alarm is not None, None), index=out.index, dtype=object)
+    out.attrs["monitor"] = watch
     return out, batch
 
 
@@ -340,14 +406,16 @@ def predict(run_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike], out
             threshold: str = "point", device: str = "auto", bf16: str = "auto", overlays: bool = True,
             progress: bool = True, screener: Screener | None = None, backend: str = "torch",
             certificate: str | os.PathLike | None = None, anonymise_names: bool = False,
-            names_in_report: bool = False, full_size: bool = True) -> pd.DataFrame:
+            names_in_report: bool = False, full_size: bool = True, monitor: str | os.PathLike | None = None) -> pd.DataFrame:
     """Screen ``inputs`` with the run in ``run_dir``; writes predictions.csv, overlays/, thumbnails/,
     films/ (each film as the models saw it, at ``preprocess.size``, unless not ``full_size``) and
     report.html into ``out_dir``. Returns the predictions (one row per input, input order), with
     the decisions settled by the batch-level check (:func:`finalize`); ``table.attrs["batch"]`` is
     its verdict. ``certificate``: a site certificate from ``scxnn certify``. ``anonymise_names``:
     no input name in any output (``file`` holds the ``film_id``); ``names_in_report``: show the
-    file names in report.html (default: film ids only, as the page is meant to be shared)."""
+    file names in report.html (default: film ids only, as the page is meant to be shared).
+    ``monitor``: the site monitor's file or folder (:func:`scxnn.monitor.locate`); its status
+    after this batch is ``table.attrs["monitor"]`` (None where it is off)."""
     from tqdm import tqdm
 
     from scxnn import html_report
@@ -364,7 +432,7 @@ def predict(run_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike], out
     old = previous_predictions(out)
     # ONNX graphs go beside the predictions: the run folder may be read-only (a shared model store).
     screener = screener or Screener.from_run(run_dir, threshold, device, bf16, backend=backend, onnx_dir=out / "onnx",
-                                             certificate=certificate)
+                                             certificate=certificate, monitor=monitor)
     (out / "thumbnails").mkdir(parents=True, exist_ok=True)
     if full_size:
         (out / "films").mkdir(exist_ok=True)
@@ -437,6 +505,8 @@ def predict(run_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike], out
     atomic_write_text(out / PREDICTIONS_NAME, table.to_csv(index=False))
     _write_report(table, out, screener, batch, names_in_report)
     table.attrs["batch"] = batch
+    if table.attrs.get("monitor") is not None:
+        log.info("%s", table.attrs["monitor"].describe())
     log.info("%d film(s): %s (%d scored now, %d kept from an earlier run); %s", len(table),
              ", ".join(f"{d} {int((table['decision'] == d).sum())}" for d in DECISIONS), new, len(table) - new, batch.describe())
     return table
@@ -470,5 +540,12 @@ def _write_report(table: pd.DataFrame, out: Path, screener: Screener, batch, nam
         "inference": f"{screener.device.type}, {'bf16' if screener.bf16 else 'fp32'}, channels_last, decoder off",
         "scxnn": __version__,
     }
-    return html_report.write_report(shown, out / REPORT_NAME, thumbnails=thumbs, overlays=overlays, meta=meta, full_size=full)
+    watch, panel = table.attrs.get("monitor"), None
+    if watch is not None and watch.rule is not None:
+        meta["site monitor"] = watch.describe()
+        flags, s_flag, _ = zip(*watch.series) if watch.series else ((), (), ())
+        panel = (f"{watch.describe()}. Rule: {watch.rule.describe()}.",
+                 html_report.stream_chart(list(flags), list(s_flag), watch.rule.flagged.h, watch.rule.flagged.p0, watch.marks))
+    return html_report.write_report(shown, out / REPORT_NAME, thumbnails=thumbs, overlays=overlays, meta=meta, full_size=full,
+                                    monitor=panel)
 

@@ -250,10 +250,16 @@ def test_certify_a_site_then_screen_with_its_certificate(kermany_run, tmp_path, 
     assert len(pred) == n and set(pred["decision"]) <= {"definite_normal", "needs_review", "rejected"}  # no likely_normal with a certificate
     assert (pred["threshold"] == cert["threshold"]).all()
     calm = (pred["score"] < cert["threshold"]) & ~pred["ood_flag"].astype(bool)
-    shifted = "batch out of distribution" in capsys.readouterr().out
-    assert (pred["decision"] == "definite_normal").sum() == (0 if shifted else int(calm.sum()))
+    printed = capsys.readouterr().out
+    shifted = "batch out of distribution" in printed
+    # The certificate switched the site monitor on, in its folder; this batch is its first film run.
+    assert "site monitor (new)" in printed and (tmp_path / "c60" / "monitor.jsonl").is_file()
+    alarm = pred["monitor_alarm"].astype(str).str.lower().eq("true").any()
+    assert (pred["decision"] == "definite_normal").sum() == (0 if shifted or alarm else int(calm.sum()))
     html = (tmp_path / "p1" / "report.html").read_text()
-    assert "site kermany_test: threshold" in html and "batch" in html
+    assert "site kermany_test: threshold" in html and "batch" in html and "Site monitor" in html
+    assert main(["monitor", "show", "--certificate", str(tmp_path / "c60"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["films"] == int(pred["score"].notna().sum())
 
     # Without the certificate the tiny run (which cannot certify 99%) reports no film as definite_normal.
     assert main(["predict", "--models", run, str(films), "--out", str(tmp_path / "p2"), "--no-progress", "--no-overlays"]) == 0

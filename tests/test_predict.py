@@ -60,6 +60,7 @@ class _FakeScreener:
     ood: _Gate = field(default_factory=_Gate)
     thresholds: Thresholds = field(default_factory=lambda: _thresholds(True))
     certificate: object = None
+    monitor: object = None
     threshold_name: str = "point"
     by_name: dict = field(default_factory=dict)  # file stem -> (score, ood)
     calls: int = 0
@@ -248,6 +249,33 @@ def test_the_batch_check_withholds_every_normal_call_from_a_shifted_batch(tmp_pa
     assert (saved_csv["decision"] == "needs_review").all()  # the final decisions, not the pending ones
     html = (tmp_path / "out1" / "report.html").read_text()
     assert "batch out of distribution" in html and "certification" in html
+
+
+def test_a_site_screening_film_by_film_is_watched_across_calls(tmp_path):
+    """A PACS hook: one predict call per film. In-distribution films keep every definite_normal
+    call; once the stream shifts (each film flagged, as adult films at a pediatric site mostly
+    are) the monitor fires, and then no film is definite_normal, an unflagged one included, each
+    reason naming the alarm; report.html draws the stream with its alarm line."""
+    from scxnn.monitor import Monitor, design_rule
+
+    s = _FakeScreener()
+    s.models, s.device, s.bf16 = {}, type("D", (), {"type": "cpu"})(), False
+    rule = design_rule(0.01, 500, 150, 200, max_share=0.10, alpha=0.01, shift_share=0.5, arl=1000)
+    s.monitor = Monitor(tmp_path / "cert" / "monitor.jsonl", "cert-a", rule, "site_b")
+    decisions = []
+    for i in range(14):
+        shifted, last = i >= 6, i == 13
+        s.ood_value = 5.0 if shifted and not last else 0.0  # the last film passes the per-film gate
+        film = _png(tmp_path / "in" / f"f{i:02d}.png", _film(seed=i))
+        t = predict(None, [film], tmp_path / "out" / str(i), overlays=False, progress=False, full_size=False, screener=s)
+        decisions.append(t.iloc[0]["decision"])
+    assert decisions[:6] == ["definite_normal"] * 6
+    assert decisions[-1] == "needs_review" and "site monitor alarm since film" in t.iloc[0]["reason"]
+    watch = t.attrs["monitor"]
+    assert watch.alarm is not None and watch.alarm["film"] <= 6 + 5 and watch.films == 14
+    assert bool(pd.read_csv(tmp_path / "out" / "13" / "predictions.csv")["monitor_alarm"].iloc[0])
+    html = (tmp_path / "out" / "13" / "report.html").read_text()
+    assert "Site monitor" in html and "alarm line h =" in html and "<polyline" in html
 
 
 def test_bad_and_out_of_scope_files_are_rejected_without_scoring(tmp_path):
