@@ -19,7 +19,7 @@ EXEC := reports/executed/$(PROFILE)
 # per core on a CPU machine. On a machine with a GPU the jobs would share it, so one at a time there.
 # `make reports JOBS=1` (or -j1 on the command line, which wins) runs one at a time.
 # LAUNCH=slurm: every notebook, finding model and variant runs as a SLURM job (srun) with the
-# resources of params `launch` (scxnn.launch; README "On a cluster"); JOBS is then the number of
+# resources of params `launch` (scxnn.launch; docs/cluster.md); JOBS is then the number of
 # jobs kept in the queue at once.
 LAUNCH ?= local
 EMPTY :=

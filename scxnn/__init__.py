@@ -12,7 +12,7 @@ floor or the floors below it, inside functions too (``tests/test_layout.py`` che
 3. models: models, losses, checkpoints
 4. training: pretrain, train
 5. inference: inference, ort, ood, monitor
-6. ensemble and evaluation: ensemble, evaluation, cam, localisation, variants
+6. ensemble and evaluation: ensemble, evaluation, cam, localisation, variants, trained_run
 7. reports and commands' logic: reports, figures, gallery, training_figures, study_tables, external, transfer, certify, predict, bench
 8. command line: cli, __main__
 """
@@ -25,7 +25,7 @@ LAYERS = (
     ("models", ("models", "losses", "checkpoints")),
     ("training", ("pretrain", "train")),
     ("inference", ("inference", "ort", "ood", "monitor")),
-    ("ensemble and evaluation", ("ensemble", "evaluation", "cam", "localisation", "variants")),
+    ("ensemble and evaluation", ("ensemble", "evaluation", "cam", "localisation", "variants", "trained_run")),
     ("reports and commands' logic", ("reports", "figures", "gallery", "training_figures", "study_tables", "external", "transfer", "certify", "predict", "bench")),
     ("command line", ("cli", "__main__")),
 )

@@ -170,7 +170,7 @@ def study_order(cfg: Config | None, findings: Sequence[str]) -> list[str]:
 
 def study_cache(cfg: Config) -> tuple[pd.DataFrame, Path]:
     """(manifest, cache folder) of the profile's preprocessed PNG cache."""
-    from scxnn.sources import cache_dir
+    from scxnn.pixels import cache_dir
 
     return _cache(cfg, cache_dir(cfg))
 

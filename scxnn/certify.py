@@ -37,72 +37,21 @@ the run's resolved config. No file name or other identifier of a film is written
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as _dt
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
-from scxnn.metrics import fmt_num
-from scxnn.utils import atomic_write_text, log, sha256_file, sha256_text
-
-CERTIFICATE_NAME = "certificate.json"
-SITE_SCORES_NAME = "site_scores.csv"
-_FORMAT = 1
-_RUN_FILES = ("svm.skops", "thresholds.json", "ood.npz")
-
-
-class CertificateError(ValueError):
-    """A certificate that cannot be used: refused, for another run, or not a certificate."""
-
-
-@dataclass(frozen=True)
-class Certificate:
-    """What ``scxnn certify`` froze for one site (see the module docstring)."""
-
-    site: str
-    run_id: str  # hash of the run's step-03 files: the certificate holds for that run only
-    target: float
-    ci: float
-    certified: bool
-    threshold: float  # SVM score below which a film is definite_normal at this site
-    films: int
-    patients: int
-    abnormal_films: int
-    abnormal_patients: int
-    missed: int  # abnormal films of the sample called normal at the threshold
-    sensitivity: float
-    sensitivity_lo: float
-    sensitivity_hi: float
-    specificity: float
-    specificity_lo: float
-    specificity_hi: float
-    auto_normal: float
-    auto_normal_lo: float
-    auto_normal_hi: float
-    ood_flagged_share: float  # the sample's share flagged by the gate: the site's batch reference
-    abnormal_needed: int  # abnormal patients, none missed, that certifying the target takes at least
-    reason: str
-    created: str
-    format: int = _FORMAT
-    unknown_films: int = 0  # sample films whose source says neither normal nor abnormal: left out of the certificate
-    confidence: float = 0.975  # level of the one-sided exact lower bound of sensitivity; ci = 2 * confidence - 1
-
-    def describe(self) -> str:
-        if not self.certified:
-            return f"site {self.site}: not certified: {self.reason}"
-        return (f"site {self.site}: threshold {self.threshold:.4f} certifies sensitivity >= {_pct(self.target)} "
-                f"(exact one-sided {self.confidence:.1%} lower bound {fmt_num(self.sensitivity_lo, rounding='down')}, {self.abnormal_films} abnormal films of "
-                f"{self.abnormal_patients} patients, {self.missed} missed); auto-normal {self.auto_normal:.1%} of {self.films} films")
-
-
-def _pct(x: float) -> str:
-    """0.99 -> "99%", 0.975 -> "97.5%": a target or confidence as typed, without false rounding."""
-    return f"{100 * x:.2f}".rstrip("0").rstrip(".") + "%"
-
+from scxnn import ood
+from scxnn.config import save_resolved
+from scxnn.ensemble import OOD_NAME, VAL_SCORES_NAME, certified_threshold
+from scxnn.metrics import certifiable_with, screening_with_ci
+from scxnn.trained_run import CERTIFICATE_NAME, SITE_SCORES_NAME, Certificate, RunIncomplete, pct, run_id, score_manifest
+from scxnn.utils import atomic_write_text, log
 
 def confidence_ci(confidence: float) -> float:
     """The two-sided ``ci`` whose lower end is the one-sided exact bound at ``confidence``: 2 C - 1."""
@@ -113,19 +62,10 @@ def confidence_ci(confidence: float) -> float:
     return round(2 * c - 1, 12)  # 0.9, not 0.8999999999999999, in the certificate
 
 
-def run_id(run_dir: str | os.PathLike) -> str:
-    """A short hash of the run's SVM, thresholds and out-of-distribution gate: what a certificate binds to."""
-    step3 = Path(run_dir) / "03_svm_ensemble"
-    return sha256_text("".join(f"{name}\0{sha256_file(step3 / name) if (step3 / name).is_file() else 'absent'}\0"
-                               for name in _RUN_FILES), 16)
-
-
 def site_threshold(scores: np.ndarray, ood_flags: np.ndarray, abnormal: np.ndarray, patients: np.ndarray,
                    target: float, n_boot: int, seed: int, ci: float) -> tuple[float, bool]:
     """(threshold, certified) for a site sample scored as ``predict`` scores it: a flagged film is
     reviewed whatever its score, so it counts as caught."""
-    from scxnn.ensemble import certified_threshold
-
     s = np.where(np.asarray(ood_flags, dtype=bool), np.inf, np.asarray(scores, dtype=float))
     t, _, certified = certified_threshold(s, abnormal, patients, target, n_boot, seed, ci)
     return t, certified
@@ -139,12 +79,6 @@ def certify(run_dir: str | os.PathLike, manifest: str | os.PathLike, out_dir: st
     ``target`` defaults to the run's ``ensemble.sensitivity_target``; ``site`` to the manifest's
     site name(s); ``confidence``, the level of the one-sided exact lower bound (module docstring),
     to ``(1 + evaluate.ci) / 2`` of the run (0.975)."""
-    from scxnn import ood
-    from scxnn.config import save_resolved
-    from scxnn.ensemble import OOD_NAME
-    from scxnn.external import score_manifest
-    from scxnn.metrics import certifiable_with, screening_with_ci
-
     # Checked before the sample is scored, which takes minutes.
     if target is not None and not 0 < target < 1:
         raise ValueError(f"target must be in (0, 1), got {target!r}")
@@ -174,17 +108,17 @@ def certify(run_dir: str | os.PathLike, manifest: str | os.PathLike, out_dir: st
     n_abn_pat = int(len(np.unique(g[y == 1])))
     if y.sum() == 0 or (1 - y).sum() == 0:
         raise ValueError(f"the site sample needs normal and abnormal films to certify a threshold; it has {int(y.sum())} abnormal "
-                         f"and {int((1 - y).sum())} normal (at least {needed} abnormal patients for {_pct(target)} at one-sided {_pct(confidence)} confidence)")
+                         f"and {int((1 - y).sum())} normal (at least {needed} abnormal patients for {pct(target)} at one-sided {pct(confidence)} confidence)")
     t, certified = site_threshold(s, flags, y, g, target, n_boot, seed, ci)
     pred = (s >= t) | flags
     m = screening_with_ci(y, pred, g, n_boot, seed, ci)
     if certified:
-        reason = (f"the exact one-sided {_pct(confidence)} lower bound of the sample's sensitivity reaches {_pct(target)} "
+        reason = (f"the exact one-sided {pct(confidence)} lower bound of the sample's sensitivity reaches {pct(target)} "
                   "at this threshold")
     else:
         more = max(needed - n_abn_pat, 0)
-        reason = (f"no threshold certifies sensitivity >= {_pct(target)} on this sample ({n_abn_pat} abnormal patients): certifying it "
-                  f"at one-sided {_pct(confidence)} confidence takes at least {needed} abnormal patients with none missed"
+        reason = (f"no threshold certifies sensitivity >= {pct(target)} on this sample ({n_abn_pat} abnormal patients): certifying it "
+                  f"at one-sided {pct(confidence)} confidence takes at least {needed} abnormal patients with none missed"
                   + (f", {more} more than the sample has" if more else ", and fewer misses than this sample shows"))
     sites = sorted(set(table["site"].astype(str)))
     cert = Certificate(
@@ -202,42 +136,6 @@ def certify(run_dir: str | os.PathLike, manifest: str | os.PathLike, out_dir: st
     atomic_write_text(out / CERTIFICATE_NAME, json.dumps(asdict(cert), indent=1))
     log.info("%s (%d films skipped; left out as seen by the run: %d patient(s), %d identical film(s) under other patient ids)",
              cert.describe(), len(skipped), dropped["patients"], dropped["images"])
-    return cert
-
-
-def load_certificate(path: str | os.PathLike, run_dir: str | os.PathLike | None = None) -> Certificate:
-    """Read ``certificate.json`` (``path`` is the file or its folder). Refuses a certificate that
-    did not certify, one made for another run than ``run_dir``, and files that are not certificates."""
-    p = Path(path)
-    p = p / CERTIFICATE_NAME if p.is_dir() else p
-    if not p.is_file():
-        raise FileNotFoundError(f"no certificate at {p} (make one with `scxnn certify --models RUN --manifest SITE.csv --out DIR`)")
-    try:
-        data = json.loads(p.read_text())
-    except ValueError as e:
-        raise CertificateError(f"{p}: not a certificate ({e})") from None
-    fields = {f.name: f for f in dataclasses.fields(Certificate)}
-    if not isinstance(data, dict):
-        raise CertificateError(f"{p}: not a certificate (a JSON {type(data).__name__}, not an object)")
-    # A key this version does not know is refused; a field added since the file was written (it has
-    # a default) is filled in, so the certificates of an earlier version still load.
-    unknown = sorted(set(data) - set(fields))
-    missing = sorted(k for k, f in fields.items() if k not in data
-                     and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
-    if unknown or missing:
-        raise CertificateError(f"{p}: not a certificate of this scxnn version ("
-                               + "; ".join(x for x in (unknown and f"unknown keys {unknown}", missing and f"missing keys {missing}") if x)
-                               + ")")
-    if data.get("format", _FORMAT) != _FORMAT:
-        raise CertificateError(f"{p}: certificate format {data['format']}, this scxnn reads {_FORMAT}")
-    if "confidence" not in data:  # before --confidence: the lower end of the two-sided ci interval
-        data = {**data, "confidence": (1 + float(data["ci"])) / 2}
-    cert = Certificate(**data)
-    if not cert.certified:
-        raise CertificateError(f"{p}: {cert.describe()}")
-    if run_dir is not None and cert.run_id != run_id(run_dir):
-        raise CertificateError(f"{p}: made for another run (run id {cert.run_id}, {run_dir} is {run_id(run_dir)}); "
-                               "certify the site again with this run")
     return cert
 
 
@@ -265,11 +163,6 @@ def plan(run_dir: str | os.PathLike, targets=PLAN_TARGETS, confidences=PLAN_CONF
     don't if the site differs; certifying is what finds out), and count no film as flagged by the
     out-of-distribution gate: flagged films are always reviewed, which would lower them further.
     The frame's ``attrs`` hold the run and its validation counts."""
-    import pandas as pd
-
-    from scxnn.ensemble import VAL_SCORES_NAME
-    from scxnn.metrics import certifiable_with
-
     targets = sorted({float(t) for t in targets})
     confidences = sorted({float(c) for c in confidences})
     for t in targets:
@@ -280,8 +173,6 @@ def plan(run_dir: str | os.PathLike, targets=PLAN_TARGETS, confidences=PLAN_CONF
         raise ValueError("plan needs at least one target and one confidence")
     path = Path(run_dir) / "03_svm_ensemble" / VAL_SCORES_NAME
     if not path.is_file():
-        from scxnn.checkpoints import RunIncomplete
-
         raise RunIncomplete(f"{run_dir} has no validation scores to plan from ({path}); pass runs/<profile> after "
                             "`make ensemble PROFILE=<profile>`")
     val = pd.read_csv(path, dtype={"image_id": str, "patient_id": str})
@@ -314,7 +205,7 @@ def format_plan(df) -> str:
             f"{'expected threshold':>18}  {'auto-normal':>11}  {'normals cleared':>15}")
     lines = [head]
     for r in df.itertuples():
-        lines.append(f"{_pct(r.target):>6}  {_pct(r.confidence):>10}  {r.abnormal_patients:>17}  {r.abnormal_patients_1_miss:>11}  "
+        lines.append(f"{pct(r.target):>6}  {pct(r.confidence):>10}  {r.abnormal_patients:>17}  {r.abnormal_patients_1_miss:>11}  "
                      f"{r.expected_threshold:>17.3f}{'*' if r.extrapolated else ' '}  {r.expected_auto_normal:>11.1%}  "
                      f"{r.expected_normals_cleared:>15.1%}")
     lines.append(f"abnormal patients: none / one missed, exact one-sided bound at the confidence. Expected: from the {a['validation_films']} "

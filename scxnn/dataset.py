@@ -160,7 +160,7 @@ def load_study_manifest(cfg, manifest) -> tuple[pd.DataFrame, Path]:
     """(in-scope films, PNG cache folder) of a study: the profile's cache (``manifest`` None), a
     manifest file, or a DataFrame of the profile's cache."""
     from scxnn.data import MANIFEST_NAME, in_scope, read_manifest
-    from scxnn.sources import cache_dir
+    from scxnn.pixels import cache_dir
 
     if manifest is None:
         path = cache_dir(cfg) / MANIFEST_NAME

@@ -428,14 +428,14 @@ VAL_SCORES_NAME = "val_scores.csv"
 
 OOD_NAME = "ood.npz"
 # Every training and validation film of the run (hashed patient id, split, source hash), scored or not:
-# what `scxnn evaluate` must not count as new films (scxnn.external.seen_films).
+# what `scxnn evaluate` must not count as new films (scxnn.trained_run.seen_films).
 SEEN_NAME = "seen_films.parquet"
 
 
 def write_seen_films(cfg, out_dir: str | os.PathLike) -> Path:
     """Record the run's training and validation films from the profile's PNG cache manifest."""
     from scxnn.data import MANIFEST_NAME, read_manifest
-    from scxnn.sources import cache_dir
+    from scxnn.pixels import cache_dir
 
     m = read_manifest(cache_dir(cfg) / MANIFEST_NAME, list(cfg.findings), list(cfg.unseen_findings))
     seen = m.loc[m["split"].isin(["train", "val"]), ["patient_id", "split", "source_sha256"]].astype(str)

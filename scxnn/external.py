@@ -26,132 +26,19 @@ import json
 import os
 from pathlib import Path
 
-import pandas as pd
-
-from scxnn.config import RESOLVED_NAME, load_resolved
-from scxnn.utils import atomic_write_text, log
+from scxnn import study_tables
+from scxnn.checkpoints import run_model_dirs
+from scxnn.metrics import fmt_ci
+from scxnn.trained_run import score_manifest
+from scxnn.utils import atomic_write_text
 
 SUMMARY_NAME = "summary.json"
-
-
-class PatientOverlap(ValueError):
-    """The manifest holds patients, or identical films, the run trained or validated on."""
-
-
-def load_run_config(run_dir: str | os.PathLike):
-    from scxnn.checkpoints import RunIncomplete
-
-    step3 = Path(run_dir) / "03_svm_ensemble"
-    if not (step3 / RESOLVED_NAME).is_file():
-        raise RunIncomplete(f"{run_dir} is not a trained study run: no {step3 / RESOLVED_NAME} (pass runs/<profile> after `make ensemble PROFILE=<profile>`)")
-    return load_resolved(step3 / RESOLVED_NAME)
-
-
-def seen_films(run_dir: str | os.PathLike) -> tuple[set[str], set[str]]:
-    """(hashed patient ids, source hashes) of the run's training and validation films: step 03's
-    record of them all (``seen_films.parquet``), or, for a run from before it, its logits table
-    (every film was scored then). A run from before the table kept ``source_sha256`` gives no
-    hashes (logged)."""
-    import pyarrow.parquet as pq
-
-    from scxnn.ensemble import LOGITS_NAME, SEEN_NAME
-
-    step3 = Path(run_dir) / "03_svm_ensemble"
-    path = step3 / SEEN_NAME if (step3 / SEEN_NAME).is_file() else step3 / LOGITS_NAME
-    cols = ["patient_id", "split", "source_sha256"]
-    has_sha = "source_sha256" in pq.read_schema(path).names
-    if not has_sha:
-        log.warning("%s predates source_sha256: films the run has seen are found by patient only; a copy under another "
-                    "patient id cannot be checked (rerun `make ensemble` with this scxnn version)", path)
-    t = pd.read_parquet(path, columns=cols if has_sha else cols[:2])
-    t = t[t["split"].isin(["train", "val"])]
-    hashes = set(t["source_sha256"].astype(str)) - {"", "nan"} if has_sha else set()
-    return set(t["patient_id"].astype(str)), hashes
-
-
-def leave_out_seen(df: pd.DataFrame, seen: tuple[set[str], set[str]], drop_seen: bool, source: str) -> tuple[pd.DataFrame, dict]:
-    """``df`` less the films of patients in ``seen`` and the films identical to its films (same
-    non-empty ``source_sha256``), with ``{"patients": n, "images": n}`` counted; without
-    ``drop_seen`` any such film is a :class:`PatientOverlap`."""
-    patients, hashes = seen
-    by_patient = df["patient_id"].astype(str).isin(patients)
-    sha = df["source_sha256"].astype(str)
-    by_image = ~by_patient & sha.ne("") & sha.isin(hashes)
-    n = {"patients": int(df.loc[by_patient, "patient_id"].nunique()), "images": int(by_image.sum())}
-    if (by_patient | by_image).any() and not drop_seen:
-        what = []
-        if n["patients"]:
-            what.append(f"{n['patients']} patient(s) ({int(by_patient.sum())} films) were in the run's training or validation split")
-        if n["images"]:
-            ids = ", ".join(df.loc[by_image, "image_id"].astype(str)[:3])
-            what.append(f"{n['images']} film(s) are identical to training or validation films of the run under another patient id "
-                        f"(same source_sha256; e.g. image_id {ids})")
-        raise PatientOverlap(f"{source}: {' and '.join(what)}: scoring them would overstate the result. Pass --drop-seen to leave them out.")
-    return df[~(by_patient | by_image)].reset_index(drop=True), n
-
-
-def score_manifest(run_dir: str | os.PathLike, manifest: str | os.PathLike, out_dir: str | os.PathLike,
-                   drop_seen: bool = False, progress: bool = True, ood_scores: bool = False):
-    """The labelled films of ``manifest`` through the run ``run_dir`` as it is: its preprocessing
-    (into ``out_dir/png``), models, SVM and, with ``ood_scores``, its out-of-distribution gate
-    (column ``ood_score``). Nothing is refitted. Returns ``(cfg, table with a score column,
-    skipped, {"patients": n, "images": n} left out as seen (:func:`leave_out_seen`), thresholds)``;
-    ``out_dir/logits.parquet`` holds the table. Shared by ``scxnn evaluate`` and ``scxnn certify``."""
-    from scxnn import ensemble, ood
-    from scxnn.data import read_manifest
-    from scxnn.checkpoints import RunIncomplete, run_model_dirs
-    from scxnn.batch import preprocess_manifest
-
-    run, out, mpath = Path(run_dir), Path(out_dir), Path(manifest)
-    cfg = load_run_config(run)
-    findings, unseen = list(cfg.findings), list(cfg.unseen_findings)
-    if not mpath.is_file():
-        raise FileNotFoundError(f"no manifest at {mpath} (build one with `scxnn manifest DATASET ROOT --out DIR`)")
-    df = read_manifest(mpath, findings, unseen)
-    missing = [f for f in findings if df[f].isna().all()]
-    if missing:
-        log.warning("the manifest grades none of %s: those findings count only through the abnormal label", ", ".join(missing))
-    seen = seen_films(run)
-    # The manifest's own hashes (adapters fill them) spare preprocessing the seen films...
-    n_films = len(df)
-    df, dropped = leave_out_seen(df, seen, drop_seen, str(mpath))
-    if df.empty:
-        raise ValueError(f"no film of {mpath} is left to evaluate (all {n_films} were seen by the run)")
-    # Every film is an evaluation film here, whatever split the adapter gave it.
-    df["split"] = "test"
-    # Tables and figures go under out_dir, not the study's reports/.
-    cfg = cfg.replace({"paths.reports": str(out.resolve())})
-    cache = out / "png"
-    pre, skipped = preprocess_manifest(cfg, df, mpath.parent, cache, progress=progress)
-    if pre.empty:
-        raise ValueError(f"none of the {len(df)} films could be read; see {cache / 'skipped.csv'}")
-    # ... and the hashes preprocessing took of every file's bytes catch the rest, before any scoring.
-    kept, more = leave_out_seen(pre, seen, drop_seen, str(mpath))
-    dropped = {k: dropped[k] + more[k] for k in dropped}
-    if kept.empty:
-        raise ValueError(f"no film of {mpath} is left to evaluate (all {n_films} were seen by the run or unreadable)")
-    dirs = run_model_dirs(run, cfg)
-    gate_path = run / "03_svm_ensemble" / ensemble.OOD_NAME
-    if ood_scores and not gate_path.is_file():
-        raise RunIncomplete(f"{run}: no out-of-distribution model ({gate_path}); rerun `make ensemble` with this scxnn version")
-    # logits_table checks each model's preprocessing fingerprint
-    scored = ensemble.logits_table(cfg, dirs, progress=progress, cache=cache, features=ood_scores,
-                                   exclude=sorted(set(pre["image_id"]) - set(kept["image_id"])))
-    table, feats = scored if ood_scores else (scored, None)
-    svm, th = ensemble.load(run / "03_svm_ensemble")
-    table["score"] = ensemble.table_scores(svm, table, findings, cfg.model.num_classes)
-    if ood_scores:
-        table["ood_score"] = ood.load(gate_path).score(feats)
-    ensemble.save_logits(table, out)
-    return cfg, table, skipped, dropped, th
 
 
 def evaluate_manifest(run_dir: str | os.PathLike, manifest: str | os.PathLike, out_dir: str | os.PathLike,
                       drop_seen: bool = False, progress: bool = True) -> dict:
     """Score ``manifest`` with the trained run ``run_dir`` (``runs/<profile>``) and write the tables.
     Returns the summary (also ``out_dir/summary.json``)."""
-    from scxnn import study_tables
-
     run, out, mpath = Path(run_dir), Path(out_dir), Path(manifest)
     cfg, table, skipped, dropped, th = score_manifest(run, mpath, out, drop_seen, progress)
     where = f"{mpath} scored by the run {run} without retraining."
@@ -163,8 +50,6 @@ def evaluate_manifest(run_dir: str | os.PathLike, manifest: str | os.PathLike, o
     pub = study_tables.published(cfg, table, th, where=where)
     positive = [f for f in cfg.findings if (table[f] == 1).any()]
     if positive:  # where the models look on these films: one film per finding the manifest marks
-        from scxnn.checkpoints import run_model_dirs
-
         dirs = run_model_dirs(run, cfg)
         study_tables.gradcam_figure(cfg, {f: dirs[f] for f in positive}, cache=out / "png", name="figure_gradcam",
                                     films=f"a film of {mpath.name} with its finding")
@@ -193,8 +78,6 @@ def evaluate_manifest(run_dir: str | os.PathLike, manifest: str | os.PathLike, o
 
 
 def format_summary(s: dict) -> str:
-    from scxnn.metrics import fmt_ci
-
     def ci(k: str, prefix: str = "", percent: bool = False) -> str:
         k = prefix + k
         return fmt_ci(s[k], s[k + "_lo"], s[k + "_hi"], digits=3, percent=percent)

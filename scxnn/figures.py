@@ -292,7 +292,7 @@ def thumbnail_inputs(cfg: Config, cases: pd.DataFrame, table: pd.DataFrame, limi
     """Paths (``cache_dir(cfg) / path`` from ``table``, matched on image_id) and titles for
     :func:`thumbnails_figure`, from a missed-cases frame (``scxnn.evaluation.missed_cases``:
     image_id, set, score, findings, worst_risk; all but image_id optional), first ``limit`` rows."""
-    from scxnn.sources import cache_dir
+    from scxnn.pixels import cache_dir
 
     if "path" not in table:
         raise KeyError("the logits table has no 'path' column (PNG relative to the cache); rebuild it with scxnn.ensemble.logits_table")

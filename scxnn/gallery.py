@@ -309,7 +309,8 @@ def plot_real_comparison(cfg, out_path, realdata=None, n: int = 6, seed: int = 0
 def source_examples(cfg: Config, manifest: pd.DataFrame, n: int) -> dict[str, list[str]]:
     """Up to ``n`` images, one per site first, with their source file and their cached PNG."""
     from scxnn.data import read_manifest
-    from scxnn.sources import cache_dir, source_manifest_path
+    from scxnn.pixels import cache_dir
+    from scxnn.sources import source_manifest_path
 
     src_manifest = source_manifest_path(cfg)
     src = read_manifest(src_manifest, list(cfg.findings), list(cfg.unseen_findings)).set_index("image_id")

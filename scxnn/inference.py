@@ -33,7 +33,7 @@ def films_to_score(cfg, cache: str | os.PathLike | None = None, only=None, exclu
     to leave out; ``max_train``: keep a seeded sample of this many training films, ``max_eval`` of
     this many validation and this many test films (:func:`sample_films`; 0: all)."""
     from scxnn.data import MANIFEST_NAME, in_scope, read_manifest
-    from scxnn.sources import cache_dir
+    from scxnn.pixels import cache_dir
 
     cache = Path(cache) if cache is not None else cache_dir(cfg)
     df, _ = in_scope(read_manifest(cache / MANIFEST_NAME, list(cfg.findings), list(cfg.unseen_findings)), str(cache / MANIFEST_NAME))

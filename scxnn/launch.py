@@ -1,5 +1,5 @@
 """Where a job of the study runs: on this machine (the default), or as a SLURM job (``make reports
-LAUNCH=slurm``; README "On a cluster").
+LAUNCH=slurm``; docs/cluster.md).
 
 Make stays the scheduler of *what* runs: its file targets decide what is out of date, and ``make
 -jN`` keeps N jobs in flight. Under ``LAUNCH=slurm`` each recipe runs its command through ``scxnn

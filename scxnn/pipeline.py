@@ -11,7 +11,7 @@ from typing import Any, Mapping
 from scxnn.config import RESOLVED_NAME, Config, ConfigError, load_resolved, save_resolved
 from scxnn.utils import log, seed_everything
 
-# The study's steps, in order: notebook stem -> what it produces. The Makefile and the README use
+# The study's steps, in order: notebook stem -> what it produces. The Makefile and docs/development.md use
 # the same names.
 STEPS: dict[str, str] = {
     "01_preprocessing": "synthetic data or adapters, preprocessing, Table 1",

@@ -26,11 +26,12 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
 
-from scxnn.config import Preprocess
+from scxnn.config import Config, Preprocess
 from scxnn.utils import sha256_text
 
 # Bump when the pixels this module produces change for the same settings: it invalidates caches.
@@ -95,6 +96,13 @@ class Geometry:
 
     def output_spacing_mm(self, source_spacing_mm: float | None) -> float | None:
         return None if source_spacing_mm is None else source_spacing_mm * self.side / self.size
+
+
+def cache_dir(cfg: Config) -> Path:
+    """The PNG cache for the profile's settings, named by their :func:`fingerprint`; other settings
+    (e.g. the histeq ablation) get their own."""
+    p = cfg.preprocess
+    return cfg.path("data") / f"png{p.size}-{p.contrast}-{fingerprint(p)}"
 
 
 def percentiles(img: np.ndarray, lo: float, hi: float) -> tuple[float, float]:

@@ -47,15 +47,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import cv2
 import numpy as np
 import pandas as pd
 import torch
+from tqdm import tqdm
 
-from scxnn.checkpoints import RunIncomplete
-from scxnn.config import Config, load_resolved
+from scxnn import __version__, ensemble, html_report, ood
+from scxnn.batch import ScreenJob, run_isolated, screening_pixels
+from scxnn.cam import gradcam, overlay, with_colour_scale
+from scxnn.checkpoints import BEST_NAME, STEP, RunIncomplete, load_run_models
+from scxnn.config import Config
+from scxnn.dicom import find_images
+from scxnn.hardware import use_bf16 as resolve_bf16
 from scxnn.metrics import fmt_num
 from scxnn.monitor import Monitor, Status, binding_of, design_rule, locate
 from scxnn.pixels import encode_png, read_png
+from scxnn.trained_run import CERTIFICATE_NAME, SITE_SCORES_NAME, load_certificate, load_run_config, run_id
 from scxnn.utils import atomic_write_bytes, atomic_write_text, log, remove_stale_temporaries, sha256_file, sha256_text
 
 DECISIONS = ("definite_normal", "likely_normal", "needs_review", "rejected")
@@ -123,16 +131,9 @@ class Screener:
         monitor lives (default: ``monitor.jsonl`` in the certificate's folder, or in the run folder
         when the run's own validation certifies); it is on wherever definite_normal can be issued,
         and given explicitly it records an uncertified site too."""
-        from scxnn import ensemble, ood
-        from scxnn.checkpoints import BEST_NAME, STEP, load_run_models
-        from scxnn.config import RESOLVED_NAME
-        from scxnn.hardware import use_bf16 as resolve_bf16
-
         run = Path(run_dir)
         step3 = run / "03_svm_ensemble"
-        if not (step3 / RESOLVED_NAME).is_file():
-            raise RunIncomplete(f"{run} is not a trained study run: no {step3 / RESOLVED_NAME} (pass runs/<profile> after `make ensemble PROFILE=<profile>`)")
-        cfg = load_resolved(step3 / RESOLVED_NAME)
+        cfg = load_run_config(run)
         dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
         models = load_run_models(run, cfg, dev)
         svm, th = ensemble.load(step3)
@@ -140,8 +141,6 @@ class Screener:
             raise ValueError(f"threshold must be 'point' or 'strict', got {threshold!r}")
         cert = None
         if certificate is not None:
-            from scxnn.certify import load_certificate
-
             cert = load_certificate(certificate, run)
         ood_path = step3 / ensemble.OOD_NAME
         if not ood_path.is_file():
@@ -149,7 +148,7 @@ class Screener:
         use_bf16 = resolve_bf16(bf16, dev)
         engine = None
         if backend == "onnx":
-            from scxnn.ort import OrtEnsemble
+            from scxnn.ort import OrtEnsemble  # onnxruntime: heavy, and only for --backend onnx
 
             if dev.type != "cpu":
                 raise ValueError("the ONNX Runtime backend runs on the CPU; pass --device cpu or --backend torch")
@@ -171,8 +170,6 @@ class Screener:
     @torch.inference_mode()
     def score(self, img8: np.ndarray) -> dict:
         """One preprocessed film (uint8, S x S): per-finding probabilities, the SVM score and the OOD score."""
-        from scxnn.ensemble import logit_columns
-
         x = torch.from_numpy(np.ascontiguousarray(img8, dtype=np.float32) / 255.0)[None, None]
         if self.ort is not None:
             lg_all, feats = self.ort.run(x.numpy())
@@ -189,7 +186,7 @@ class Screener:
             lg = torch.cat(logits).cpu().numpy()  # (13, C)
             feats = torch.cat(pooled, dim=1).cpu().numpy().astype(np.float64)
         probs = torch.softmax(torch.from_numpy(lg), dim=1).numpy()
-        cols = logit_columns(self.findings, lg.shape[1])
+        cols = ensemble.logit_columns(self.findings, lg.shape[1])
         svm_score = float(self.svm.decision_function(lg.reshape(1, -1).astype(float))[0])
         ood_score = float(self.ood.score(feats)[0])
         return {"logits": dict(zip(cols, lg.reshape(-1).tolist())), "p_target": dict(zip(self.findings, probs[:, 1].tolist())),
@@ -202,16 +199,13 @@ def site_monitor(screener: Screener, run: Path, certificate: str | os.PathLike |
     the ``monitor.jsonl`` inside it; else in the certificate's folder, or the run's), what it is bound
     to (the certificate file, or the run) and its rule, from the certificate's sample
     (``site_scores.csv``) or else the run's validation films (``val_scores.csv``)."""
-    from scxnn.certify import CERTIFICATE_NAME, SITE_SCORES_NAME, run_id
-    from scxnn.ensemble import VAL_SCORES_NAME
-
     ev, cert = screener.cfg.evaluate, screener.certificate
     if cert is not None:
         folder = locate(certificate=certificate).parent
         normals = _normals_below(folder / SITE_SCORES_NAME, screener.certified_below)
         bound, site = f"certificate:{sha256_file(folder / CERTIFICATE_NAME)}", cert.site
     else:
-        normals = _normals_below(run / "03_svm_ensemble" / VAL_SCORES_NAME, screener.certified_below)
+        normals = _normals_below(run / "03_svm_ensemble" / ensemble.VAL_SCORES_NAME, screener.certified_below)
         bound, site = f"run:{run_id(run)}", f"{screener.cfg.profile} (the run's own population)"
     share, n_ref = screener.batch_reference()
     rule = design_rule(share, n_ref, *normals, max_share=ev.batch_ood_share, alpha=ev.batch_alpha,
@@ -255,8 +249,6 @@ def _row(path: Path, digest: str, screener: Screener) -> dict:
 def screen_file(path: Path, screener: Screener, digest: str = "") -> tuple[dict, np.ndarray | None]:
     """(row, preprocessed film or None) for one file, all in this process; never raises for a bad
     file. :func:`predict` does the reading in a worker process instead (a decoder may abort)."""
-    from scxnn.batch import ScreenJob, screening_pixels
-
     _, pixels, why = screening_pixels(ScreenJob({"image_id": str(path)}, str(path), screener.cfg.preprocess))
     return score_film(_row(path, digest, screener), pixels, why, screener)
 
@@ -333,8 +325,6 @@ def finalize(table: pd.DataFrame, screener: Screener):
     """Apply the batch-level shift check (:func:`scxnn.ood.batch_shift`) to the scored films of the
     whole batch, record them in the site monitor (when on; its status is ``table.attrs["monitor"]``)
     and settle every scored film's decision (:func:`decide`). Returns (table, verdict)."""
-    from scxnn import ood
-
     out = table.copy()
     scored = out["decision"].isin([*DECISIONS[:3], PENDING]).to_numpy() & out["score"].notna().to_numpy()
     flags = out.loc[scored, "ood_flag"].astype(str).str.lower().isin(["true", "1"]).to_numpy()
@@ -357,10 +347,6 @@ def finalize(table: pd.DataFrame, screener: Screener):
 
 
 def _overlay(screener: Screener, img8: np.ndarray, finding: str) -> bytes:
-    import cv2
-
-    from scxnn.cam import gradcam, overlay, with_colour_scale
-
     x = torch.from_numpy(img8.astype(np.float32) / 255.0)[None, None].to(screener.device)
     cam = gradcam(screener.models[finding].model, x, target_class=1)[0]
     ok, buf = cv2.imencode(".png", cv2.cvtColor(with_colour_scale(overlay(img8, cam)), cv2.COLOR_RGB2BGR))
@@ -416,13 +402,6 @@ def predict(run_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike], out
     file names in report.html (default: film ids only, as the page is meant to be shared).
     ``monitor``: the site monitor's file or folder (:func:`scxnn.monitor.locate`); its status
     after this batch is ``table.attrs["monitor"]`` (None where it is off)."""
-    from tqdm import tqdm
-
-    from scxnn import html_report
-
-    from scxnn.batch import ScreenJob, run_isolated, screening_pixels
-    from scxnn.dicom import find_images
-
     out = Path(out_dir)
     # What the person typed is checked before the models load (tens of seconds): a mistyped path, an
     # empty folder, an --out that holds another tool's files.
@@ -513,8 +492,6 @@ def predict(run_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike], out
 
 
 def _write_report(table: pd.DataFrame, out: Path, screener: Screener, batch, names_in_report: bool = False) -> Path:
-    from scxnn import __version__, html_report
-
     thumbs, overlays, full = {}, {}, {}
     shown = table.copy()
     if not names_in_report:

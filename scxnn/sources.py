@@ -9,14 +9,8 @@ import pandas as pd
 
 from scxnn.batch import preprocess_manifest
 from scxnn.config import Config
-from scxnn.pixels import fingerprint
+from scxnn.pixels import cache_dir
 from scxnn.utils import log
-
-
-def cache_dir(cfg: Config) -> Path:
-    """The PNG cache for the profile's settings; other settings (e.g. the histeq ablation) get their own."""
-    p = cfg.preprocess
-    return cfg.path("data") / f"png{p.size}-{p.contrast}-{fingerprint(p)}"
 
 
 def source_manifest_path(cfg: Config) -> Path:

@@ -1,7 +1,7 @@
 """The study's result tables, each computed, captioned and written in one place.
 
 Every function here takes the scored logits table of a run (:func:`scxnn.ensemble.load_run`, or
-:func:`scxnn.external.score_manifest` for another dataset), computes one of the thesis' tables with
+:func:`scxnn.trained_run.score_manifest` for another dataset), computes one of the thesis' tables with
 :mod:`scxnn.evaluation`, writes it with its caption and one-line headline through
 :func:`scxnn.reports.write_table` (and its figure, where it has one) and returns the frame for
 display. Notebook 04 and ``scxnn evaluate`` call the same functions, so a caption, a headline or the

@@ -59,7 +59,7 @@ def reconstruction_examples(cfg: Config, finding: str, checkpoint, n: int = 4, s
 
     from scxnn.data import MANIFEST_NAME, read_manifest
     from scxnn.dataset import RadiographDataset
-    from scxnn.sources import cache_dir
+    from scxnn.pixels import cache_dir
     from scxnn.checkpoints import load_model
     from scxnn.labels import finding_labels
 

@@ -4,7 +4,7 @@ what the synthetic study's results are worth on real films.
 
 The real films are a labelled public sample read by its adapter (by default the 319 adult NIH
 ChestX-ray14 films of ``../shared/realdata/nih_cxr14_512``). Nothing is refitted: the films go
-through the run's preprocessing, finding models and SVM (:func:`scxnn.external.score_manifest`).
+through the run's preprocessing, finding models and SVM (:func:`scxnn.trained_run.score_manifest`).
 The table ``transfer_<adapter>`` gives, with 95% patient-bootstrap CIs:
 
 * ``normal_vs_abnormal``: the SVM score, films the source calls normal ("No Finding") against films
@@ -30,7 +30,7 @@ from scxnn.checkpoints import run_model_dirs
 from scxnn.config import Config
 from scxnn.ensemble import load_run
 from scxnn.evaluation import auc_per_finding, format_ci, svm_auc
-from scxnn.external import score_manifest
+from scxnn.trained_run import score_manifest
 from scxnn.metrics import fmt_ci
 from scxnn.study_tables import gradcam_figure
 from scxnn.utils import log

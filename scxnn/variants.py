@@ -207,7 +207,8 @@ def run_variant(cfg: Config, name: str, progress: bool = True) -> dict:
     from scxnn import ensemble
     from scxnn.checkpoints import BEST_NAME
     from scxnn.data import MANIFEST_NAME, read_manifest
-    from scxnn.sources import build_study_cache, cache_dir
+    from scxnn.pixels import cache_dir
+    from scxnn.sources import build_study_cache
     from scxnn.train import train_finding
 
     vcfg = variant_config(cfg, name)

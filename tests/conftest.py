@@ -161,7 +161,7 @@ class Studies:
 
     def timeline(self) -> list[str]:
         """When each build and the tests that read them ran, in minutes from the first test: which
-        of them set the suite's length (README, Timings)."""
+        of them set the suite's length (docs/benchmarks-and-timings.md)."""
         def at(t: float) -> str:
             return f"{(t - self.t0) / 60:.1f} min"
 

@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from scxnn.certify import Certificate, CertificateError, load_certificate, plan, run_id, site_threshold
+from scxnn.certify import plan, site_threshold
+from scxnn.trained_run import Certificate, CertificateError, load_certificate, run_id
 from scxnn.cli import main
 from scxnn.metrics import certifiable_with, clopper_pearson, proportion_ci
 
@@ -90,7 +91,7 @@ def test_flagged_films_cannot_be_misses_and_the_bound_holds():
 @pytest.mark.parametrize("target, confidence, misses, n", [
     (0.99, 0.975, 0, 368),  # the default: the lower end of the run's two-sided 95% intervals
     (0.99, 0.95, 0, 299),
-    (0.99, 0.975, 1, 555),  # the figure the README and data.val_min_abnormal_patients quote
+    (0.99, 0.975, 1, 555),  # the figure docs/definite-normal.md and data.val_min_abnormal_patients quote
     (0.95, 0.975, 0, 72),
 ])
 def test_abnormal_patients_a_target_takes(target, confidence, misses, n):
@@ -114,13 +115,13 @@ def _sample(n_abnormal: int, overlap: bool):
 def _certify_cli(monkeypatch, tmp_path, capsys, table, *extra):
     """``scxnn certify --json`` on ``table`` as if the run had scored it: the models, SVM and gate are
     not what is tested here, the bound and the certificate are."""
-    import scxnn.external
+    import scxnn.certify
     import scxnn.ood
     from scxnn.config import load_config
 
     run = _run(tmp_path)
     th = types.SimpleNamespace(target=0.99)
-    monkeypatch.setattr(scxnn.external, "score_manifest", lambda *a, **k: (load_config("smoke"), table.copy(), [], {"patients": 0, "images": 0}, th))
+    monkeypatch.setattr(scxnn.certify, "score_manifest", lambda *a, **k: (load_config("smoke"), table.copy(), [], {"patients": 0, "images": 0}, th))
     monkeypatch.setattr(scxnn.ood, "load", lambda path: types.SimpleNamespace(threshold=1.0))
     out = tmp_path / f"cert{len(list(tmp_path.glob('cert*')))}"
     rc = main(["certify", "--models", str(run), "--manifest", str(tmp_path / "m.csv"), "--out", str(out), "--json", "--no-progress", *extra])

@@ -140,7 +140,7 @@ def _study(tmp_path, manifest: str):
     p0 in both train and val. Returns (the --set overrides, the manifest's path)."""
     from scxnn.config import load_config, save_resolved
     from scxnn.data import MANIFEST_NAME, new_manifest, write_manifest
-    from scxnn.sources import cache_dir
+    from scxnn.pixels import cache_dir
 
     ov = {"paths.data": str(tmp_path / "data"), "paths.runs": str(tmp_path / "runs")}
     cfg = load_config("smoke", ov)
@@ -232,3 +232,54 @@ def test_version_names_the_package(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--version"])
     assert e.value.code == 0 and capsys.readouterr().out.strip() == f"scxnn {__version__}"
+
+
+# --------------------------------------------------------------------------- options shared by subcommands
+
+# flag: the subcommands that take it with one meaning, added from cli.SHARED_OPTIONS (the first is
+# the one the others are compared with)
+SHARED = {
+    "--json": ("evaluate", "certify", "predict", "monitor"),
+    "--models": ("evaluate", "certify", "predict", "monitor"),
+    "--out": ("manifest", "preprocess", "evaluate", "predict", "synth", "certify", "gradcam"),
+    "--drop-seen": ("evaluate", "certify"),
+    "--no-progress": ("synth", "preprocess", "train", "pretrain", "trunk", "ensemble", "variant", "evaluate", "certify", "predict", "bench"),
+    "--certificate": ("predict", "monitor"),
+    "--monitor": ("predict", "monitor"),
+}
+# the same flag meaning something else there, defined by the subcommand itself
+OWN = {("train", "--out"), ("trunk", "--out"), ("bench", "--out"), ("gradcam", "--models"), ("bench", "--models")}
+# deliberate differences from the first subcommand's definition
+DIFFERS = {
+    ("synth", "--out"): {"required": False},  # default: data/<profile>/raw
+    ("certify", "--out"): {"required": False},  # --plan writes nothing
+    ("gradcam", "--out"): {"required": False, "default": "gradcam"},
+    ("monitor", "--models"): {"required": False, "metavar": "RUN"},  # one of three ways to name the monitor
+}
+COMPARED = ("dest", "nargs", "const", "default", "type", "choices", "required", "metavar")
+
+
+def _subparsers() -> dict:
+    return next(a for a in build_parser()._actions if a.dest == "command").choices
+
+
+def _option(parser, flag: str):
+    return next((a for a in parser._actions if flag in a.option_strings), None)
+
+
+@pytest.mark.parametrize("cmd", list(_subparsers()))
+def test_shared_options_have_one_definition(cmd):
+    from scxnn.cli import SHARED_OPTIONS
+
+    assert set(SHARED) == set(SHARED_OPTIONS)
+    subs = _subparsers()
+    for flag, cmds in SHARED.items():
+        action = _option(subs[cmd], flag)
+        if cmd not in cmds:
+            assert action is None or (cmd, flag) in OWN, f"{cmd} {flag}: add it with cli._shared (and list {cmd} in SHARED)"
+            continue
+        assert action is not None, f"{cmd} has no {flag}"
+        ref = _option(subs[cmds[0]], flag)
+        want = {k: getattr(ref, k) for k in COMPARED} | DIFFERS.get((cmd, flag), {})
+        assert type(action) is type(ref) and {k: getattr(action, k) for k in COMPARED} == want, f"{cmd} {flag}"
+        assert SHARED_OPTIONS[flag]["help"] in action.help, f"{cmd} {flag}: {action.help!r}"

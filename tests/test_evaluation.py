@@ -553,7 +553,7 @@ def _seen_run(tmp_path: Path, with_sha: bool = True) -> Path:
 
 
 def test_seen_films_are_the_runs_training_and_validation_patients_and_hashes(tmp_path, caplog):
-    from scxnn.external import seen_films
+    from scxnn.trained_run import seen_films
 
     assert seen_films(_seen_run(tmp_path / "new")) == ({"pa", "pb"}, {"ha", "hb"})
     assert "predates source_sha256" not in caplog.text
@@ -563,7 +563,7 @@ def test_seen_films_are_the_runs_training_and_validation_patients_and_hashes(tmp
 
 @pytest.mark.parametrize("drop_seen", [False, True])
 def test_copies_of_seen_films_under_new_patients_are_an_overlap(drop_seen):
-    from scxnn.external import PatientOverlap, leave_out_seen
+    from scxnn.trained_run import PatientOverlap, leave_out_seen
 
     df = pd.DataFrame({"image_id": [f"i{i}" for i in range(6)], "patient_id": ["pa", "pa", "new1", "new2", "new3", "new4"],
                        "source_sha256": ["x1", "x2", "ha", "hb", "hc", ""]})
@@ -585,7 +585,7 @@ def test_auc_whose_bootstrap_collapses_still_gets_an_interval():
 
 
 def test_seen_films_come_from_the_full_record_when_only_a_sample_was_scored(tmp_path):
-    from scxnn.external import seen_films
+    from scxnn.trained_run import seen_films
 
     run = _seen_run(tmp_path)  # its logits table scored only pa (train) and pb (val)
     pd.DataFrame({"patient_id": ["pa", "pz", "pb"], "split": ["train", "train", "val"],
@@ -610,7 +610,7 @@ def test_seen_films_record_lists_every_training_and_validation_film(smoke_cache,
     from scxnn.config import load_config
     from scxnn.data import MANIFEST_NAME, read_manifest
     from scxnn.ensemble import write_seen_films
-    from scxnn.sources import cache_dir
+    from scxnn.pixels import cache_dir
 
     cfg = load_config("smoke", {"paths.data": str(smoke_cache / "data"), "paths.runs": str(tmp_path)})
     path = write_seen_films(cfg, tmp_path)

@@ -3,7 +3,7 @@
 with a specific reason; no mutant may crash or hang either batch, or hit the catch-all "could not
 be screened" / "cannot preprocess" path (that would be a reason nobody can act on).
 
-About 30 s in CI (``SCXNN_FUZZ_MUTANTS``, default 80). The longer run of the README:
+About 30 s in CI (``SCXNN_FUZZ_MUTANTS``, default 80). The longer run of docs/reliability.md:
 ``SCXNN_FUZZ_MUTANTS=2000 .venv/bin/python -m pytest tests/test_fuzz.py -s``; it prints the count
 of each outcome.
 """

@@ -208,7 +208,7 @@ def test_evaluate_refuses_models_trained_on_other_preprocessing(kermany_run, tmp
 
 
 def test_certify_a_site_then_screen_with_its_certificate(kermany_run, tmp_path, capsys):
-    """The workflow of the README: validate (step 03), certify a site on a labelled sample, screen.
+    """The workflow of docs/definite-normal.md: validate (step 03), certify a site on a labelled sample, screen.
     99% cannot be certified on a sample this small, so certify refuses (exit 3) and says what it
     would take; predict refuses that certificate. A lower target is certified, and predict then
     reports definite_normal with the site's threshold."""

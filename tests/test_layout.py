@@ -39,7 +39,7 @@ def test_top_level_layout():
     tracked = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
                              cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     top = {t.split("/")[0] for t in tracked}
-    required = {"notebooks", "scxnn", "params", "reports", "tests", "environment.yml", "Makefile",
+    required = {"notebooks", "scxnn", "params", "reports", "tests", "docs", "environment.yml", "Makefile",
                 "README.md", "pyproject.toml", ".ci", ".gitattributes", ".gitignore"}
     assert required <= top, f"missing at top level: {sorted(required - top)}"
     assert top <= required, f"unexpected at top level: {sorted(top - required)}"

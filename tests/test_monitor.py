@@ -18,11 +18,11 @@ import pytest
 from scxnn import monitor as M
 from scxnn.cli import main
 
-# The rule of a site like the README's kermany certificate: 1 of 81 sample films flagged, 26 of
+# The rule of a site like the kermany certificate of docs/definite-normal.md: 1 of 81 sample films flagged, 26 of
 # 34 normal films below the certified threshold (the score chart), design ARL 1000.
 KERMANY = dict(flag_share=1 / 81, flag_films=81, normals_below=26, normals=34)
 DESIGN = dict(max_share=0.10, alpha=0.01, shift_share=0.5, arl=1000)
-SHIFT_WITHIN = 20  # films after a switch to a 73%-flagged population (the adult films of the README)
+SHIFT_WITHIN = 20  # films after a switch to a 73%-flagged population (the adult films of docs/definite-normal.md)
 
 
 def _rule(**kw) -> M.Rule:
@@ -94,7 +94,7 @@ def test_a_stream_that_switches_to_shifted_films_fires_within_20_films(tmp_path,
 
 
 def test_the_detection_delay_holds_across_many_streams():
-    """The statement of the README: at 73% flagged the flagged chart fires within 20 films with
+    """The statement of docs/definite-normal.md: at 73% flagged the flagged chart fires within 20 films with
     probability 0.9998 (exact), and 2000 simulated streams agree."""
     chart = _rule().flagged
     exact = chart.alarm_within(0.73, SHIFT_WITHIN)
@@ -105,7 +105,7 @@ def test_the_detection_delay_holds_across_many_streams():
 
 
 def test_the_vectorised_replay_runs_the_charts_as_the_monitor_does(tmp_path):
-    # replay_false_alarms measures the README's false-alarm rate; it must agree with the real log.
+    # replay_false_alarms measures the false-alarm rate of docs/definite-normal.md; it must agree with the real log.
     rule = _rule()
     flags = np.array([True, True, False, True, False, True, True])
     below = np.array([False, False, True, False, True, False, False])

@@ -275,7 +275,7 @@ def test_thumbnails(tmp_path):
 
 
 def test_thumbnail_inputs(cfg):
-    from scxnn.sources import cache_dir
+    from scxnn.pixels import cache_dir
 
     table = pd.DataFrame({"image_id": ["a", "b"], "path": ["images/a.png", "images/b.png"]})
     missed = pd.DataFrame({"image_id": ["b"], "patient_id": ["p"], "set": ["temporal"], "score": [-1.25],
