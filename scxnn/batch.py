@@ -24,8 +24,12 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from scxnn.config import Config, Preprocess
+from scxnn import plausibility
+from scxnn.config import Config, Preprocess, save_resolved
+from scxnn.data import MANIFEST_NAME, hash_patient, new_manifest, parse_masks, read_manifest, write_manifest
+from scxnn.dicom import ImageReadError, find_images, read_image
 from scxnn.pixels import encode_png, fingerprint, preprocess_pixels, preview
+from scxnn.plausibility import GATE_VERSION
 from scxnn.utils import atomic_write_bytes, atomic_write_text, log, remove_stale_temporaries, sha256_file, sha256_text
 
 SKIPPED_NAME = "skipped.csv"
@@ -48,8 +52,6 @@ def _record_path(out_dir: Path, image_id: str) -> Path:
 def _gate_key(pre: Preprocess) -> list:
     """What decides whether a film passes the gate; part of each record's key, so a record made
     under another rule is checked again (the pixels, and so the fingerprint, do not change)."""
-    from scxnn.plausibility import GATE_VERSION
-
     return [GATE_VERSION, pre.min_side, pre.max_aspect, pre.max_megapixels]
 
 
@@ -61,9 +63,6 @@ _PIXEL_FIELDS = ("path", "masks", "source_sha256", "modality", "body_part", "pho
 
 def _process(job: _Job) -> tuple[str, dict | None, str | None]:
     """Worker: one image -> (image_id, output row or None, skip reason or None). Never raises."""
-    from scxnn import plausibility
-    from scxnn.dicom import ImageReadError, read_image
-
     image_id = job.row["image_id"]
     out = Path(job.out_dir)
     try:
@@ -137,9 +136,6 @@ def screening_pixels(job: ScreenJob) -> tuple[str, tuple[np.ndarray | None, tupl
     rejection reason or None).
     Never raises; run it through :func:`run_isolated` so that a decoder that aborts its process
     costs one film, not the batch."""
-    from scxnn import plausibility
-    from scxnn.dicom import ImageReadError, read_image
-
     key, pre = job.row["image_id"], job.pre
     try:
         rad = read_image(job.source, voi_lut=pre.voi_lut, max_megapixels=pre.max_megapixels)
@@ -177,8 +173,6 @@ def _resolve(base: Path, p: str) -> str:
 
 
 def jobs_from_manifest(df: pd.DataFrame, base: Path, out_dir: Path, pre: Preprocess) -> Iterator[_Job]:
-    from scxnn.data import parse_masks
-
     fp = fingerprint(pre)
     for row in df.to_dict("records"):
         masks = {k: _resolve(base, v) for k, v in parse_masks(row.get("masks")).items()}
@@ -191,9 +185,6 @@ def jobs_from_paths(paths: Sequence[str | os.PathLike], out_dir: Path, pre: Prep
     images carry no labels: they are scored, not trained on. The image id hashes the file's path, so
     no file name (which may hold a patient's name) reaches the manifest; each image counts as its
     own patient."""
-    from scxnn.data import hash_patient
-    from scxnn.dicom import find_images
-
     fp = fingerprint(pre)
     files, problems = find_images(paths, strict=True)
     skipped = [{"image_id": "", "source": str(p), "reason": why} for p, why in problems]
@@ -285,8 +276,6 @@ def run_batch(
     """
     from tqdm import tqdm
 
-    from scxnn.data import write_manifest
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for folder in (out, out / "images", out / "masks", out / "records"):  # left by a kill -9 of an earlier run
@@ -320,9 +309,6 @@ def run_batch(
 
 def preprocess_manifest(cfg: Config, manifest: pd.DataFrame, base: str | os.PathLike, out_dir: str | os.PathLike, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Preprocess every row of a manifest into ``out_dir`` (PNG cache + manifest.csv + skipped.csv)."""
-    from scxnn.config import save_resolved
-    from scxnn.data import MANIFEST_NAME, new_manifest, write_manifest
-
     out = Path(out_dir)
     jobs = list(jobs_from_manifest(manifest, Path(base), out, cfg.preprocess))
     t0 = time.perf_counter()
@@ -336,9 +322,6 @@ def preprocess_manifest(cfg: Config, manifest: pd.DataFrame, base: str | os.Path
 
 def preprocess_inputs(cfg: Config, inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, site: str = "external", progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``scxnn preprocess IN... --out DIR``: folders, files and manifests (``*.csv``) in one batch."""
-    from scxnn.config import save_resolved
-    from scxnn.data import MANIFEST_NAME, new_manifest, read_manifest, write_manifest
-
     out = Path(out_dir)
     jobs: list[_Job] = []
     loose, skipped_before = [], []

@@ -35,6 +35,10 @@ from torch import nn
 
 from scxnn.checkpoints import LoadedModel, check_fingerprint, load_models
 from scxnn.config import Config
+from scxnn.data import MANIFEST_NAME, parse_masks, read_manifest
+from scxnn.dataset import RadiographDataset
+from scxnn.dicom import ImageReadError, read_image
+from scxnn.pixels import cache_dir, fingerprint, preprocess_pixels, read_png
 from scxnn.utils import atomic_write_bytes, sha256_text
 
 log = logging.getLogger("scxnn")
@@ -170,14 +174,10 @@ def study_order(cfg: Config | None, findings: Sequence[str]) -> list[str]:
 
 def study_cache(cfg: Config) -> tuple[pd.DataFrame, Path]:
     """(manifest, cache folder) of the profile's preprocessed PNG cache."""
-    from scxnn.pixels import cache_dir
-
     return _cache(cfg, cache_dir(cfg))
 
 
 def _cache(cfg: Config, base: Path) -> tuple[pd.DataFrame, Path]:
-    from scxnn.data import MANIFEST_NAME, read_manifest
-
     path = base / MANIFEST_NAME
     if not path.is_file():
         raise FileNotFoundError(f"no preprocessed cache for profile {cfg.profile!r} at {path}; run the preprocessing step first")
@@ -208,10 +208,6 @@ def positive_films(df: pd.DataFrame, base: Path, finding: str, cfg: Config, spli
 
     Masks are the cache's undilated ones: the lesion itself, not the training target's margin.
     """
-    from scxnn.data import parse_masks
-    from scxnn.dataset import RadiographDataset
-    from scxnn.pixels import read_png
-
     if finding not in df:
         return Films(torch.zeros(0, 1, 1, 1), np.zeros((0, 1, 1), bool), [], None, f"{finding} is not a manifest column")
     positive = (df[finding].fillna(0).astype(int) == 1) & (df["label_type"] == "hard")
@@ -320,8 +316,6 @@ def figure5(
     """
     from matplotlib.figure import Figure
 
-    from scxnn.pixels import fingerprint
-
     models = load_models(model_dirs, device)
     df, base = study_cache(cfg) if cache is None else _cache(cfg, Path(cache))
     expected = fingerprint(cfg.preprocess)
@@ -419,9 +413,6 @@ def cam_for_files(
     fingerprint differs from what this code produces for its settings.
     """
     import cv2
-
-    from scxnn.dicom import ImageReadError, read_image
-    from scxnn.pixels import fingerprint, preprocess_pixels
 
     models = load_models(model_dirs, device)
     if finding is not None:

@@ -17,6 +17,8 @@ import torch
 from torch import nn
 
 from scxnn.config import Config, config_from_dict
+from scxnn.models import build_model
+from scxnn.pixels import fingerprint
 from scxnn.utils import atomic_open
 
 STEP = "02_train_disease_model"  # the run folder that holds <finding>/best.pt
@@ -81,8 +83,6 @@ class LoadedModel:
 
 
 def _rebuild(ckpt: dict, path: Path) -> tuple[nn.Module, Config]:
-    from scxnn.models import build_model
-
     if "config" not in ckpt:
         raise CheckpointError(f"{path}: has no embedded config")
     cfg = config_from_dict(ckpt["config"], source=f"{path} (embedded config)")
@@ -141,8 +141,6 @@ def check_fingerprint(lm: LoadedModel, expected: str | None = None) -> None:
     preprocessing code changed, or the images come from another cache), so its CAMs and
     probabilities would silently be off.
     """
-    from scxnn.pixels import fingerprint
-
     expected = expected or fingerprint(lm.cfg.preprocess)
     if lm.preprocess_fingerprint is None:
         raise PreprocessMismatch(f"{lm.path}: the checkpoint records no preprocessing fingerprint; retrain it with this version of scxnn")
@@ -168,8 +166,6 @@ def run_model_dirs(run: str | os.PathLike, cfg: Config) -> dict[str, Path]:
 def load_run_models(run: str | os.PathLike, cfg: Config, device: str | torch.device = "cpu") -> dict[str, LoadedModel]:
     """A trained run's 13 models for inference: eval mode, channels_last, each checked against the
     run's preprocessing (:func:`check_fingerprint`)."""
-    from scxnn.pixels import fingerprint
-
     expected = fingerprint(cfg.preprocess)
     models = {}
     for f, d in run_model_dirs(run, cfg).items():

@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 import torch as _torch
 
-from scxnn.data import parse_masks
+from scxnn.data import MANIFEST_NAME, in_scope, parse_masks, read_manifest
+from scxnn.pixels import cache_dir, dilate_mask, read_png
 
 _DatasetBase = _torch.utils.data.Dataset
 # RadiographDataset's ``finding`` for a decoder target made of every lesion of the film (union of
@@ -115,7 +116,6 @@ class RadiographDataset(_DatasetBase):
         paths = self.mask_paths[i]
         if paths is None or not all(p.is_file() for p in paths):
             return None
-        from scxnn.pixels import dilate_mask, read_png
 
         m = np.zeros(shape, np.uint8)
         for mp_ in paths:
@@ -131,8 +131,6 @@ class RadiographDataset(_DatasetBase):
         return m
 
     def __getitem__(self, i: int) -> dict:
-        from scxnn.pixels import read_png
-
         img = read_png(self.paths[i])
         if img.ndim == 3:
             img = img[..., 0]
@@ -159,9 +157,6 @@ class RadiographDataset(_DatasetBase):
 def load_study_manifest(cfg, manifest) -> tuple[pd.DataFrame, Path]:
     """(in-scope films, PNG cache folder) of a study: the profile's cache (``manifest`` None), a
     manifest file, or a DataFrame of the profile's cache."""
-    from scxnn.data import MANIFEST_NAME, in_scope, read_manifest
-    from scxnn.pixels import cache_dir
-
     if manifest is None:
         path = cache_dir(cfg) / MANIFEST_NAME
         if not path.is_file():

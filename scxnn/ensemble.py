@@ -23,8 +23,13 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
-from scxnn.data import abnormal_labels
-from scxnn.metrics import fmt_num, patient_bootstrap, proportion_ci, screening_metrics
+from scxnn import ood
+from scxnn.config import RESOLVED_NAME, load_resolved
+from scxnn.data import MANIFEST_NAME, abnormal_labels, read_manifest
+from scxnn.hardware import resolve_device
+from scxnn.inference import films_to_score, finding_scores
+from scxnn.metrics import certifiable_with, fmt_num, patient_bootstrap, proportion_ci, screening_metrics
+from scxnn.pixels import cache_dir
 from scxnn.utils import atomic_open, atomic_write_bytes, atomic_write_text, log
 
 ENSEMBLE_NAME = "svm.skops"
@@ -186,8 +191,6 @@ def choose_thresholds(scores: Sequence[float], abnormal: Sequence[int], patients
     scoring below it are called normal) and the ``strict`` one that the validation set certifies
     (:func:`certified_threshold`), with what each certifies. Candidates are the midpoints between
     sorted validation scores."""
-    from scxnn.metrics import certifiable_with
-
     s, y, _ = threshold_candidates(scores, abnormal)
     g = np.asarray(patients)
     pos = s[y == 1]
@@ -260,8 +263,6 @@ def _untrusted_objects(blob: bytes, path: Path) -> list[str]:
 
 
 def _expected_features(out: Path) -> int | None:
-    from scxnn.config import RESOLVED_NAME, load_resolved
-
     if not (out / RESOLVED_NAME).is_file():
         return None
     cfg = load_resolved(out / RESOLVED_NAME)
@@ -323,9 +324,6 @@ def logits_table(cfg, model_dirs: dict, progress: bool = True, features: bool = 
     the validation and the test films (a variant's ``variants.max_films``). A model trained on other
     preprocessing than ``cfg.preprocess`` is refused (:class:`scxnn.checkpoints.PreprocessMismatch`)."""
     from tqdm import tqdm
-
-    from scxnn.inference import films_to_score, finding_scores
-    from scxnn.hardware import resolve_device
 
     findings, unseen = list(cfg.findings), list(cfg.unseen_findings)
     df, cache = films_to_score(cfg, cache, only=only, exclude=exclude, max_train=max_train, max_eval=max_eval)
@@ -434,9 +432,6 @@ SEEN_NAME = "seen_films.parquet"
 
 def write_seen_films(cfg, out_dir: str | os.PathLike) -> Path:
     """Record the run's training and validation films from the profile's PNG cache manifest."""
-    from scxnn.data import MANIFEST_NAME, read_manifest
-    from scxnn.pixels import cache_dir
-
     m = read_manifest(cache_dir(cfg) / MANIFEST_NAME, list(cfg.findings), list(cfg.unseen_findings))
     seen = m.loc[m["split"].isin(["train", "val"]), ["patient_id", "split", "source_sha256"]].astype(str)
     path = Path(out_dir) / SEEN_NAME
@@ -455,8 +450,6 @@ def build(cfg, model_dirs: dict, out_dir: str | os.PathLike, progress: bool = Tr
     training films only ``evaluate.ood_fit_images`` are scored (for that model); every training and
     validation film is listed in ``seen_films.parquet`` for ``scxnn evaluate``. ``max_eval``: score a
     seeded sample of this many validation and test films each (0: all; see :func:`logits_table`)."""
-    from scxnn import ood
-
     out = Path(out_dir)
     table, feats = logits_table(cfg, model_dirs, progress=progress, features=True, only=only,
                                 max_train=cfg.evaluate.ood_fit_images, max_eval=max_eval)

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from sklearn.linear_model import LogisticRegression
 
+from scxnn import ood
 from scxnn.config import RISK_GROUPS
 from scxnn.data import MAIN_SITE, main_site
 from scxnn.ensemble import Thresholds, certified_threshold, point_threshold
@@ -599,8 +600,6 @@ def batch_shift_rates(table: pd.DataFrame, gate, batch_sizes: Sequence[int], max
     detection rate. Needs the per-film ``ood_score`` of step 03. Columns: set, batch_size,
     batches, shifted (share of batches called out of distribution), flagged_share (films flagged
     by the per-film gate, over the whole set)."""
-    from scxnn import ood
-
     if "ood_score" not in table:
         raise KeyError("the table has no 'ood_score' column (step 03 of this scxnn version writes it)")
     rng = np.random.default_rng(seed)

@@ -11,8 +11,9 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from scxnn.config import Config
+from scxnn.config import Config, RISK_GROUPS
 from scxnn.metrics import fmt_ci
+from scxnn.pixels import cache_dir, read_png
 
 
 def _pyplot():
@@ -292,8 +293,6 @@ def thumbnail_inputs(cfg: Config, cases: pd.DataFrame, table: pd.DataFrame, limi
     """Paths (``cache_dir(cfg) / path`` from ``table``, matched on image_id) and titles for
     :func:`thumbnails_figure`, from a missed-cases frame (``scxnn.evaluation.missed_cases``:
     image_id, set, score, findings, worst_risk; all but image_id optional), first ``limit`` rows."""
-    from scxnn.pixels import cache_dir
-
     if "path" not in table:
         raise KeyError("the logits table has no 'path' column (PNG relative to the cache); rebuild it with scxnn.ensemble.logits_table")
     where = table.drop_duplicates("image_id").set_index("image_id")["path"]
@@ -320,8 +319,6 @@ def thumbnails_figure(paths: Sequence, titles: Sequence, ncols: int = 6):
     """Grayscale thumbnails (e.g. the critical films the screen missed), ``ncols`` per row, one axes
     per image; an unreadable file shows as a labelled blank. No images: a small figure saying so."""
     import textwrap
-
-    from scxnn.pixels import read_png
 
     plt = _pyplot()
 
@@ -363,8 +360,6 @@ def risk_figure(risk_df: pd.DataFrame, risk_groups: Sequence[str] | None = None,
     numbers. ``risk_df`` is ``scxnn.evaluation.risk_table``'s layout: rows (set, decision), columns
     critical, urgent, non_urgent, cardiomegaly (counts), optionally ``pipeline``, total and
     ``thesis_<group>``. One axes per (pipeline,) set; an empty frame gives one axes saying so."""
-    from scxnn.config import RISK_GROUPS
-
     plt = _pyplot()
     groups = [g for g in (risk_groups or RISK_GROUPS)]
     keys = [c for c in ("pipeline", "set") if c in risk_df]

@@ -19,7 +19,10 @@ import numpy as np
 import pandas as pd
 
 from scxnn.config import Config
-from scxnn.pixels import percentiles
+from scxnn.data import read_manifest
+from scxnn.pixels import cache_dir, percentiles, read_png
+from scxnn.sources import source_manifest_path
+from scxnn.synth.build import plan, render
 from scxnn.synth.realism import default_realdata, normal_jobs, squash_64
 from scxnn.utils import atomic_write_bytes
 
@@ -105,8 +108,6 @@ def _plan_manifest(jobs: list[dict], findings: list, unseen: list) -> pd.DataFra
 def gallery_examples(cfg, manifest: pd.DataFrame | None = None) -> list[tuple[str, dict | None]]:
     """``[(finding, job or None)]`` for every target and unseen finding: the planned job the gallery
     shows (None when ``manifest`` has no example, or its example is not a film of this plan)."""
-    from scxnn.synth.build import plan
-
     findings, unseen = list(cfg.findings), list(cfg.unseen_findings)
     jobs = plan(cfg)
     if manifest is None:
@@ -144,8 +145,6 @@ def plot_gallery(cfg, manifest: pd.DataFrame | None, out_path) -> Path | None:
     the profile's findings (a real dataset's profile): a canvas of placeholders says nothing.
     """
     from matplotlib.figure import Figure
-
-    from scxnn.synth.build import render
 
     examples = gallery_examples(cfg, manifest)
     if not any(job is not None and _drawable(job) for _, job in examples):
@@ -245,8 +244,6 @@ def real_normals(realdata, n: int = 6, seed: int = 0) -> dict[str, list[np.ndarr
 def synthetic_normals(cfg, n: int = 6) -> list[np.ndarray]:
     """The first ``n`` normal films of ``plan(cfg)`` (no target or unseen finding), rendered and
     quantised to uint8."""
-    from scxnn.synth.build import render
-
     jobs = normal_jobs(cfg)[:n]
     return [np.round(render(j, cfg.data.synth_difficulty)[0] * 255).clip(0, 255).astype(np.uint8) for j in jobs]
 
@@ -308,10 +305,6 @@ def plot_real_comparison(cfg, out_path, realdata=None, n: int = 6, seed: int = 0
 
 def source_examples(cfg: Config, manifest: pd.DataFrame, n: int) -> dict[str, list[str]]:
     """Up to ``n`` images, one per site first, with their source file and their cached PNG."""
-    from scxnn.data import read_manifest
-    from scxnn.pixels import cache_dir
-    from scxnn.sources import source_manifest_path
-
     src_manifest = source_manifest_path(cfg)
     src = read_manifest(src_manifest, list(cfg.findings), list(cfg.unseen_findings)).set_index("image_id")
     picks = manifest.groupby("site", sort=False).head(1)
@@ -333,7 +326,6 @@ def before_after_figure(raw_paths: Sequence[str], processed_paths: Sequence[str]
     import matplotlib.pyplot as plt
 
     from scxnn.dicom import read_image
-    from scxnn.pixels import read_png
 
     n = len(raw_paths)
     fig, axes = plt.subplots(2, n, figsize=(2.6 * n, 5.4), squeeze=False)

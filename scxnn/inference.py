@@ -21,6 +21,11 @@ from typing import Sequence
 
 import numpy as np
 
+from scxnn.checkpoints import BEST_NAME, check_fingerprint, load_finding_model
+from scxnn.data import MANIFEST_NAME, in_scope, read_manifest
+from scxnn.dataset import RadiographDataset
+from scxnn.hardware import resolve_device
+from scxnn.pixels import cache_dir, fingerprint
 from scxnn.utils import atomic_open, log, sha256_file, sha256_text
 
 SCORES_NAME = "scores.npz"
@@ -32,9 +37,6 @@ def films_to_score(cfg, cache: str | os.PathLike | None = None, only=None, exclu
     the logits table holds. ``only``: (site, split) pairs to keep (None: all); ``exclude``: image ids
     to leave out; ``max_train``: keep a seeded sample of this many training films, ``max_eval`` of
     this many validation and this many test films (:func:`sample_films`; 0: all)."""
-    from scxnn.data import MANIFEST_NAME, in_scope, read_manifest
-    from scxnn.pixels import cache_dir
-
     cache = Path(cache) if cache is not None else cache_dir(cfg)
     df, _ = in_scope(read_manifest(cache / MANIFEST_NAME, list(cfg.findings), list(cfg.unseen_findings)), str(cache / MANIFEST_NAME))
     if len(exclude):
@@ -85,8 +87,6 @@ def score_films(lm, df, cache: Path, batch_size: int, bf16: bool, device) -> tup
     channels_last, no decoder, bf16 autocast when ``bf16``."""
     import torch
 
-    from scxnn.dataset import RadiographDataset
-
     model = lm.model.to(memory_format=torch.channels_last)
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     ds = RadiographDataset(df, cache, lm.finding, np.zeros(len(df), dtype=int), lm.cfg)
@@ -128,9 +128,6 @@ def finding_scores(cfg, finding: str, model_dir: str | os.PathLike, df, cache: P
     precision and source hash) are read from it, the others are scored; ``save`` writes the
     result back (atomically). A model trained on other preprocessing than ``cfg.preprocess`` is
     refused (:class:`scxnn.checkpoints.PreprocessMismatch`)."""
-    from scxnn.checkpoints import BEST_NAME, check_fingerprint, load_finding_model
-    from scxnn.pixels import fingerprint
-
     model_dir = Path(model_dir)
     ckpt = model_dir / BEST_NAME
     pre_fp = fingerprint(cfg.preprocess)
@@ -167,8 +164,6 @@ def finding_scores(cfg, finding: str, model_dir: str | os.PathLike, df, cache: P
 def prescore_finding(cfg, finding: str, model_dir: str | os.PathLike) -> Path:
     """Score the films step 03 will need with ``finding``'s freshly trained model and keep them in
     ``model_dir/scores.npz`` (step 02's last act; a no-op when they are already there)."""
-    from scxnn.hardware import resolve_device
-
     df, cache = films_to_score(cfg, max_train=cfg.evaluate.ood_fit_images)
     finding_scores(cfg, finding, model_dir, df, cache, resolve_device(cfg), save=True)
     log.info("%s: scored %d films for step 03 (%s)", finding, len(df), Path(model_dir) / SCORES_NAME)

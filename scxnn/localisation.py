@@ -22,6 +22,7 @@ import torch
 from scxnn.cam import gradcam_and_probs, positive_films, study_cache, study_order
 from scxnn.checkpoints import LoadedModel, check_fingerprint, load_models
 from scxnn.config import Config
+from scxnn.pixels import fingerprint
 
 
 # --------------------------------------------------------------------------- metrics
@@ -151,8 +152,6 @@ def localization_table(
     mean_p_target, note``; rates are NaN where n is 0. ``random_*``: what a map that knows nothing of
     the image scores on the same masks (:func:`random_baseline`).
     """
-    from scxnn.pixels import fingerprint
-
     models = load_models(model_dirs, device)
     df, base = study_cache(cfg)
     expected = fingerprint(cfg.preprocess)

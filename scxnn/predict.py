@@ -417,41 +417,12 @@ def predict(run_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike], out
         (out / "films").mkdir(exist_ok=True)
     for folder in (out, out / "thumbnails", out / "overlays", out / "films"):  # left by a kill -9 of an earlier run
         remove_stale_temporaries(folder)
-    done: dict[tuple[str, str], dict] = {}
-    if old is not None:
-        if "threshold" in old and len(old) and not np.allclose(old["threshold"].astype(float), screener.threshold):
-            log.info("%s was made with another threshold; rescoring everything", out / PREDICTIONS_NAME)
-        else:
-            done = {(r["file"], r["sha256"]): r for r in old.to_dict("records")}
-    rows: list[dict] = []
-    ranks: list[int] = []  # each row's place in the input order
+    rows, ranks, todo = _sort_inputs(files, problems, _finished(old, screener, out), screener, anonymise_names)
+    order = {str(p): i for i, p in enumerate(files)}
 
     def flush() -> None:
         atomic_write_text(out / PREDICTIONS_NAME, pd.DataFrame(rows).to_csv(index=False))
 
-    def named(row: dict) -> dict:
-        if anonymise_names:
-            row["file"] = row["film_id"]
-        return row
-
-    for path, why in problems:  # inputs that could not even be searched still get their row
-        row = _row(path, "", screener)
-        row.update(decision="rejected", reason=f"unreadable: {why}")
-        rows.append(named(row))
-        ranks.append(-1)
-    todo: dict[str, tuple[Path, str]] = {}  # key -> (path, digest) of the films to screen now
-    order = {str(p): i for i, p in enumerate(files)}
-    for path in files:
-        try:
-            digest = sha256_file(path)
-        except OSError:
-            digest = ""
-        name = film_id(path, digest) if anonymise_names else str(path)
-        if (name, digest) in done and digest:
-            rows.append(done[(name, digest)])
-            ranks.append(order[str(path)])
-        else:
-            todo[_key(path, digest)] = (path, digest)
     # Decoding runs in a worker process (scxnn.batch.run_isolated): a native decoder that
     # aborts on a corrupt file (gdcm does, found by the fuzz test) costs that film, not the batch.
     jobs = [ScreenJob({"image_id": key}, str(path), screener.cfg.preprocess) for key, (path, _) in todo.items()]
@@ -462,18 +433,8 @@ def predict(run_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike], out
         path, digest = todo.pop(key)
         row, img8 = score_film(_row(path, digest, screener), pixels, why, screener)
         if img8 is not None:
-            atomic_write_bytes(out / "thumbnails" / f"{key}.png", html_report.thumbnail_png(img8))
-            if full_size:  # the film at the models' resolution, for the report's "full size" link
-                atomic_write_bytes(out / "films" / f"{key}.png", encode_png(img8))
-                row["image"] = f"films/{key}.png"
-            if overlays and row["decision"] == "needs_review" and row["top_finding"]:  # scored: img8 is the film
-                overlay = f"overlays/{key}__{row['top_finding']}.png"  # hashed: a file name may hold a patient's name
-                try:
-                    atomic_write_bytes(out / overlay, _overlay(screener, img8, row["top_finding"]))
-                    row["overlay"] = overlay
-                except Exception as e:  # noqa: BLE001 -- a missing picture must not end the batch
-                    log.warning("no Grad-CAM overlay for %s: %s: %s", row["film_id"], type(e).__name__, e)
-        rows.append(named(row))
+            _write_pictures(row, img8, key, out, screener, overlays, full_size)
+        rows.append(_named(row, anonymise_names))
         ranks.append(order[str(path)])
         new += 1
         if new % WRITE_EVERY == 0:
@@ -489,6 +450,64 @@ def predict(run_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike], out
     log.info("%d film(s): %s (%d scored now, %d kept from an earlier run); %s", len(table),
              ", ".join(f"{d} {int((table['decision'] == d).sum())}" for d in DECISIONS), new, len(table) - new, batch.describe())
     return table
+
+
+def _finished(old: pd.DataFrame | None, screener: Screener, out: Path) -> dict[tuple[str, str], dict]:
+    """The rows of an earlier run into ``out`` to keep, by (file, sha256): none when it used another threshold."""
+    if old is None:
+        return {}
+    if "threshold" in old and len(old) and not np.allclose(old["threshold"].astype(float), screener.threshold):
+        log.info("%s was made with another threshold; rescoring everything", out / PREDICTIONS_NAME)
+        return {}
+    return {(r["file"], r["sha256"]): r for r in old.to_dict("records")}
+
+
+def _named(row: dict, anonymise_names: bool) -> dict:
+    if anonymise_names:
+        row["file"] = row["film_id"]
+    return row
+
+
+def _sort_inputs(files: list[Path], problems: list, done: dict, screener: Screener, anonymise_names: bool):
+    """(rows, their input ranks, the films to screen now by key -> (path, digest)): a row for each
+    input that could not even be searched, the kept rows of films an earlier run finished (same
+    name and content), and the rest to screen."""
+    rows: list[dict] = []
+    ranks: list[int] = []  # each row's place in the input order
+    for path, why in problems:  # inputs that could not even be searched still get their row
+        row = _row(path, "", screener)
+        row.update(decision="rejected", reason=f"unreadable: {why}")
+        rows.append(_named(row, anonymise_names))
+        ranks.append(-1)
+    todo: dict[str, tuple[Path, str]] = {}
+    for rank, path in enumerate(files):
+        try:
+            digest = sha256_file(path)
+        except OSError:
+            digest = ""
+        name = film_id(path, digest) if anonymise_names else str(path)
+        if (name, digest) in done and digest:
+            rows.append(done[(name, digest)])
+            ranks.append(rank)
+        else:
+            todo[_key(path, digest)] = (path, digest)
+    return rows, ranks, todo
+
+
+def _write_pictures(row: dict, img8: np.ndarray, key: str, out: Path, screener: Screener, overlays: bool, full_size: bool) -> None:
+    """The thumbnail, the full-size film and, for a film that needs review, the Grad-CAM overlay of its
+    top finding, named by hashes (a file name may hold a patient's name); ``row`` gets their paths."""
+    atomic_write_bytes(out / "thumbnails" / f"{key}.png", html_report.thumbnail_png(img8))
+    if full_size:  # the film at the models' resolution, for the report's "full size" link
+        atomic_write_bytes(out / "films" / f"{key}.png", encode_png(img8))
+        row["image"] = f"films/{key}.png"
+    if overlays and row["decision"] == "needs_review" and row["top_finding"]:  # scored: img8 is the film
+        overlay = f"overlays/{key}__{row['top_finding']}.png"
+        try:
+            atomic_write_bytes(out / overlay, _overlay(screener, img8, row["top_finding"]))
+            row["overlay"] = overlay
+        except Exception as e:  # noqa: BLE001 -- a missing picture must not end the batch
+            log.warning("no Grad-CAM overlay for %s: %s: %s", row["film_id"], type(e).__name__, e)
 
 
 def _write_report(table: pd.DataFrame, out: Path, screener: Screener, batch, names_in_report: bool = False) -> Path:

@@ -29,6 +29,7 @@ another start: one encoder per backbone, pretrained once on the profile's intern
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import time
@@ -38,12 +39,19 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+import yaml
 from torch import nn
+from tqdm import tqdm
 
 from scxnn.checkpoints import HISTORY_NAME, LAST_NAME
 from scxnn.config import Config, save_resolved
-from scxnn.dataset import RadiographDataset, sample_seed
-from scxnn.utils import atomic_open, atomic_write_text, file_lock, remove_stale_temporaries, seed_everything
+from scxnn.dataset import ANY_FINDING, RadiographDataset, load_study_manifest, make_loader, sample_seed
+from scxnn.hardware import autocast, bf16_supported, machine_description, resolve_device, to_device
+from scxnn.losses import recon_mse
+from scxnn.models import Encoder, UNetDecoder
+from scxnn.pixels import fingerprint
+from scxnn.utils import atomic_open, atomic_write_text, file_lock, remove_stale_temporaries, seed_everything, sha256_file
+from scxnn.weights import CARD_NAME, trunk_sha256_path
 
 log = logging.getLogger("scxnn")
 
@@ -67,8 +75,6 @@ def trunk_settings(cfg: Config) -> dict:
 
 
 def trunk_dir(cfg: Config) -> Path:
-    from scxnn.pixels import fingerprint
-
     return cfg.path("runs") / "trunk" / f"{cfg.model.backbone}-{fingerprint(cfg.preprocess)}"
 
 
@@ -117,8 +123,6 @@ class TrunkNet(nn.Module):
 
     def __init__(self, backbone: str, n_out: int, decoder_widths: tuple[int, ...] | None = None):
         super().__init__()
-        from scxnn.models import Encoder, UNetDecoder
-
         self.encoder = Encoder(backbone)
         self.fc = nn.Linear(self.encoder.channels[-1], n_out)
         self.decoder = UNetDecoder(self.encoder.channels, tuple(decoder_widths)) if decoder_widths else None
@@ -180,19 +184,11 @@ def ensure_trunk(cfg: Config, progress: bool = True) -> Path:
 
 
 def _plain(d):
-    import json
-
     return json.loads(json.dumps(d))
 
 
 def pretrain_trunk(cfg: Config, out_dir: str | Path | None = None, manifest=None, progress: bool = True) -> Path:
     """Pretrain (or resume) the trunk; returns the path of ``trunk.pt``. See the module docstring."""
-    from tqdm import tqdm
-
-    from scxnn.dataset import ANY_FINDING, load_study_manifest, make_loader
-    from scxnn.losses import recon_mse
-    from scxnn.hardware import autocast, resolve_device, to_device
-
     t0 = time.perf_counter()
     out = Path(out_dir) if out_dir is not None else trunk_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
@@ -201,6 +197,48 @@ def pretrain_trunk(cfg: Config, out_dir: str | Path | None = None, manifest=None
     device = resolve_device(cfg)
     seed = sample_seed(cfg.seed, 0x7E)
     seed_everything(seed)
+    data = _trunk_data(cfg, manifest, seed)
+    model, opt, sched = _trunk_optimisation(cfg, data.decode, device)
+    last = out / LAST_NAME
+    history, start = _resume_trunk(last, settings, model, opt, sched, cfg.model.backbone, device)
+    save_resolved(cfg, out, extra={"step": "trunk", "backbone": cfg.model.backbone})
+
+    pc = cfg.pretrain
+    for epoch in range(start, pc.epochs):
+        te = time.perf_counter()
+        train_bce = _trunk_epoch(model, opt, sched, data, cfg, seed, epoch, device, progress)
+        p_va = _trunk_val_probs(model, data, cfg, seed, device)
+        row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "train_bce": train_bce,
+               "val_mean_auc": mean_auc(data.y_va, p_va), "seconds": round(time.perf_counter() - te, 1)}
+        history.append(row)
+        log.info("trunk %s epoch %d/%d: train BCE %.4f, val mean AUC %.3f (%.0f s)", cfg.model.backbone, epoch + 1, pc.epochs,
+                 row["train_bce"], row["val_mean_auc"], row["seconds"])
+        with atomic_open(last, "wb") as fh:
+            torch.save({"settings": settings, "epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict(), "history": history}, fh)
+        atomic_write_text(out / HISTORY_NAME, pd.DataFrame(history).to_csv(index=False))
+
+    path = _save_trunk(out / TRUNK_NAME, model, settings, cfg, history)
+    last.unlink(missing_ok=True)
+    log.info("trunk %s: %s (%.0f s)", cfg.model.backbone, path, time.perf_counter() - t0)
+    return path
+
+
+@dataclasses.dataclass
+class _TrunkData:
+    """The films a trunk learns from: the training set (its draws weighted by ``y_tr``) and the
+    hard-labelled validation set, with their multi-label targets."""
+
+    findings: list[str]
+    y_tr: np.ndarray
+    y_va: np.ndarray
+    y_tr_t: torch.Tensor
+    ds: RadiographDataset
+    val_ds: RadiographDataset
+    decode: bool  # pretrain.masks with a decoder: the trunk also reconstructs the lesions
+
+
+def _trunk_data(cfg: Config, manifest, seed: int) -> _TrunkData:
     findings = list(cfg.findings)
     df, base = load_study_manifest(cfg, manifest)
     tr = df[df["split"] == "train"].reset_index(drop=True)
@@ -210,85 +248,88 @@ def pretrain_trunk(cfg: Config, out_dir: str | Path | None = None, manifest=None
     y_tr, y_va = multilabel_targets(tr, findings), multilabel_targets(va, findings)
     # RadiographDataset reads, augments and scales the films; with pretrain.masks its target is the
     # image times the union of the film's dilated lesion masks (reconstruction), else no masks.
-    pc = cfg.pretrain
-    decode = pc.masks and cfg.model.decoder != "none"
+    decode = cfg.pretrain.masks and cfg.model.decoder != "none"
     rec_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, decoder="reconstruction"))
     tr_, va_ = (tr, va) if decode else (tr.assign(masks=""), va.assign(masks=""))
     ds = RadiographDataset(tr_, base, ANY_FINDING, np.arange(len(tr)), rec_cfg, augment=True, seed=seed)
     val_ds = RadiographDataset(va_, base, ANY_FINDING, np.arange(len(va)), rec_cfg, augment=False)
-    y_tr_t = torch.from_numpy(y_tr)
+    return _TrunkData(findings, y_tr, y_va, torch.from_numpy(y_tr), ds, val_ds, decode)
 
-    model = TrunkNet(cfg.model.backbone, len(findings), cfg.model.decoder_widths if decode else None).to(device)
+
+def _trunk_optimisation(cfg: Config, decode: bool, device: torch.device):
+    """(the freshly initialised TrunkNet, Adam, its cosine decay over the whole draw budget)."""
+    pc = cfg.pretrain
+    model = TrunkNet(cfg.model.backbone, len(cfg.findings), cfg.model.decoder_widths if decode else None).to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     steps_per_epoch = math.ceil(pc.images_per_epoch / cfg.train.batch_size)
     total = max(1, pc.epochs * steps_per_epoch)
     opt = torch.optim.Adam(model.parameters(), lr=pc.lr, betas=tuple(cfg.train.betas), weight_decay=cfg.train.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    return model, opt, sched
 
-    history: list[dict] = []
-    start = 0
-    last = out / LAST_NAME
-    if last.is_file():
-        ck = torch.load(last, map_location=device, weights_only=True)
-        if ck.get("settings") == settings:
-            model.load_state_dict(ck["model"])
-            opt.load_state_dict(ck["optimizer"])
-            sched.load_state_dict(ck["scheduler"])
-            history, start = [dict(r) for r in ck["history"]], int(ck["epoch"])
-            log.info("trunk %s: resuming after epoch %d", cfg.model.backbone, start)
-        else:
-            log.warning("%s: made with other settings; the trunk is pretrained again", last)
-    save_resolved(cfg, out, extra={"step": "trunk", "backbone": cfg.model.backbone})
 
-    for epoch in range(start, pc.epochs):
-        te = time.perf_counter()
-        ds.set_epoch(epoch)
-        idx = balanced_draws(y_tr, seed, epoch, pc.images_per_epoch)
-        model.train()
-        tot, n = 0.0, 0
-        bar = tqdm(make_loader(ds, idx, cfg, seed, epoch + 1, device), desc=f"trunk {cfg.model.backbone} epoch {epoch + 1}/{pc.epochs}",
-                   unit="batch", disable=not progress, leave=False)
-        for batch in bar:
+def _resume_trunk(last: Path, settings: dict, model: TrunkNet, opt, sched, backbone: str, device: torch.device) -> tuple[list[dict], int]:
+    """(history, epochs done) of ``last.pt`` when it was made with ``settings``, its states loaded
+    into ``model``, ``opt`` and ``sched``; else ([], 0)."""
+    if not last.is_file():
+        return [], 0
+    ck = torch.load(last, map_location=device, weights_only=True)
+    if ck.get("settings") != settings:
+        log.warning("%s: made with other settings; the trunk is pretrained again", last)
+        return [], 0
+    model.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["optimizer"])
+    sched.load_state_dict(ck["scheduler"])
+    start = int(ck["epoch"])
+    log.info("trunk %s: resuming after epoch %d", backbone, start)
+    return [dict(r) for r in ck["history"]], start
+
+
+def _trunk_epoch(model: TrunkNet, opt, sched, data: _TrunkData, cfg: Config, seed: int, epoch: int, device: torch.device,
+                 progress: bool) -> float:
+    """One epoch of balanced draws (the learning rate steps every batch); returns its mean loss."""
+    data.ds.set_epoch(epoch)
+    idx = balanced_draws(data.y_tr, seed, epoch, cfg.pretrain.images_per_epoch)
+    model.train()
+    tot, n = 0.0, 0
+    bar = tqdm(make_loader(data.ds, idx, cfg, seed, epoch + 1, device), desc=f"trunk {cfg.model.backbone} epoch {epoch + 1}/{cfg.pretrain.epochs}",
+               unit="batch", disable=not progress, leave=False)
+    for batch in bar:
+        b = to_device(batch, device, cfg.train.channels_last)
+        yb = data.y_tr_t[b["index"].cpu()].to(device)
+        with autocast(cfg, device):
+            res = model(b["image"], decode=data.decode)
+        logits, recon = res if data.decode else (res, None)
+        loss = masked_bce(logits, yb)
+        if data.decode:  # hard-labelled films only: weak labels have no masks
+            loss = loss + cfg.model.recon_weight * recon_mse(recon, b)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        tot, n = tot + float(loss.detach()) * len(yb), n + len(yb)
+    return tot / max(n, 1)
+
+
+def _trunk_val_probs(model: TrunkNet, data: _TrunkData, cfg: Config, seed: int, device: torch.device) -> np.ndarray:
+    """(validation films, findings) sigmoid probabilities, for the epoch's mean AUC."""
+    model.eval()
+    probs = []
+    with torch.no_grad():
+        for batch in make_loader(data.val_ds, range(len(data.val_ds)), cfg, seed, 0, device, batch_size=max(cfg.train.batch_size, 16)):
             b = to_device(batch, device, cfg.train.channels_last)
-            yb = y_tr_t[b["index"].cpu()].to(device)
             with autocast(cfg, device):
-                res = model(b["image"], decode=decode)
-            logits, recon = res if decode else (res, None)
-            loss = masked_bce(logits, yb)
-            if decode:  # hard-labelled films only: weak labels have no masks
-                loss = loss + cfg.model.recon_weight * recon_mse(recon, b)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            tot, n = tot + float(loss.detach()) * len(yb), n + len(yb)
-        model.eval()
-        probs = []
-        with torch.no_grad():
-            for batch in make_loader(val_ds, range(len(val_ds)), cfg, seed, 0, device, batch_size=max(cfg.train.batch_size, 16)):
-                b = to_device(batch, device, cfg.train.channels_last)
-                with autocast(cfg, device):
-                    probs.append(torch.sigmoid(model(b["image"]).float()).cpu().numpy())
-        p_va = np.concatenate(probs) if probs else np.zeros((0, len(findings)), np.float32)
-        row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "train_bce": tot / max(n, 1),
-               "val_mean_auc": mean_auc(y_va, p_va), "seconds": round(time.perf_counter() - te, 1)}
-        history.append(row)
-        log.info("trunk %s epoch %d/%d: train BCE %.4f, val mean AUC %.3f (%.0f s)", cfg.model.backbone, epoch + 1, pc.epochs,
-                 row["train_bce"], row["val_mean_auc"], row["seconds"])
-        with atomic_open(last, "wb") as fh:
-            torch.save({"settings": settings, "epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict(), "history": history}, fh)
-        atomic_write_text(out / HISTORY_NAME, pd.DataFrame(history).to_csv(index=False))
+                probs.append(torch.sigmoid(model(b["image"]).float()).cpu().numpy())
+    return np.concatenate(probs) if probs else np.zeros((0, len(data.findings)), np.float32)
 
-    path = out / TRUNK_NAME
+
+def _save_trunk(path: Path, model: TrunkNet, settings: dict, cfg: Config, history: list[dict]) -> Path:
     with atomic_open(path, "wb") as fh:
         # The multi-label head rides along (not under "model": the per-finding models never load it),
         # so the trunk's own per-finding AUCs can be read back.
         head = {k: v.detach().cpu() for k, v in model.fc.state_dict().items()}
         torch.save({"model": model.scxnn_state(), "head": head, "settings": settings, "config": cfg.to_dict(), "history": history}, fh)
-    last.unlink(missing_ok=True)
-    log.info("trunk %s: %s (%.0f s)", cfg.model.backbone, path, time.perf_counter() - t0)
     return path
 
 
@@ -300,12 +341,6 @@ def ship_trunk(cfg: Config, trunk_pt: Path, dest: Path, command: str, seconds: d
     the SCXNN weights in fp16 (integer buffers as they are) under ``model``, its SHA-256 beside it,
     and the card ``TRUNK_CARD.md`` (checksum, command, machine, wall time, resolved config, log).
     Returns the SHA-256."""
-    import yaml
-
-    from scxnn.hardware import bf16_supported, machine_description, resolve_device
-    from scxnn.utils import sha256_file
-    from scxnn.weights import CARD_NAME, trunk_sha256_path
-
     obj = torch.load(trunk_pt, map_location="cpu", weights_only=True)
     sd = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in obj["model"].items()}
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from scxnn import evaluation, figures, reports
+from scxnn import cam, evaluation, figures, localisation, ood, reports, variants
 from scxnn.config import Config
 from scxnn.metrics import fmt_ci, interval_note
 
@@ -91,8 +91,6 @@ def risk_levels(cfg: Config, table: pd.DataFrame, thesis: dict | None = None) ->
 def two_vs_three_class(cfg: Config, thesis: dict | None = None) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
     """Tables 7 and 8 (2-class vs 3-class finding models), or (None, None) for a profile that does
     not declare both variants (e.g. a real dataset's)."""
-    from scxnn import variants
-
     names = [n for n in ("two_class", "three_class") if n in cfg.variants.runs]
     if len(names) < 2:
         return None, None
@@ -201,8 +199,6 @@ BATCH_SIZES = (10, 25, 50, 100, 200)
 def batch_shift(cfg: Config, table: pd.DataFrame, gate_path: str | Path) -> pd.DataFrame | None:
     """How often random batches of each size are called shifted by the batch-level rule; None for a
     run without per-film out-of-distribution scores or gate."""
-    from scxnn import ood
-
     if "ood_score" not in table or not Path(gate_path).is_file():
         return None
     bs = evaluation.batch_shift_rates(table, ood.load(gate_path), BATCH_SIZES, cfg.evaluate.batch_ood_share,
@@ -311,8 +307,6 @@ def gradcam_figure(cfg: Config, models, split: str = "test", cache=None, name: s
     """Figure 5 (:func:`scxnn.cam.figure5`) written with its caption; returns the figure. ``cache``:
     another PNG cache than the profile's, e.g. the films ``scxnn evaluate`` or step 08 scored, saved
     as ``name`` (``films`` says which films the caption is about)."""
-    from scxnn import cam
-
     fig = cam.figure5(cfg, models, split=split, cache=cache)
     what = (", and the decoder's reconstruction." if cfg.model.decoder != "none"
             else " (classification-only models: no decoder output).")
@@ -325,8 +319,6 @@ def gradcam_localisation(cfg: Config, models, split: str = "test") -> pd.DataFra
     """Grad-CAM localisation per finding model (:func:`scxnn.localisation.localization_table`),
     written with its headline; None when no positive film has a lesion mask to measure against
     (a weak-label-only dataset)."""
-    from scxnn import localisation
-
     loc = localisation.localization_table(cfg, models, split=split)
     if loc.n.sum() == 0:
         return None
@@ -351,8 +343,6 @@ ABLATION_RATES = ("accuracy", "auc", "delta_auc", "specificity", "sensitivity")
 def ablation(cfg: Config, name: str, thesis: dict | None = None) -> pd.DataFrame:
     """One ablation table of ``variants.tables`` (whole pipeline per row, internal test) and its
     figure; the headline names our best row, the thesis line the thesis' best (from its table)."""
-    from scxnn import variants
-
     ci, n_boot = cfg.evaluate.ci, cfg.evaluate.bootstrap
     protocol = variants.protocol_text(cfg)
     t = variants.ablation_table(cfg, name, thesis)

@@ -37,6 +37,7 @@ import dataclasses
 import logging
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from scxnn.config import Config, save_resolved
 from scxnn.dataset import RadiographDataset, load_study_manifest, make_loader
@@ -55,6 +57,9 @@ from scxnn.metrics import roc_auc
 from scxnn.pipeline import RunMismatch, step_dir
 from scxnn.checkpoints import BEST_NAME, CHECKPOINT_FORMAT, HISTORY_NAME, LAST_NAME, STEP, load_checkpoint, save_checkpoint
 from scxnn.hardware import autocast, resolve_device, to_device
+from scxnn.models import build_model
+from scxnn.pixels import fingerprint
+from scxnn.pretrain import resolve_pretrained
 from scxnn.utils import atomic_write_text, remove_stale_temporaries, rng_state, seed_everything, set_rng_state
 
 log = logging.getLogger("scxnn")
@@ -99,6 +104,21 @@ class _Progress:
     best_state: dict | None = None
 
 
+@dataclass(frozen=True)
+class _Run:
+    """What stays fixed for the whole run of one finding."""
+
+    cfg: Config
+    finding: str
+    out_dir: Path
+    seed: int
+    pre_fp: str  # the preprocessing fingerprint, stored in every checkpoint
+    base: Path  # the folder the manifest's image paths are relative to
+    device: torch.device
+    dist_: Dist
+    progress: bool
+
+
 # --------------------------------------------------------------------------- driver
 
 
@@ -112,19 +132,12 @@ def train_finding(cfg: Config, finding: str, out_dir=None, manifest=None, resume
     ``resume="auto"`` (the notebook's mode) a run made with other settings is moved to
     ``out_dir/superseded/`` and training starts over, instead of failing.
     """
-    from scxnn.models import build_model
-    from scxnn.pixels import fingerprint
-
     if finding not in cfg.findings:
         raise ValueError(f"finding {finding!r} is not in profile {cfg.profile!r}; findings: {', '.join(cfg.findings)}")
     cfg = cfg.for_finding(finding)  # train.by_finding: this model's own budget; saved with it
     t_start = time.perf_counter()
     device = resolve_device(cfg)
-    dist_ = init_distributed(device)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if dist_.enabled and dist_.main:
-        log.info("%s: data-parallel training over %d processes (%s)", finding, dist_.world, "nccl" if device.type == "cuda" else "gloo")
+    dist_ = _init_ranks(finding, device)
     try:
         out_dir = Path(out_dir if out_dir is not None else step_dir(cfg, STEP, finding))
         seed = finding_seed(cfg.seed, finding)
@@ -135,22 +148,10 @@ def train_finding(cfg: Config, finding: str, out_dir=None, manifest=None, resume
         sets = training_sets(df, cfg, finding)
         pre_fp = fingerprint(cfg.preprocess)
         _check_sets(sets, finding)
+        run = _Run(cfg, finding, out_dir, seed, pre_fp, base, device, dist_, progress)
 
-        # Model. Its start (ImageNet, the study trunk, a file) is loaded below, and only for a fresh run.
-        model = build_model(dataclasses.replace(cfg.model, pretrained="none")).to(device)
-        if cfg.train.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-
-        # Resume from last.pt, or start over.
-        ckpt = _checkpoint_to_resume(out_dir, cfg, finding, pre_fp, resume, dist_, device)
-        _prepare_out_dir(out_dir, cfg, finding, pre_fp, ckpt is None, dist_)
-        if ckpt is None:
-            _load_start(model, cfg, seed, progress)
-            prog = _Progress()
-        else:
-            prog = _resumed_progress(ckpt, model, out_dir / BEST_NAME)
-            log.info("%s: resuming stage %d after epoch %d (%s)", finding, prog.stage, prog.epoch, out_dir / LAST_NAME)
-
+        model = _new_model(cfg, device)
+        ckpt, prog = _start_or_resume(run, model, resume)
         val_df, val_y = sets["val"]
         val_ds = RadiographDataset(val_df, base, finding, val_y, cfg, augment=False)
         val_loader = make_loader(val_ds, range(len(val_ds)), cfg, seed, 0, device, batch_size=max(cfg.train.batch_size, 16))
@@ -161,44 +162,66 @@ def train_finding(cfg: Config, finding: str, out_dir=None, manifest=None, resume
                 continue
             if st == 2 and prog.stage == 1:
                 _start_stage2(model, prog)
-            opt, sched = _stage_optimiser(model, st, cfg, ckpt)
-            fwd = wrap_ddp(model, dist_, device)
-            if cfg.train.compile and device.type == "cuda":
-                fwd = torch.compile(fwd)
-            tr_df, tr_y = sets["stage1" if st == 1 else "stage2"]
-            tr_ds = RadiographDataset(tr_df, base, finding, tr_y, cfg, augment=cfg.train.augment, seed=seed)
-            ce_w = class_weights(tr_y, cfg.model.num_classes).to(device) if cfg.train.imbalance == "class_weights" else None
-            rows = [r for r in prog.history if r["stage"] == st]
-            while prog.epoch < budget and not _should_stop(rows, opt.param_groups[0]["lr"], cfg):
-                t0 = time.perf_counter()
-                epoch = prog.epoch + 1
-                loader = _epoch_loader(tr_ds, tr_y, seed, st * 100_000 + epoch, cfg, device, dist_)
-                lr = opt.param_groups[0]["lr"]
-                train_m = _train_epoch(fwd, model, loader, opt, st, cfg, ce_w, device, dist_, progress, f"{finding} s{st} e{epoch}")
-                sync_buffers(model, dist_)
-                val_m = _evaluate(model, val_loader, st, cfg, device)
-                if not math.isfinite(val_m["val_loss"]):
-                    val_m["val_loss"] = train_m["train_loss"]
-                sched.step(val_m["val_loss"])
-                row = {"stage": st, "epoch": epoch, "lr": lr, **train_m, **val_m, "seconds": time.perf_counter() - t0}
-                prog.history.append(row)
-                rows.append(row)
-                prog.epoch = epoch
-                improved = _keep_if_best(prog, row, model)
-                if dist_.main:
-                    _save_epoch(out_dir, _checkpoint(model, opt, sched, prog, row, cfg, finding, seed, pre_fp), improved, prog.history)
-                _log_epoch(finding, row, budget, improved)
-                barrier(dist_)
-                _epoch_end_hook(st, epoch)
+            _train_stage(run, model, prog, st, budget, sets["stage1" if st == 1 else "stage2"], val_loader, ckpt)
             ckpt = None  # later stages start fresh
 
-        if dist_.main:
-            _write_history(out_dir / HISTORY_NAME, prog.history)
-        hist = _history_frame(prog.history)
-        metrics = _final_metrics(finding, prog.best, hist, sets, dist_, t_start)
-        return TrainResult(out_dir=out_dir, best_checkpoint=out_dir / BEST_NAME, history=hist, metrics=metrics)
+        return _finish(run, prog, sets, t_start)
     finally:
         close_distributed(dist_)
+
+
+def _init_ranks(finding: str, device: torch.device) -> Dist:
+    """This process's place under ``torchrun`` (a single process without it)."""
+    dist_ = init_distributed(device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if dist_.enabled and dist_.main:
+        log.info("%s: data-parallel training over %d processes (%s)", finding, dist_.world, "nccl" if device.type == "cuda" else "gloo")
+    return dist_
+
+
+def _train_stage(run: _Run, model: nn.Module, prog: _Progress, st: int, budget: int, train_set: tuple, val_loader, ckpt: dict | None) -> None:
+    """Stage ``st``'s epochs, from where ``prog`` stands until its budget or its plateau stop; each
+    recorded in ``prog`` and checkpointed."""
+    cfg, finding, seed, device, dist_ = run.cfg, run.finding, run.seed, run.device, run.dist_
+    opt, sched = _stage_optimiser(model, st, cfg, ckpt)
+    fwd = wrap_ddp(model, dist_, device)
+    if cfg.train.compile and device.type == "cuda":
+        fwd = torch.compile(fwd)
+    tr_df, tr_y = train_set
+    tr_ds = RadiographDataset(tr_df, run.base, finding, tr_y, cfg, augment=cfg.train.augment, seed=seed)
+    ce_w = class_weights(tr_y, cfg.model.num_classes).to(device) if cfg.train.imbalance == "class_weights" else None
+    rows = [r for r in prog.history if r["stage"] == st]
+    while prog.epoch < budget and not _should_stop(rows, opt.param_groups[0]["lr"], cfg):
+        t0 = time.perf_counter()
+        epoch = prog.epoch + 1
+        loader = _epoch_loader(tr_ds, tr_y, seed, st * 100_000 + epoch, cfg, device, dist_)
+        lr = opt.param_groups[0]["lr"]
+        train_m = _train_epoch(fwd, model, loader, opt, st, cfg, ce_w, device, dist_, run.progress, f"{finding} s{st} e{epoch}")
+        sync_buffers(model, dist_)
+        val_m = _evaluate(model, val_loader, st, cfg, device)
+        if not math.isfinite(val_m["val_loss"]):
+            val_m["val_loss"] = train_m["train_loss"]
+        sched.step(val_m["val_loss"])
+        row = {"stage": st, "epoch": epoch, "lr": lr, **train_m, **val_m, "seconds": time.perf_counter() - t0}
+        prog.history.append(row)
+        rows.append(row)
+        prog.epoch = epoch
+        improved = _keep_if_best(prog, row, model)
+        if dist_.main:
+            _save_epoch(run.out_dir, _checkpoint(model, opt, sched, prog, row, cfg, finding, seed, run.pre_fp), improved, prog.history)
+        _log_epoch(finding, row, budget, improved)
+        barrier(dist_)
+        _epoch_end_hook(st, epoch)
+
+
+def _finish(run: _Run, prog: _Progress, sets: dict, t_start: float) -> TrainResult:
+    """The run's result; rank 0 writes its whole history."""
+    if run.dist_.main:
+        _write_history(run.out_dir / HISTORY_NAME, prog.history)
+    hist = _history_frame(prog.history)
+    metrics = _final_metrics(run.finding, prog.best, hist, sets, run.dist_, t_start)
+    return TrainResult(out_dir=run.out_dir, best_checkpoint=run.out_dir / BEST_NAME, history=hist, metrics=metrics)
 
 
 # --------------------------------------------------------------------------- start or resume
@@ -254,8 +277,6 @@ def _checkpoint_to_resume(out_dir: Path, cfg: Config, finding: str, pre_fp: str,
 
 def _supersede(out_dir: Path) -> None:
     """Move a run's files into ``out_dir/superseded/`` (replacing an older superseded run)."""
-    import shutil
-
     dst = out_dir / SUPERSEDED
     shutil.rmtree(dst, ignore_errors=True)
     dst.mkdir(parents=True)
@@ -279,10 +300,30 @@ def _prepare_out_dir(out_dir: Path, cfg: Config, finding: str, pre_fp: str, fres
     barrier(dist_)
 
 
+def _new_model(cfg: Config, device: torch.device) -> nn.Module:
+    """The model, randomly initialised: its start (ImageNet, the study trunk, a file) is loaded by
+    :func:`_start_or_resume`, and only for a fresh run."""
+    model = build_model(dataclasses.replace(cfg.model, pretrained="none")).to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _start_or_resume(run: _Run, model: nn.Module, resume: bool | str) -> tuple[dict | None, _Progress]:
+    """(``last.pt`` to resume from or None, the run's progress): a resumed run's weights go into
+    ``model``, a fresh one's start (``model.pretrained``), and ``out_dir`` is readied for either."""
+    ckpt = _checkpoint_to_resume(run.out_dir, run.cfg, run.finding, run.pre_fp, resume, run.dist_, run.device)
+    _prepare_out_dir(run.out_dir, run.cfg, run.finding, run.pre_fp, ckpt is None, run.dist_)
+    if ckpt is None:
+        _load_start(model, run.cfg, run.seed, run.progress)
+        return None, _Progress()
+    prog = _resumed_progress(ckpt, model, run.out_dir / BEST_NAME)
+    log.info("%s: resuming stage %d after epoch %d (%s)", run.finding, prog.stage, prog.epoch, run.out_dir / LAST_NAME)
+    return ckpt, prog
+
+
 def _load_start(model: nn.Module, cfg: Config, seed: int, progress: bool) -> None:
     """A fresh run's starting weights (``model.pretrained``)."""
-    from scxnn.pretrain import resolve_pretrained
-
     model.load_pretrained(resolve_pretrained(cfg, progress=progress))
     if cfg.model.pretrained == "study":
         seed_everything(seed)  # building the trunk here drew from the global RNGs; a reused one did not
@@ -373,8 +414,6 @@ def _epoch_loader(ds: RadiographDataset, labels, seed: int, key: int, cfg: Confi
 
 
 def _train_epoch(fwd, model, loader, opt, stage, cfg, ce_weight, device, dist_, progress, desc) -> dict:
-    from tqdm import tqdm
-
     _set_train_mode(model, stage, cfg)
     use_mse = _uses_mse(stage, cfg)
     lam = cfg.model.recon_weight

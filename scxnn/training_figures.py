@@ -6,7 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from scxnn.checkpoints import load_model
 from scxnn.config import Config
+from scxnn.data import MANIFEST_NAME, read_manifest
+from scxnn.dataset import RadiographDataset
+from scxnn.labels import finding_labels
+from scxnn.pixels import cache_dir
 
 
 def training_curves(history: pd.DataFrame, title: str = ""):
@@ -56,12 +61,6 @@ def reconstruction_examples(cfg: Config, finding: str, checkpoint, n: int = 4, s
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
     import torch
-
-    from scxnn.data import MANIFEST_NAME, read_manifest
-    from scxnn.dataset import RadiographDataset
-    from scxnn.pixels import cache_dir
-    from scxnn.checkpoints import load_model
-    from scxnn.labels import finding_labels
 
     model, mcfg = load_model(checkpoint)
     if model.decoder is None:

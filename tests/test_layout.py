@@ -204,3 +204,62 @@ def test_no_import_cycle(graph):
     not between the units the floors place (a subpackage such as ``synth`` counting as one)."""
     cycle = _cycle(_module_graph() if graph == "modules" else _scxnn_imports())
     assert cycle is None, f"import cycle: {' -> '.join(cycle)}"
+
+
+def _reach(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for w in graph.get(todo.pop(), ()):
+            if w not in seen:
+                seen.add(w)
+                todo.append(w)
+    seen.discard(start)
+    return seen
+
+
+def test_the_screening_path_does_not_reach_the_study_machinery():
+    """``scxnn predict`` runs at a site, film by film: it needs the trained run, not the training or
+    the ablation tables (issue 33). Every kind of import counts, inside functions too."""
+    reach = _reach(_module_graph(), "scxnn.predict")
+    study = sorted(reach & {"scxnn.train", "scxnn.variants", "scxnn.study_tables", "scxnn.evaluation", "scxnn.synth"})
+    assert not study, f"scxnn.predict reaches {study}"
+    assert len(reach) <= 24, f"scxnn.predict reaches {len(reach)} modules: {sorted(reach)}"
+
+
+def _imports_inside_functions() -> tuple[int, int, list[str]]:
+    """(package-internal imports inside functions, all package-internal imports, where the first are)."""
+    import ast
+
+    inside, total, where = 0, 0, []
+    for p in sorted((ROOT / "scxnn").rglob("*.py")):
+        tree = ast.parse(p.read_text())
+        funcs = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+        in_func = {id(m) for f in funcs for m in ast.walk(f) if m is not f}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").split(".")[0] == "scxnn"):
+                n = len(node.names)
+            elif isinstance(node, ast.Import):
+                n = sum(a.name.split(".")[0] == "scxnn" for a in node.names)
+            else:
+                continue
+            total += n
+            if id(node) in in_func and n:
+                inside += n
+                where.append(f"{p.relative_to(ROOT)}:{node.lineno}")
+    return inside, total, where
+
+
+def test_a_module_header_shows_what_it_depends_on():
+    # Imports inside functions hide a file's dependencies; the few left are heavy imports of one
+    # command (cli) or of one optional path (onnxruntime), each with its reason beside it.
+    inside, total, where = _imports_inside_functions()
+    assert inside <= 0.30 * total, f"{inside} of {total} package-internal imports sit inside functions: {where}"
+
+
+@pytest.mark.parametrize("path", sorted(str(p.relative_to(ROOT)) for p in (ROOT / "scxnn").rglob("*.py")))
+def test_no_function_is_longer_than_80_lines(path):
+    import ast
+
+    long = [f"{n.name} ({n.end_lineno - n.lineno + 1} lines)" for n in ast.walk(ast.parse((ROOT / path).read_text()))
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > 80]
+    assert not long, f"{path}: {', '.join(long)}"

@@ -79,88 +79,105 @@ def _dates(site: str, n: int, rng) -> list[str]:
 
 
 def plan(cfg) -> list[dict]:
+    """Every film of the study as a job for :func:`render`, in index order: the internal site's
+    patients, then each evaluation site's, then any extra validation patients."""
     rng = np.random.default_rng([cfg.seed, 101])
-    findings = list(cfg.findings)
-    unseen = list(cfg.unseen_findings)
     jobs: list[dict] = []
-
-    def pid_of(site: str, pool: str, i: int) -> str:
-        return D.hash_patient(f"synth:{cfg.seed}:{site}:{pool}:{i}")
-
-    def emit(site: str, pool: str, patients: list[list[dict]], split_of) -> None:
-        for pi, group in enumerate(patients):
-            pid = pid_of(site, pool, pi)
-            dates = _dates(site, len(group), rng)
-            anat_seed = int(rng.integers(2**62))
-            for sp, date in zip(group, dates):
-                idx = len(jobs)
-                dev = sites.pick_device(site, rng)
-                H, W = sites.image_shape(site, cfg.data.synth_size, rng)
-                # Physical field of view ~350-430 mm across the film.
-                spacing = rng.uniform(350, 430) / W
-                jobs.append(
-                    dict(
-                        index=idx,
-                        image_id=f"{sites.SITE_PREFIX[site]}-{idx:06d}",
-                        site=site,
-                        patient_id=pid,
-                        anat_seed=anat_seed,
-                        image_seed=[cfg.seed, 202, idx],
-                        study_date=date,
-                        split=split_of(pid),
-                        view="AP" if rng.random() < sites.STYLES[site]["ap"] else "PA",
-                        device=dev,
-                        shape=(H, W),
-                        spacing=spacing,
-                        **sp,
-                    )
-                )
-
     if "internal" in cfg.data.sites:
-        hard, weak, n_norm = sites.internal_counts(findings, cfg.data.scale, cfg.data.min_per_finding)
-        hn = [dict(label_type="hard", findings=[f], unseen=[]) for f in findings for _ in range(hard[f])]
-        hn += [dict(label_type="hard", findings=[], unseen=[]) for _ in range(n_norm)]
-        wk = [dict(label_type="weak", findings=[f], unseen=[]) for f in findings for _ in range(weak[f])]
-        _add_second(hn, findings, rng)
-        _add_second(wk, findings, rng)
-        hn_patients = _group_patients(hn, rng)
-        split = D.split_by_patient([pid_of("internal", "hard", i) for i in range(len(hn_patients))], cfg.data.split, cfg.seed)
-        emit("internal", "hard", hn_patients, split.__getitem__)
-        emit("internal", "weak", _group_patients(wk, rng), lambda pid: "train")
-
-    # Internal: hard + normal patients are split by patient; weak-label patients all train.
-    unseen_i = 0
+        hard, weak, n_norm = sites.internal_counts(list(cfg.findings), cfg.data.scale, cfg.data.min_per_finding)
+        _plan_internal(jobs, cfg, rng, hard, weak, n_norm)
+    unseen_i = 0  # the unseen findings take turns across the evaluation sites
     for site in (s for s in ("temporal", "external1", "external2") if s in cfg.data.sites):
-        n_norm_e, n_abn = sites.eval_counts(site, cfg.data.eval_scale)
-        w = _weights(findings, sites.STYLES[site]["device_boost"])
-        abn = [dict(label_type="hard", findings=[findings[int(rng.choice(len(findings), p=w))]], unseen=[]) for _ in range(n_abn)]
-        _add_second(abn, findings, rng, sites.STYLES[site]["device_boost"])
-        n_unseen = max(1, int(round(UNSEEN_SHARE * n_abn))) if unseen else 0
-        for j in range(min(n_unseen, n_abn)):
-            abn[j]["unseen"] = [unseen[unseen_i % len(unseen)]]
-            if j % 2 == 0:  # an unseen finding alone: abnormal, yet no target model's finding
-                abn[j]["findings"] = []
-            unseen_i += 1
-        specs = abn + [dict(label_type="hard", findings=[], unseen=[]) for _ in range(n_norm_e)]
-        emit(site, "eval", _group_patients(specs, rng), lambda pid: "test")
-
+        unseen_i = _plan_eval_site(jobs, cfg, rng, site, unseen_i)
     # Extra validation patients last, from their own stream: every film above stays as it was.
     need = cfg.data.val_min_abnormal_patients - _abnormal_patients(jobs, "val")
     if "internal" in cfg.data.sites and need > 0:
-        xrng = np.random.default_rng([cfg.seed, 103])
-        n_norm_share = n_norm / (n_norm + sum(hard.values()))
-        vx: list[list[dict]] = []
-        while need > 0:
-            # Findings in turn (every finding as often), normals in the hard pool's proportion.
-            batch = [dict(label_type="hard", findings=[findings[(len(vx) + i) % len(findings)]], unseen=[]) for i in range(need)]
-            batch += [dict(label_type="hard", findings=[], unseen=[]) for _ in range(int(round(need * n_norm_share / (1 - n_norm_share))))]
-            _add_second(batch, findings, xrng)
-            groups = _group_patients(batch, xrng)
-            vx += groups
-            need -= sum(any(sp["findings"] for sp in g) for g in groups)
-        rng = xrng  # emit's dates, devices and shapes
-        emit("internal", "valx", vx, lambda pid: "val")
+        _plan_extra_val(jobs, cfg, need, n_norm / (n_norm + sum(hard.values())))
     return jobs
+
+
+def _patient_id(cfg, site: str, pool: str, i: int) -> str:
+    return D.hash_patient(f"synth:{cfg.seed}:{site}:{pool}:{i}")
+
+
+def _emit(jobs: list[dict], cfg, rng, site: str, pool: str, patients: list[list[dict]], split_of) -> None:
+    """Append a job to ``jobs`` for every film of ``patients`` (lists of specs): the patient's dates
+    and anatomy, each film's device, shape, spacing and view drawn from ``rng``."""
+    for pi, group in enumerate(patients):
+        pid = _patient_id(cfg, site, pool, pi)
+        dates = _dates(site, len(group), rng)
+        anat_seed = int(rng.integers(2**62))
+        for sp, date in zip(group, dates):
+            idx = len(jobs)
+            dev = sites.pick_device(site, rng)
+            H, W = sites.image_shape(site, cfg.data.synth_size, rng)
+            # Physical field of view ~350-430 mm across the film.
+            spacing = rng.uniform(350, 430) / W
+            jobs.append(
+                dict(
+                    index=idx,
+                    image_id=f"{sites.SITE_PREFIX[site]}-{idx:06d}",
+                    site=site,
+                    patient_id=pid,
+                    anat_seed=anat_seed,
+                    image_seed=[cfg.seed, 202, idx],
+                    study_date=date,
+                    split=split_of(pid),
+                    view="AP" if rng.random() < sites.STYLES[site]["ap"] else "PA",
+                    device=dev,
+                    shape=(H, W),
+                    spacing=spacing,
+                    **sp,
+                )
+            )
+
+
+def _plan_internal(jobs: list[dict], cfg, rng, hard: dict, weak: dict, n_norm: int) -> None:
+    """The internal site: hard-label and normal patients are split by patient; weak-label patients all train."""
+    findings = list(cfg.findings)
+    hn = [dict(label_type="hard", findings=[f], unseen=[]) for f in findings for _ in range(hard[f])]
+    hn += [dict(label_type="hard", findings=[], unseen=[]) for _ in range(n_norm)]
+    wk = [dict(label_type="weak", findings=[f], unseen=[]) for f in findings for _ in range(weak[f])]
+    _add_second(hn, findings, rng)
+    _add_second(wk, findings, rng)
+    hn_patients = _group_patients(hn, rng)
+    split = D.split_by_patient([_patient_id(cfg, "internal", "hard", i) for i in range(len(hn_patients))], cfg.data.split, cfg.seed)
+    _emit(jobs, cfg, rng, "internal", "hard", hn_patients, split.__getitem__)
+    _emit(jobs, cfg, rng, "internal", "weak", _group_patients(wk, rng), lambda pid: "train")
+
+
+def _plan_eval_site(jobs: list[dict], cfg, rng, site: str, unseen_i: int) -> int:
+    """An evaluation site's patients, all test; returns ``unseen_i`` advanced past the unseen findings it used."""
+    findings, unseen = list(cfg.findings), list(cfg.unseen_findings)
+    n_norm_e, n_abn = sites.eval_counts(site, cfg.data.eval_scale)
+    w = _weights(findings, sites.STYLES[site]["device_boost"])
+    abn = [dict(label_type="hard", findings=[findings[int(rng.choice(len(findings), p=w))]], unseen=[]) for _ in range(n_abn)]
+    _add_second(abn, findings, rng, sites.STYLES[site]["device_boost"])
+    n_unseen = max(1, int(round(UNSEEN_SHARE * n_abn))) if unseen else 0
+    for j in range(min(n_unseen, n_abn)):
+        abn[j]["unseen"] = [unseen[unseen_i % len(unseen)]]
+        if j % 2 == 0:  # an unseen finding alone: abnormal, yet no target model's finding
+            abn[j]["findings"] = []
+        unseen_i += 1
+    specs = abn + [dict(label_type="hard", findings=[], unseen=[]) for _ in range(n_norm_e)]
+    _emit(jobs, cfg, rng, site, "eval", _group_patients(specs, rng), lambda pid: "test")
+    return unseen_i
+
+
+def _plan_extra_val(jobs: list[dict], cfg, need: int, n_norm_share: float) -> None:
+    """Internal validation patients until ``need`` more of them are abnormal (``data.val_min_abnormal_patients``)."""
+    findings = list(cfg.findings)
+    xrng = np.random.default_rng([cfg.seed, 103])
+    vx: list[list[dict]] = []
+    while need > 0:
+        # Findings in turn (every finding as often), normals in the hard pool's proportion.
+        batch = [dict(label_type="hard", findings=[findings[(len(vx) + i) % len(findings)]], unseen=[]) for i in range(need)]
+        batch += [dict(label_type="hard", findings=[], unseen=[]) for _ in range(int(round(need * n_norm_share / (1 - n_norm_share))))]
+        _add_second(batch, findings, xrng)
+        groups = _group_patients(batch, xrng)
+        vx += groups
+        need -= sum(any(sp["findings"] for sp in g) for g in groups)
+    _emit(jobs, cfg, xrng, "internal", "valx", vx, lambda pid: "val")  # its dates, devices and shapes from xrng too
 
 
 def _abnormal_patients(jobs: list[dict], split: str) -> int:
