@@ -49,6 +49,8 @@ class PatientOverlap(ValueError):
 
 
 def load_run_config(run_dir: str | os.PathLike):
+    """The resolved config of the run ``run_dir`` (``runs/<profile>``), as step 03 saved it; a folder
+    that is not a trained run is a :class:`RunIncomplete` naming what is missing."""
     step3 = Path(run_dir) / "03_svm_ensemble"
     if not (step3 / RESOLVED_NAME).is_file():
         raise RunIncomplete(f"{run_dir} is not a trained study run: no {step3 / RESOLVED_NAME} (pass runs/<profile> after `make ensemble PROFILE=<profile>`)")
