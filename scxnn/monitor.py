@@ -324,14 +324,13 @@ def read_records(path: str | os.PathLike) -> tuple[list[dict], int]:
 def replay(records: list[dict], path: str = "", damaged: int = 0) -> Status:
     """The status after the last ``start`` record: both charts run film by film, an alarm holds
     until a ``clear``."""
-    starts = [i for i, r in enumerate(records) if r["kind"] == "start"]
-    if not starts:
+    seg = _segment(records)
+    if not seg:
         return Status(path, new=True, rule=None, damaged=damaged)
-    first = starts[-1]
-    rule = Rule.from_dict(records[first]["rule"])
-    st = Status(path, new=False, rule=rule, since=records[first]["time"], damaged=damaged)
+    rule = Rule.from_dict(seg[0]["rule"])
+    st = Status(path, new=False, rule=rule, since=seg[0]["time"], damaged=damaged)
     s_flag = s_score = 0
-    for r in records[first + 1:]:
+    for r in seg[1:]:
         if r["kind"] == "clear":
             if st.alarm is not None:
                 st.clears.append({k: r.get(k) for k in ("time", "by", "why")} | {"alarm": st.alarm})
@@ -373,26 +372,21 @@ class Monitor:
         return {"kind": "start", "time": _now(), "format": _FORMAT, "site": self.site, "binding": self.binding,
                 "rule": self.rule.to_dict()}
 
-    def _segment(self, records: list[dict]) -> list[dict]:
-        starts = [i for i, r in enumerate(records) if r["kind"] == "start"]
-        return records[starts[-1]:] if starts else []
-
     def observe(self, films: list[dict]) -> Status:
         """Append ``films`` (dicts with ``film``, ``flag``, ``score``, ``below``; in stream order)
         and return the status with them. Starts the monitor, or restarts it when its binding (the
         certificate) changed. Films already recorded since the start are skipped."""
         with file_lock(self.lock):
             records, damaged = read_records(self.path)
-            seg = self._segment(records)
+            seg = _segment(records)
             new: list[dict] = []
-            fresh = not seg
-            if fresh or seg[0].get("binding") != self.binding:
+            if not seg or seg[0].get("binding") != self.binding:
                 if seg:
                     log.info("site monitor %s: the certificate or its rule changed; the monitor restarts", self.path)
                 new.append(self._start_record())
                 seg = []
             seen = {r["film"] for r in seg if r["kind"] == "film"}
-            before = replay(seg + new, str(self.path), damaged)
+            films_before = len(seen)
             for f in films:
                 if f["film"] in seen:
                     continue
@@ -400,23 +394,24 @@ class Monitor:
                 new.append({"kind": "film", "time": _now(), "film": str(f["film"]), "flag": int(bool(f["flag"])),
                             "score": float(f["score"]) if np.isfinite(f["score"]) else None, "below": int(bool(f["below"]))})
             after = replay(seg + new, str(self.path), damaged)
-            if after.alarm is not None and before.alarm is None:
+            if after.alarm is not None and after.alarm["film"] > films_before:  # it fired on a film of this call
                 new.append({"kind": "alarm", "time": _now(), **after.alarm})
                 log.warning("%s", after.alarm_reason())
             append_records(self.path, new)
-        after.new = before.films == 0
+        after.new = films_before == 0
         return after
 
-    def status(self) -> Status:
-        records, damaged = read_records(self.path)
-        return replay(self._segment(records), str(self.path), damaged)
+
+def _segment(records: list[dict]) -> list[dict]:
+    """The records from the last ``start`` on: the monitor of the current certificate."""
+    starts = [i for i, r in enumerate(records) if r["kind"] == "start"]
+    return records[starts[-1]:] if starts else []
 
 
 def status_of(path: str | os.PathLike) -> Status:
     """The status of the monitor file at ``path`` (no rule needed: its start record holds it)."""
     records, damaged = read_records(path)
-    starts = [i for i, r in enumerate(records) if r["kind"] == "start"]
-    return replay(records[starts[-1]:] if starts else [], str(path), damaged)
+    return replay(records, str(path), damaged)
 
 
 def clear(path: str | os.PathLike, by: str, why: str) -> Status:
