@@ -10,7 +10,7 @@ floor or the floors below it, inside functions too (``tests/test_layout.py`` che
 1. foundation: utils, config, thesis, metrics, plausibility, hardware, distributed, html_report, pipeline, launch, weights
 2. data: dicom, data, pixels, batch, adapters, synth, sources, dataset, labels
 3. models: models, losses, checkpoints
-4. training: pretrain, train
+4. training: loop, pretrain, train
 5. inference: inference, ort, ood, monitor
 6. ensemble and evaluation: ensemble, evaluation, cam, localisation, variants, trained_run
 7. reports and commands' logic: reports, figures, gallery, training_figures, study_tables, external, transfer, certify, predict, bench
@@ -23,7 +23,7 @@ LAYERS = (
     ("foundation", ("utils", "config", "thesis", "metrics", "plausibility", "hardware", "distributed", "html_report", "pipeline", "launch", "weights")),
     ("data", ("dicom", "data", "pixels", "batch", "adapters", "synth", "sources", "dataset", "labels")),
     ("models", ("models", "losses", "checkpoints")),
-    ("training", ("pretrain", "train")),
+    ("training", ("loop", "pretrain", "train")),
     ("inference", ("inference", "ort", "ood", "monitor")),
     ("ensemble and evaluation", ("ensemble", "evaluation", "cam", "localisation", "variants", "trained_run")),
     ("reports and commands' logic", ("reports", "figures", "gallery", "training_figures", "study_tables", "external", "transfer", "certify", "predict", "bench")),

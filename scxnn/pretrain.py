@@ -21,7 +21,8 @@ another start: one encoder per backbone, pretrained once on the profile's intern
   :meth:`scxnn.models.SCXNN.load_pretrained` reads), and beside it the multi-label head (``head``),
   the resolved config and the history (also ``history.csv``). ``last.pt`` is written atomically
   every epoch, so a killed run resumes; draws and augmentations are pure functions of (seed, epoch,
-  index).
+  index). The steps, the resumption and the checkpoints are :mod:`scxnn.loop`'s, as for the
+  per-finding models.
   A trunk is reused as long as the settings it was made with are unchanged; otherwise it is rebuilt.
   Parallel jobs that need the same trunk wait for the one that builds it (a file lock).
 """
@@ -41,16 +42,16 @@ import torch
 import torch.nn.functional as F
 import yaml
 from torch import nn
-from tqdm import tqdm
 
 from scxnn.checkpoints import HISTORY_NAME, LAST_NAME
-from scxnn.config import Config, save_resolved
+from scxnn.config import Config
 from scxnn.dataset import ANY_FINDING, RadiographDataset, load_study_manifest, make_loader, sample_seed
-from scxnn.hardware import autocast, bf16_supported, machine_description, resolve_device, to_device
+from scxnn.hardware import bf16_supported, machine_description, resolve_device
+from scxnn.loop import evaluate, optimise, prepare_run_dir, resumable, save_epoch
 from scxnn.losses import recon_mse
 from scxnn.models import Encoder, UNetDecoder
 from scxnn.pixels import fingerprint
-from scxnn.utils import atomic_open, atomic_write_text, file_lock, remove_stale_temporaries, seed_everything, sha256_file
+from scxnn.utils import atomic_open, atomic_write_text, file_lock, seed_everything, sha256_file
 from scxnn.weights import CARD_NAME, trunk_sha256_path
 
 log = logging.getLogger("scxnn")
@@ -191,17 +192,14 @@ def pretrain_trunk(cfg: Config, out_dir: str | Path | None = None, manifest=None
     """Pretrain (or resume) the trunk; returns the path of ``trunk.pt``. See the module docstring."""
     t0 = time.perf_counter()
     out = Path(out_dir) if out_dir is not None else trunk_dir(cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out)
     settings = _plain(trunk_settings(cfg))
     device = resolve_device(cfg)
     seed = sample_seed(cfg.seed, 0x7E)
     seed_everything(seed)
     data = _trunk_data(cfg, manifest, seed)
     model, opt, sched = _trunk_optimisation(cfg, data.decode, device)
-    last = out / LAST_NAME
-    history, start = _resume_trunk(last, settings, model, opt, sched, cfg.model.backbone, device)
-    save_resolved(cfg, out, extra={"step": "trunk", "backbone": cfg.model.backbone})
+    history, start = _resume_trunk(out, settings, model, opt, sched, cfg.model.backbone, device)
+    prepare_run_dir(out, cfg, fresh=start == 0, extra={"step": "trunk", "backbone": cfg.model.backbone})
 
     pc = cfg.pretrain
     for epoch in range(start, pc.epochs):
@@ -213,13 +211,11 @@ def pretrain_trunk(cfg: Config, out_dir: str | Path | None = None, manifest=None
         history.append(row)
         log.info("trunk %s epoch %d/%d: train BCE %.4f, val mean AUC %.3f (%.0f s)", cfg.model.backbone, epoch + 1, pc.epochs,
                  row["train_bce"], row["val_mean_auc"], row["seconds"])
-        with atomic_open(last, "wb") as fh:
-            torch.save({"settings": settings, "epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict(), "history": history}, fh)
-        atomic_write_text(out / HISTORY_NAME, pd.DataFrame(history).to_csv(index=False))
+        save_epoch(out, {"settings": settings, "epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                         "scheduler": sched.state_dict(), "history": history}, history)
 
     path = _save_trunk(out / TRUNK_NAME, model, settings, cfg, history)
-    last.unlink(missing_ok=True)
+    (out / LAST_NAME).unlink(missing_ok=True)
     log.info("trunk %s: %s (%.0f s)", cfg.model.backbone, path, time.perf_counter() - t0)
     return path
 
@@ -269,14 +265,13 @@ def _trunk_optimisation(cfg: Config, decode: bool, device: torch.device):
     return model, opt, sched
 
 
-def _resume_trunk(last: Path, settings: dict, model: TrunkNet, opt, sched, backbone: str, device: torch.device) -> tuple[list[dict], int]:
-    """(history, epochs done) of ``last.pt`` when it was made with ``settings``, its states loaded
+def _resume_trunk(out: Path, settings: dict, model: TrunkNet, opt, sched, backbone: str, device: torch.device) -> tuple[list[dict], int]:
+    """(history, epochs done) of ``out/last.pt`` when it was made with ``settings``, its states loaded
     into ``model``, ``opt`` and ``sched``; else ([], 0)."""
-    if not last.is_file():
-        return [], 0
-    ck = torch.load(last, map_location=device, weights_only=True)
-    if ck.get("settings") != settings:
-        log.warning("%s: made with other settings; the trunk is pretrained again", last)
+    ck, why = resumable(out, device, lambda ck: None if ck.get("settings") == settings else "made with other settings")
+    if why:
+        log.warning("%s: %s; the trunk is pretrained again", out / LAST_NAME, why)
+    if ck is None:
         return [], 0
     model.load_state_dict(ck["model"])
     opt.load_state_dict(ck["optimizer"])
@@ -292,35 +287,28 @@ def _trunk_epoch(model: TrunkNet, opt, sched, data: _TrunkData, cfg: Config, see
     data.ds.set_epoch(epoch)
     idx = balanced_draws(data.y_tr, seed, epoch, cfg.pretrain.images_per_epoch)
     model.train()
-    tot, n = 0.0, 0
-    bar = tqdm(make_loader(data.ds, idx, cfg, seed, epoch + 1, device), desc=f"trunk {cfg.model.backbone} epoch {epoch + 1}/{cfg.pretrain.epochs}",
-               unit="batch", disable=not progress, leave=False)
-    for batch in bar:
-        b = to_device(batch, device, cfg.train.channels_last)
+
+    def loss(out, b):
         yb = data.y_tr_t[b["index"].cpu()].to(device)
-        with autocast(cfg, device):
-            res = model(b["image"], decode=data.decode)
-        logits, recon = res if data.decode else (res, None)
-        loss = masked_bce(logits, yb)
+        logits, recon = out if data.decode else (out, None)
+        value = masked_bce(logits, yb)
         if data.decode:  # hard-labelled films only: weak labels have no masks
-            loss = loss + cfg.model.recon_weight * recon_mse(recon, b)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        tot, n = tot + float(loss.detach()) * len(yb), n + len(yb)
+            value = value + cfg.model.recon_weight * recon_mse(recon, b)
+        return value, (float(value.detach()) * len(yb), len(yb))
+
+    recs = optimise(make_loader(data.ds, idx, cfg, seed, epoch + 1, device), lambda b: model(b["image"], decode=data.decode), loss,
+                    opt, cfg, device, sched=sched, desc=f"trunk {cfg.model.backbone} epoch {epoch + 1}/{cfg.pretrain.epochs}", progress=progress)
+    tot, n = 0.0, 0
+    for t, k in recs:  # one addition at a time, in batch order
+        tot, n = tot + t, n + k
     return tot / max(n, 1)
 
 
 def _trunk_val_probs(model: TrunkNet, data: _TrunkData, cfg: Config, seed: int, device: torch.device) -> np.ndarray:
     """(validation films, findings) sigmoid probabilities, for the epoch's mean AUC."""
     model.eval()
-    probs = []
-    with torch.no_grad():
-        for batch in make_loader(data.val_ds, range(len(data.val_ds)), cfg, seed, 0, device, batch_size=max(cfg.train.batch_size, 16)):
-            b = to_device(batch, device, cfg.train.channels_last)
-            with autocast(cfg, device):
-                probs.append(torch.sigmoid(model(b["image"]).float()).cpu().numpy())
+    loader = make_loader(data.val_ds, range(len(data.val_ds)), cfg, seed, 0, device, batch_size=max(cfg.train.batch_size, 16))
+    probs = [torch.sigmoid(out.float()).cpu().numpy() for _, out in evaluate(loader, lambda b: model(b["image"]), cfg, device)]
     return np.concatenate(probs) if probs else np.zeros((0, len(data.findings)), np.float32)
 
 

@@ -24,7 +24,8 @@ Per finding ``F`` (one model each, ``cfg.findings``):
 Every epoch writes ``last.pt`` (model, optimiser, scheduler, RNG states, history, the resolved
 config and the preprocessing fingerprint) atomically, so a killed run resumes where it stopped and
 ends with the same weights as an uninterrupted one: batches and augmentations are pure functions of
-(seed, stage, epoch, index), never of global RNG state or the worker count.
+(seed, stage, epoch, index), never of global RNG state or the worker count. The steps, the
+resumption and the checkpoints are :mod:`scxnn.loop`'s, shared with the trunk's pretraining.
 
 Under ``torchrun`` (``WORLD_SIZE`` > 1) training is data-parallel (:mod:`scxnn.distributed`): each
 rank takes a disjoint shard of the epoch's sample list, gradients are averaged, every rank validates
@@ -46,21 +47,21 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
-from scxnn.config import Config, save_resolved
+from scxnn.config import Config
 from scxnn.dataset import RadiographDataset, load_study_manifest, make_loader
 from scxnn.distributed import Dist, all_gather_cat, all_reduce_sum, barrier, close_distributed, init_distributed, shard_indices, sync_buffers, wrap_ddp
 from scxnn.labels import class_weights, epoch_indices, finding_seed, training_sets
 from scxnn.losses import multitask_loss, per_sample_mse
 from scxnn.metrics import roc_auc
 from scxnn.pipeline import RunMismatch, step_dir
-from scxnn.checkpoints import BEST_NAME, CHECKPOINT_FORMAT, HISTORY_NAME, LAST_NAME, STEP, load_checkpoint, save_checkpoint
-from scxnn.hardware import autocast, resolve_device, to_device
+from scxnn.checkpoints import BEST_NAME, CHECKPOINT_FORMAT, HISTORY_NAME, LAST_NAME, STEP, load_checkpoint
+from scxnn.hardware import resolve_device
+from scxnn.loop import RUN_FILES, evaluate, history_frame, optimise, prepare_run_dir, resumable, save_epoch, write_history
 from scxnn.models import build_model
 from scxnn.pixels import fingerprint
 from scxnn.pretrain import resolve_pretrained
-from scxnn.utils import atomic_write_text, remove_stale_temporaries, rng_state, seed_everything, set_rng_state
+from scxnn.utils import rng_state, seed_everything, set_rng_state
 
 log = logging.getLogger("scxnn")
 
@@ -209,7 +210,7 @@ def _train_stage(run: _Run, model: nn.Module, prog: _Progress, st: int, budget: 
         prog.epoch = epoch
         improved = _keep_if_best(prog, row, model)
         if dist_.main:
-            _save_epoch(run.out_dir, _checkpoint(model, opt, sched, prog, row, cfg, finding, seed, run.pre_fp), improved, prog.history)
+            save_epoch(run.out_dir, _checkpoint(model, opt, sched, prog, row, cfg, finding, seed, run.pre_fp), prog.history, improved, HISTORY_COLUMNS)
         _log_epoch(finding, row, budget, improved)
         barrier(dist_)
         _epoch_end_hook(st, epoch)
@@ -218,8 +219,8 @@ def _train_stage(run: _Run, model: nn.Module, prog: _Progress, st: int, budget: 
 def _finish(run: _Run, prog: _Progress, sets: dict, t_start: float) -> TrainResult:
     """The run's result; rank 0 writes its whole history."""
     if run.dist_.main:
-        _write_history(run.out_dir / HISTORY_NAME, prog.history)
-    hist = _history_frame(prog.history)
+        write_history(run.out_dir / HISTORY_NAME, prog.history, HISTORY_COLUMNS)
+    hist = history_frame(prog.history, HISTORY_COLUMNS)
     metrics = _final_metrics(run.finding, prog.best, hist, sets, run.dist_, t_start)
     return TrainResult(out_dir=run.out_dir, best_checkpoint=run.out_dir / BEST_NAME, history=hist, metrics=metrics)
 
@@ -253,25 +254,26 @@ def _checkpoint_to_resume(out_dir: Path, cfg: Config, finding: str, pre_fp: str,
     """``out_dir``'s ``last.pt`` when ``resume`` asks for it and it was made with these settings;
     else None (start over). One made with other settings is refused, or with ``resume="auto"`` moved
     to ``superseded/``."""
-    last_path = out_dir / LAST_NAME
-    if not (resume and last_path.is_file()):
+    if not resume:
         return None
-    ckpt = load_checkpoint(last_path, map_location=device)
-    diff = _config_diff(cfg.to_dict(), ckpt.get("config", {}))
-    why = None
-    if diff or ckpt.get("finding") != finding:
-        why = f"was trained with different settings ({', '.join(diff) or 'finding'})"
-    elif ckpt.get("preprocess_fingerprint") != pre_fp:
-        why = f"was trained on another preprocessing ({ckpt.get('preprocess_fingerprint')} != {pre_fp})"
+
+    def why_not(ckpt: dict) -> str | None:
+        diff = _config_diff(cfg.to_dict(), ckpt.get("config", {}))
+        if diff or ckpt.get("finding") != finding:
+            return f"was trained with different settings ({', '.join(diff) or 'finding'})"
+        if ckpt.get("preprocess_fingerprint") != pre_fp:
+            return f"was trained on another preprocessing ({ckpt.get('preprocess_fingerprint')} != {pre_fp})"
+        return None
+
+    ckpt, why = resumable(out_dir, device, why_not)
     if why and resume != "auto":
-        raise RunMismatch(f"{last_path}: {why}; start over (CLI: --fresh) or use another output folder")
+        raise RunMismatch(f"{out_dir / LAST_NAME}: {why}; start over (CLI: --fresh) or use another output folder")
     if why:
         # The Make pipeline reruns a step because its settings changed: keep the old run
         # aside (one generation) instead of deleting hours of training.
-        log.warning("%s: %s; moved to %s/, training starts over", last_path, why, SUPERSEDED)
+        log.warning("%s: %s; moved to %s/, training starts over", out_dir / LAST_NAME, why, SUPERSEDED)
         if dist_.main:
             _supersede(out_dir)
-        return None
     return ckpt
 
 
@@ -280,7 +282,7 @@ def _supersede(out_dir: Path) -> None:
     dst = out_dir / SUPERSEDED
     shutil.rmtree(dst, ignore_errors=True)
     dst.mkdir(parents=True)
-    for name in (LAST_NAME, BEST_NAME, HISTORY_NAME):
+    for name in RUN_FILES:
         if (out_dir / name).exists():
             os.replace(out_dir / name, dst / name)
 
@@ -289,14 +291,7 @@ def _prepare_out_dir(out_dir: Path, cfg: Config, finding: str, pre_fp: str, fres
     """Rank 0 readies ``out_dir`` (a fresh run's old files removed, the resolved config written); all
     ranks wait for it."""
     if dist_.main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        # A kill -9 mid-write leaves atomic_open's temporary (a whole checkpoint); nothing else
-        # writes here while this finding trains.
-        remove_stale_temporaries(out_dir)
-        if fresh:
-            for name in (LAST_NAME, BEST_NAME, HISTORY_NAME):
-                (out_dir / name).unlink(missing_ok=True)
-        save_resolved(cfg, out_dir, extra={"step": STEP, "finding": finding, "preprocess_fingerprint": pre_fp})
+        prepare_run_dir(out_dir, cfg, fresh, extra={"step": STEP, "finding": finding, "preprocess_fingerprint": pre_fp})
     barrier(dist_)
 
 
@@ -417,39 +412,33 @@ def _train_epoch(fwd, model, loader, opt, stage, cfg, ce_weight, device, dist_, 
     _set_train_mode(model, stage, cfg)
     use_mse = _uses_mse(stage, cfg)
     lam = cfg.model.recon_weight
-    sums = [0.0, 0.0, 0.0, 0.0, 0.0]  # (unused), ce*n, mse*n_has, n, n_has
-    # Target-vs-rest AUC of the epoch's own draws, as the weights move (augmented; all ranks' draws
-    # under DDP, so every rank logs the same): beside val_auc it tells under- from over-fitting at no
-    # extra forward pass.
-    probs, labels = [], []
-    for batch in tqdm(loader, desc=desc, leave=False, disable=not (progress and dist_.main)):
-        b = to_device(batch, device, cfg.train.channels_last)
-        with autocast(cfg, device):
-            logits, recon = fwd(b["image"], decode=use_mse)
-        loss, ce, mse = multitask_loss(logits, recon, b, ce_weight, lam, use_mse)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        n = len(b["label"])
+
+    def loss(out, b):
+        logits, recon = out
+        value, ce, mse = multitask_loss(logits, recon, b, ce_weight, lam, use_mse)
         n_has = float(b["has_recon"].sum()) if use_mse else 0.0
-        ce, mse = ce.detach(), mse.detach()
-        probs.append(torch.softmax(logits.detach().float(), 1)[:, 1].cpu())
-        labels.append(b["label"].cpu())
-        sums[1] += float(ce) * n
-        sums[2] += float(mse) * n_has
-        sums[3] += n
-        sums[4] += n_has
+        # (ce*n, mse*n_has, n, n_has, P(target), label). The target-vs-rest AUC of the epoch's own
+        # draws, as the weights move (augmented; all ranks' draws under DDP, so every rank logs the
+        # same): beside val_auc it tells under- from over-fitting at no extra forward pass.
+        n = len(b["label"])
+        return value, (float(ce.detach()) * n, float(mse.detach()) * n_has, n, n_has,
+                       torch.softmax(logits.detach().float(), 1)[:, 1].cpu(), b["label"].cpu())
+
+    recs = optimise(loader, lambda b: fwd(b["image"], decode=use_mse), loss, opt, cfg, device, desc=desc, progress=progress and dist_.main)
+    sums = [0.0, 0.0, 0.0, 0.0, 0.0]  # (unused), ce*n, mse*n_has, n, n_has
+    for r in recs:  # in batch order, one addition at a time: the sums do not depend on how they are taken
+        for i in range(4):
+            sums[i + 1] += r[i]
     s = all_reduce_sum(sums, dist_, device)
     n = max(s[3], 1.0)
     mse = s[2] / s[4] if s[4] else float("nan")
     # Same definition as the validation loss: mean CE + lambda * mean MSE over samples with a target.
-    p = all_gather_cat(torch.cat(probs) if probs else torch.zeros(0), dist_, device)
-    y = all_gather_cat(torch.cat(labels) if labels else torch.zeros(0, dtype=torch.int64), dist_, device)
+    p = all_gather_cat(torch.cat([r[4] for r in recs]) if recs else torch.zeros(0), dist_, device)
+    y = all_gather_cat(torch.cat([r[5] for r in recs]) if recs else torch.zeros(0, dtype=torch.int64), dist_, device)
     auc = roc_auc(y.numpy() == 1, p.numpy())  # target vs rest; NaN with one side only
     return {"train_loss": s[1] / n + (lam * mse if s[4] else 0.0), "train_ce": s[1] / n, "train_mse": mse, "train_auc": auc}
 
 
-@torch.inference_mode()
 def _evaluate(model, loader, stage, cfg, device) -> dict:
     model.eval()
     use_mse = _uses_mse(stage, cfg)
@@ -457,10 +446,7 @@ def _evaluate(model, loader, stage, cfg, device) -> dict:
     ce_sum = mse_sum = 0.0
     n = n_has = 0
     logits_all, labels_all = [], []
-    for batch in loader:
-        b = to_device(batch, device, cfg.train.channels_last)
-        with autocast(cfg, device):
-            logits, recon = model(b["image"], decode=use_mse)
+    for b, (logits, recon) in evaluate(loader, lambda b: model(b["image"], decode=use_mse), cfg, device):
         logits = logits.float()
         ce_sum += float(F.cross_entropy(logits, b["label"], reduction="sum"))
         if use_mse and recon is not None:
@@ -534,27 +520,6 @@ def _checkpoint(model: nn.Module, opt, sched, prog: _Progress, row: dict, cfg: C
         "preprocess_fingerprint": pre_fp,
         "torch_version": str(torch.__version__),
     }
-
-
-# What only a resumption reads. best.pt is what inference loads, and resuming takes its weights alone,
-# so it goes without them: Adam's two moments are twice the model (a smoke model's best.pt was 164 MB
-# with them, 55 MB without).
-RESUME_ONLY = ("optimizer", "scheduler", "rng")
-
-
-def _save_epoch(out_dir: Path, ckpt: dict, improved: bool, history: list[dict]) -> None:
-    if improved:  # best first: a kill between the two writes redoes this epoch identically
-        save_checkpoint(out_dir / BEST_NAME, {k: v for k, v in ckpt.items() if k not in RESUME_ONLY})
-    save_checkpoint(out_dir / LAST_NAME, ckpt)
-    _write_history(out_dir / HISTORY_NAME, history)
-
-
-def _history_frame(history: list[dict]) -> pd.DataFrame:
-    return pd.DataFrame(history, columns=list(HISTORY_COLUMNS))
-
-
-def _write_history(path: Path, history: list[dict]) -> None:
-    atomic_write_text(path, _history_frame(history).to_csv(index=False))
 
 
 def _final_metrics(finding: str, best: dict[str, dict], hist: pd.DataFrame, sets: dict, dist_: Dist, t_start: float) -> dict:

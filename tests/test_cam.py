@@ -1,6 +1,6 @@
-"""Grad-CAM (scxnn.cam) and its localisation scores (scxnn.localisation): map shape and range, the
-model left untouched, localisation of a known lesion, the metrics on hand-made arrays, overlays for
-loose files, and Figure 5 and the localisation table on the smoke runs."""
+"""Grad-CAM (scxnn.cam): map shape and range, the model left untouched, localisation of a known
+lesion, overlays for loose files, and Figure 5 and the localisation table on the smoke runs. The
+localisation scores on hand-made arrays are in test_localisation.py."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from scxnn.cam import LogitsOnly, cam_for_files, figure5, gradcam, overlay
 from scxnn.checkpoints import LoadedModel, PreprocessMismatch, find_model_dirs, load_models
 from scxnn.config import load_config
-from scxnn.localisation import localization_table, peak, pointing_game, random_baseline, top_region_iou
+from scxnn.localisation import localization_table, pointing_game, random_baseline, top_region_iou
 from scxnn.models import SCXNN, build_model
 
 
@@ -157,62 +157,7 @@ def test_cam_peaks_inside_a_known_lesion():
     assert np.mean([c[0] for c in chance]) == pytest.approx(32 * 32 / 128**2)
 
 
-# --------------------------------------------------------------------------- metrics
-
-
-def test_pointing_game_exact():
-    cam = np.zeros((5, 5))
-    cam[1, 2] = 1.0
-    mask = np.zeros((5, 5), bool)
-    mask[1, 2] = True
-    assert pointing_game(cam, mask) is True
-    other = np.zeros((5, 5), bool)
-    other[1, 4] = True  # 2 px to the right of the peak
-    assert pointing_game(cam, other) is False
-    assert pointing_game(cam, other, tolerance=1) is False
-    assert pointing_game(cam, other, tolerance=2) is True
-    assert pointing_game(np.full((5, 5), 0.3), mask | other) is False  # a flat map points nowhere
-    # A plateau (a coarse map upsampled) points at its middle, not at its first pixel.
-    plateau = np.zeros((6, 6))
-    plateau[:3, :3] = 1.0
-    assert peak(plateau) == (1, 1)
-    corner = np.zeros((6, 6), bool)
-    corner[0, 0] = True
-    centre = np.zeros((6, 6), bool)
-    centre[1, 1] = True
-    assert pointing_game(plateau, corner) is False and pointing_game(plateau, centre) is True
-    with pytest.raises(ValueError, match="empty"):
-        pointing_game(cam, np.zeros((5, 5)))
-    with pytest.raises(ValueError, match="shape"):
-        pointing_game(cam, np.ones((4, 5)))
-
-
-def test_top_region_iou_exact():
-    cam = np.arange(16, dtype=float).reshape(4, 4)  # the top 4 pixels are the last row
-    last_row = np.zeros((4, 4), bool)
-    last_row[3] = True
-    assert top_region_iou(cam, last_row) == 1.0
-    half = np.zeros((4, 4), bool)
-    half[3, :2] = half[2, :2] = True  # 2 of 4 inside the top region: IoU 2 / 6
-    assert top_region_iou(cam, half) == pytest.approx(1 / 3)
-    assert top_region_iou(cam, last_row, top_fraction=0.5) == pytest.approx(0.5)  # top 8 = last 2 rows
-    assert top_region_iou(-cam, last_row) == 0.0
-    # Ties at the threshold are all kept: a flat map's "top region" is the whole film.
-    assert top_region_iou(np.zeros((4, 4)), last_row) == pytest.approx(0.25)
-    with pytest.raises(ValueError):
-        top_region_iou(cam, last_row, top_fraction=0)
-
-
-def test_random_baseline():
-    mask = np.zeros((10, 10), bool)
-    mask[2:4, 2:7] = True  # 10 % of the film
-    pointing, iou = random_baseline(mask, rng=np.random.default_rng(0), draws=64)
-    assert pointing == pytest.approx(0.1)
-    assert 0 <= iou < 0.5
-    assert random_baseline(np.ones((4, 4), bool)) == (1.0, 1.0)
-    # top_fraction: a random blob of that area; the mask's own area gives about the same reference
-    _, iou_area = random_baseline(mask, top_fraction=0.1, rng=np.random.default_rng(0), draws=64)
-    assert 0 <= iou_area < 0.5 and abs(iou_area - iou) < 0.15
+# --------------------------------------------------------------------------- overlays
 
 
 def test_overlay():

@@ -1,12 +1,10 @@
-"""scxnn.certify: the site threshold a labelled sample certifies, at which confidence, the certificate
-file that ``scxnn predict`` trusts only for its own run, and the plan of a site sample. The
-end-to-end ``scxnn certify`` on real films is in test_kermany.py."""
+"""scxnn.certify: the site threshold a labelled sample certifies, at which confidence, and the plan of
+a site sample. The certificate file that ``scxnn predict`` trusts only for its own run is in
+test_trained_run.py; the end-to-end ``scxnn certify`` on real films is in test_kermany.py."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
-
 import types
 
 import numpy as np
@@ -14,56 +12,10 @@ import pandas as pd
 import pytest
 
 from scxnn.certify import plan, site_threshold
-from scxnn.trained_run import Certificate, CertificateError, load_certificate, run_id
 from scxnn.cli import main
 from scxnn.metrics import certifiable_with, clopper_pearson, proportion_ci
 
-
-def _run(tmp_path, svm=b"svm-1"):
-    step3 = tmp_path / "run" / "03_svm_ensemble"
-    step3.mkdir(parents=True, exist_ok=True)
-    for name, data in (("svm.skops", svm), ("thresholds.json", b"{}"), ("ood.npz", b"gate")):
-        (step3 / name).write_bytes(data)
-    return tmp_path / "run"
-
-
-def _cert(run, certified=True, **kw) -> Certificate:
-    base = dict(site="site_b", run_id=run_id(run), target=0.99, ci=0.95, certified=certified, threshold=-0.5, films=900,
-                patients=800, abnormal_films=450, abnormal_patients=400, missed=0, sensitivity=1.0, sensitivity_lo=0.9908,
-                sensitivity_hi=1.0, specificity=0.6, specificity_lo=0.55, specificity_hi=0.65, auto_normal=0.3,
-                auto_normal_lo=0.27, auto_normal_hi=0.33, ood_flagged_share=0.02, abnormal_needed=368,
-                reason="the exact lower 95% bound reaches 99%", created="2026-11-30")
-    base.update(kw)
-    return Certificate(**base)
-
-
-def _write(folder, cert):
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "certificate.json").write_text(json.dumps(asdict(cert)))
-    return folder
-
-
-def test_a_certificate_loads_for_its_own_run_only(tmp_path):
-    run = _run(tmp_path)
-    folder = _write(tmp_path / "cert", _cert(run))
-    assert load_certificate(folder, run).threshold == -0.5
-    assert load_certificate(folder / "certificate.json").site == "site_b"
-    other = _run(tmp_path / "other", svm=b"svm-2")  # retrained: another SVM, another run id
-    with pytest.raises(CertificateError, match="another run"):
-        load_certificate(folder, other)
-
-
-def test_a_refused_or_foreign_file_is_no_certificate(tmp_path):
-    run = _run(tmp_path)
-    refused = _write(tmp_path / "refused", _cert(run, certified=False, reason="needs at least 368 abnormal patients"))
-    with pytest.raises(CertificateError, match="not certified: needs at least 368"):
-        load_certificate(refused, run)
-    (tmp_path / "junk").mkdir()
-    (tmp_path / "junk" / "certificate.json").write_text('{"threshold": 5}')
-    with pytest.raises(CertificateError, match="not a certificate"):
-        load_certificate(tmp_path / "junk", run)
-    with pytest.raises(FileNotFoundError, match="scxnn certify"):
-        load_certificate(tmp_path / "nowhere", run)
+from test_trained_run import _run
 
 
 def test_flagged_films_cannot_be_misses_and_the_bound_holds():
@@ -157,22 +109,6 @@ def test_a_confidence_outside_its_range_is_one_error_line(confidence, plan_flag,
     assert main(["certify", "--models", str(tmp_path / "run"), *files, *plan_flag, "--confidence", confidence]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: confidence must be in (0.5, 1)"), err
-
-
-def test_an_older_certificate_loads_and_a_foreign_key_is_refused(tmp_path):
-    run = _run(tmp_path)
-    old = asdict(_cert(run, ci=0.90))
-    for key in ("unknown_films", "confidence"):  # written before these fields existed
-        del old[key]
-    (tmp_path / "old").mkdir()
-    (tmp_path / "old" / "certificate.json").write_text(json.dumps(old))
-    cert = load_certificate(tmp_path / "old", run)
-    assert cert.confidence == pytest.approx(0.95) and cert.unknown_films == 0  # the lower end of its 90% interval
-    assert "exact one-sided 95.0% lower bound" in cert.describe()
-    (tmp_path / "extra").mkdir()
-    (tmp_path / "extra" / "certificate.json").write_text(json.dumps({**asdict(_cert(run)), "threshold_override": 3.0}))
-    with pytest.raises(CertificateError, match=r"unknown keys \['threshold_override'\]"):
-        load_certificate(tmp_path / "extra", run)
 
 
 # --------------------------------------------------------------------------- plan

@@ -1,10 +1,13 @@
-"""scxnn.checkpoints: a run's models load only whole, and only onto the pixels they learnt from."""
+"""scxnn.checkpoints: a run's models load only whole, only onto the pixels they learnt from, never from a pickle."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
 
+from scxnn import checkpoints as C
 from scxnn.checkpoints import (
     BEST_NAME,
     CHECKPOINT_FORMAT,
@@ -61,3 +64,19 @@ def test_a_whole_run_loads_in_the_studys_order_ready_for_inference(tmp_path, wei
     m = models["nodule"].model
     assert not m.training
     assert all(p.is_contiguous(memory_format=torch.channels_last) for p in m.parameters() if p.ndim == 4)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.getcwd, ())
+
+
+def test_checkpoint_with_pickled_object_is_refused(tmp_path):
+    p = tmp_path / "evil.pt"
+    torch.save({"model": {}, "payload": _Evil()}, p)
+    with pytest.raises(C.CheckpointError, match="refused"):
+        C.load_checkpoint(p)
+    with pytest.raises(C.CheckpointError):
+        C.load_model(p)
+    with pytest.raises(FileNotFoundError):
+        C.load_checkpoint(tmp_path / "missing.pt")

@@ -541,57 +541,12 @@ def test_published_comparison_two_points_with_cis_and_the_publication(table):
     assert paper.auc == 0.95 and paper.accuracy == 0.9 and pd.isna(paper.set)
 
 
-# --------------------------------------------------------------------------- scxnn evaluate: films the run has seen
-
-
-def _seen_run(tmp_path: Path, with_sha: bool = True) -> Path:
-    step3 = tmp_path / "run" / "03_svm_ensemble"
-    step3.mkdir(parents=True)
-    t = pd.DataFrame({"patient_id": ["pa", "pb", "pc"], "split": ["train", "val", "test"], "source_sha256": ["ha", "hb", "hc"]})
-    (t if with_sha else t.drop(columns="source_sha256")).to_parquet(step3 / "logits.parquet")
-    return tmp_path / "run"
-
-
-def test_seen_films_are_the_runs_training_and_validation_patients_and_hashes(tmp_path, caplog):
-    from scxnn.trained_run import seen_films
-
-    assert seen_films(_seen_run(tmp_path / "new")) == ({"pa", "pb"}, {"ha", "hb"})
-    assert "predates source_sha256" not in caplog.text
-    assert seen_films(_seen_run(tmp_path / "old", with_sha=False)) == ({"pa", "pb"}, set())
-    assert "predates source_sha256" in caplog.text and "cannot be checked" in caplog.text
-
-
-@pytest.mark.parametrize("drop_seen", [False, True])
-def test_copies_of_seen_films_under_new_patients_are_an_overlap(drop_seen):
-    from scxnn.trained_run import PatientOverlap, leave_out_seen
-
-    df = pd.DataFrame({"image_id": [f"i{i}" for i in range(6)], "patient_id": ["pa", "pa", "new1", "new2", "new3", "new4"],
-                       "source_sha256": ["x1", "x2", "ha", "hb", "hc", ""]})
-    seen = ({"pa", "pb"}, {"ha", "hb"})
-    if not drop_seen:
-        with pytest.raises(PatientOverlap, match=r"1 patient\(s\) \(2 films\).* and 2 film\(s\) are identical .*image_id i2, i3.*--drop-seen"):
-            leave_out_seen(df, seen, False, "m.csv")
-        return
-    kept, n = leave_out_seen(df, seen, True, "m.csv")
-    assert list(kept["image_id"]) == ["i4", "i5"] and n == {"patients": 1, "images": 2}
-
-
 def test_auc_whose_bootstrap_collapses_still_gets_an_interval():
     """Tied scores (an untrained model) give AUC 0.5 in every resample: the interval must still
     say how little 1 positive and 4 negative patients tell (the smoke run's nodule row)."""
     y = np.r_[1, 0, 0, 0, 0]
     row = E._auc_row(y, np.full(5, 0.3), np.arange(5), 200, 0, 0.95)
     assert row["auc"] == 0.5 and row["auc_lo"] < 0.1 and row["auc_hi"] > 0.9
-
-
-def test_seen_films_come_from_the_full_record_when_only_a_sample_was_scored(tmp_path):
-    from scxnn.trained_run import seen_films
-
-    run = _seen_run(tmp_path)  # its logits table scored only pa (train) and pb (val)
-    pd.DataFrame({"patient_id": ["pa", "pz", "pb"], "split": ["train", "train", "val"],
-                  "source_sha256": ["ha", "hz", "hb"]}).to_parquet(run / "03_svm_ensemble" / "seen_films.parquet")
-    # pz was never scored (step 03 scores a sample of the training films) but the run trained on it.
-    assert seen_films(run) == ({"pa", "pz", "pb"}, {"ha", "hz", "hb"})
 
 
 @pytest.mark.parametrize("n, kept", [(0, 6), (2, 2), (6, 6), (10, 6)])
@@ -604,6 +559,10 @@ def test_step03_scores_a_seeded_sample_of_training_films_and_every_other_film(n,
     assert (out["split"] == "train").sum() == kept
     assert list(out.loc[out["split"] != "train", "image_id"]) == ["v0", "s0", "s1"]
     assert out.equals(sample_training_films(df, n, seed=3))
+
+
+# --------------------------------------------------------------------------- step 03's record of the films a run has seen
+# (scxnn.trained_run reads it: test_trained_run.py)
 
 
 def test_seen_films_record_lists_every_training_and_validation_film(smoke_cache, tmp_path):

@@ -126,6 +126,16 @@ def test_every_module_has_a_floor_in_the_house():
         assert f"{i}. {name}: {', '.join(mods)}" in doc, name
 
 
+@pytest.mark.parametrize("module", sorted(set(_floors()) - {"__main__"}))
+def test_tests_mirror_the_package(module):
+    """A newcomer finds the tests of scxnn/<m>.py (or of the package scxnn/<m>/) in tests/test_<m>.py,
+    and that file imports the module it is named for."""
+    path = ROOT / "tests" / f"test_{module}.py"
+    assert path.is_file(), f"scxnn.{module} has no tests/test_{module}.py"
+    imports = rf"^\s*(from scxnn\.{module}\b|import scxnn\.{module}\b|from scxnn import .*\b{module}\b)"
+    assert re.search(imports, path.read_text(), re.M), f"{path.name} does not import scxnn.{module}"
+
+
 @pytest.mark.parametrize("module", sorted(_scxnn_imports()))
 def test_no_module_imports_from_a_higher_floor(module):
     floors = _floors()

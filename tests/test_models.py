@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from scxnn.bench import bench_train, format_bench_train
 from scxnn.config import BACKBONES as CONFIG_BACKBONES
 from scxnn.models import (
     BACKBONES,
@@ -295,18 +294,3 @@ def test_pickled_object_refused(tmp_path):
     torch.save({"x": NotAWeight(), "w": torch.zeros(1)}, path)
     with pytest.raises(UnsafeWeightsFile, match="refused"):
         SCXNN("densenet121", decoder="none", pretrained=str(path))
-
-
-def test_bench_train_smoke():
-    r = bench_train("densenet121", size=64, batch=2, steps=1, warmup=0)
-    assert r["img_per_s"]["fp32_nchw"] > 0
-    assert r["ratio"] > 0 and r["machine"]
-    text = format_bench_train(r)
-    assert "ratio:" in text and "vs plain fp32 NCHW" in text
-    assert "profile_decoder" not in r["img_per_s"]  # the default decoder needs no extra row
-
-
-def test_bench_train_times_a_profiles_light_decoder_beside_the_default():
-    r = bench_train("densenet121", size=64, batch=2, steps=1, warmup=0, decoder_widths=(64, 32, 16, 8, 8))
-    assert r["img_per_s"]["profile_decoder"] > 0 and r["decoder_widths"] == [64, 32, 16, 8, 8]
-    assert "profile_decoder widths [64, 32, 16, 8, 8]" in format_bench_train(r)
