@@ -52,8 +52,24 @@ def _same_state(a: dict, b: dict) -> bool:
 # --------------------------------------------------------------------------- training
 
 
+_REFERENCE_THREADS: list[int] = []
+
+
+@pytest.fixture(autouse=True)
+def _threads_of_the_reference():
+    # Float sums depend on the thread count, and conftest gives this process its second thread back
+    # once the background builds finish, which can fall between the reference run and a test that
+    # must reproduce it bit for bit: every test here runs with the threads the reference ran with.
+    n = torch.get_num_threads()
+    if _REFERENCE_THREADS:
+        torch.set_num_threads(_REFERENCE_THREADS[0])
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def reference_run(smoke_cache):
+    _REFERENCE_THREADS[:] = [torch.get_num_threads()]
     cfg = _cfg(smoke_cache)
     return T.train_finding(cfg, FINDING, out_dir=smoke_cache / "runs" / "ref", resume=False, progress=False)
 
