@@ -425,18 +425,17 @@ def _train_epoch(fwd, model, loader, opt, stage, cfg, ce_weight, device, dist_, 
                        torch.softmax(logits.detach().float(), 1)[:, 1].cpu(), b["label"].cpu())
 
     recs = optimise(loader, lambda b: fwd(b["image"], decode=use_mse), loss, opt, cfg, device, desc=desc, progress=progress and dist_.main)
-    sums = [0.0, 0.0, 0.0, 0.0, 0.0]  # (unused), ce*n, mse*n_has, n, n_has
+    ce_n = mse_n = n = n_has = 0.0
     for r in recs:  # in batch order, one addition at a time: the sums do not depend on how they are taken
-        for i in range(4):
-            sums[i + 1] += r[i]
-    s = all_reduce_sum(sums, dist_, device)
-    n = max(s[3], 1.0)
-    mse = s[2] / s[4] if s[4] else float("nan")
+        ce_n, mse_n, n, n_has = ce_n + r[0], mse_n + r[1], n + r[2], n_has + r[3]
+    ce_n, mse_n, n, n_has = all_reduce_sum([ce_n, mse_n, n, n_has], dist_, device)
+    n = max(n, 1.0)
+    mse = mse_n / n_has if n_has else float("nan")
     # Same definition as the validation loss: mean CE + lambda * mean MSE over samples with a target.
     p = all_gather_cat(torch.cat([r[4] for r in recs]) if recs else torch.zeros(0), dist_, device)
     y = all_gather_cat(torch.cat([r[5] for r in recs]) if recs else torch.zeros(0, dtype=torch.int64), dist_, device)
     auc = roc_auc(y.numpy() == 1, p.numpy())  # target vs rest; NaN with one side only
-    return {"train_loss": s[1] / n + (lam * mse if s[4] else 0.0), "train_ce": s[1] / n, "train_mse": mse, "train_auc": auc}
+    return {"train_loss": ce_n / n + (lam * mse if n_has else 0.0), "train_ce": ce_n / n, "train_mse": mse, "train_auc": auc}
 
 
 def _evaluate(model, loader, stage, cfg, device) -> dict:
