@@ -90,6 +90,21 @@ def jitter(p: dict, rng: np.random.Generator) -> dict:
     return q
 
 
+def sample_rendering(rng: np.random.Generator) -> dict:
+    """Per-image domain randomisation (generator v4): how strongly the film shows each structure,
+    drawn independently of the findings. A model trained on one fixed rendering learnt its crisp
+    vessels and dark lungs; real films range from sharp to hazy. ``vessels``, ``texture`` and
+    ``bone`` weigh those layers in :func:`compose`; ``aeration`` scales the lung's depth (a shallow
+    breath, a heavy build: greyer lungs); ``scatter`` multiplies the site's scatter (no grid)."""
+    return {
+        "vessels": rng.uniform(0.025, 1.15),
+        "texture": rng.uniform(1.0, 5.5),
+        "bone": rng.uniform(0.4, 1.225),
+        "aeration": rng.uniform(0.55, 1.0),
+        "scatter": rng.uniform(1.0, 2.0),
+    }
+
+
 @dataclass
 class Geometry:
     H: int
@@ -602,8 +617,9 @@ def mediastinum_mask(g: Geometry, med_w: float) -> np.ndarray:
 
 def compose(layers: dict, p: dict) -> np.ndarray:
     L = layers
+    r = p.get("render", {})  # sample_rendering's weights; 1 each without them
     a = p["density"] * (L["body"] + L["breast"])
     a = a - air(L) - L["airway"] - L["gas"]
-    a = a + BONE * (L["ribs"] + L["girdle"]) + L["spine"] * BONE
-    a = a + AIR_IN_LUNG * L["vessels"] + 0.012 * L["texture"]
+    a = a + r.get("bone", 1.0) * BONE * (L["ribs"] + L["girdle"]) + L["spine"] * BONE
+    a = a + r.get("vessels", 1.0) * AIR_IN_LUNG * L["vessels"] + r.get("texture", 1.0) * 0.012 * L["texture"]
     return a.astype(np.float32)

@@ -121,13 +121,14 @@ def _marker(shape, rng: np.random.Generator, tw: float) -> np.ndarray:
     return img.astype(np.float32) / 255.0
 
 
-def acquire(att: np.ndarray, site: str, rng: np.random.Generator, tw: float) -> np.ndarray:
+def acquire(att: np.ndarray, site: str, rng: np.random.Generator, tw: float, scatter_gain: float = 1.0) -> np.ndarray:
     """Attenuation -> processed detector image in [0, 1] (MONOCHROME2 sense: dense = bright).
 
     The chain: markers on the cassette; primary transmission exp(-mu * att); scatter (a broad
     blur of the transmitted field, which lifts the dense regions and flattens contrast behind the
-    heart); quantum noise for the site's dose; detector blur; the log; the vendor's processing
-    (dynamic-range equalisation, unsharp masking, a sigmoid tone curve) and collimation shutters.
+    heart; ``scatter_gain`` multiplies the site's ratio); quantum noise for the site's dose;
+    detector blur; the log; the vendor's processing (dynamic-range equalisation, unsharp masking,
+    a sigmoid tone curve) and collimation shutters.
     """
     st = STYLES[site]
     H, W = att.shape
@@ -144,7 +145,7 @@ def acquire(att: np.ndarray, site: str, rng: np.random.Generator, tw: float) -> 
     mu = rng.uniform(2.6, 3.3)  # effective attenuation per unit chord: beam quality
     primary = np.exp(-mu * att).astype(np.float32)
     primary[collimated] = 0.0
-    scatter = rng.uniform(*st["scatter"]) * _low_pass(primary, 0.12 * tw)
+    scatter = scatter_gain * rng.uniform(*st["scatter"]) * _low_pass(primary, 0.12 * tw)
     n0 = rng.uniform(*st["n0"]) * (tw / 400.0) ** -1.0  # bigger pixels at low resolution collect more photons
     mean = n0 * (primary + scatter)
     counts = mean + np.sqrt(mean) * rng.standard_normal(att.shape).astype(np.float32)
