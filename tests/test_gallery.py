@@ -16,6 +16,7 @@ import pytest
 from scxnn import gallery as G
 from scxnn.config import load_config
 from scxnn.pixels import encode_png
+from scxnn.synth import plan
 
 matplotlib.use("Agg")
 
@@ -74,9 +75,16 @@ def test_without_a_manifest_the_plan_gives_every_finding_a_clean_example():
     cfg = load_config("smoke")
     examples = G.gallery_examples(cfg)
     assert [f for f, _ in examples] == list(cfg.findings) + list(cfg.unseen_findings)
+    jobs = plan(cfg)
     for f, job in examples:
-        assert job is not None and job["findings"] + job["unseen"] == [f], f
-        assert job["label_type"] == "hard" and (job["site"] == "internal") == (f in cfg.findings), f
+        assert job is not None and f in job["findings"] + job["unseen"], f
+        # Clean (the finding alone, hard-labelled, internal for a target finding) whenever the plan
+        # has such a film; with generator v4's co-findings a small plan may not.
+        clean = [j for j in jobs if j["findings"] + j["unseen"] == [f] and j["label_type"] == "hard"
+                 and (j["site"] == "internal") == (f in cfg.findings)]
+        if clean:
+            assert job["findings"] + job["unseen"] == [f], f
+            assert job["label_type"] == "hard" and (job["site"] == "internal") == (f in cfg.findings), f
     assert G.gallery_examples(cfg) == examples  # the middle candidate: the same choice every time
 
 
