@@ -356,8 +356,8 @@ before it loads the file (`scxnn.models.shipped_trunk`).
 | machine | {machine_description(str(resolve_device(cfg)))}; native CPU bf16: {'yes' if bf16_supported('cpu') else 'no'} (train.bf16: {cfg.train.bf16}); torch {torch.__version__} |
 
 The objective was chosen by measurement against a labels-only trunk and against training from
-scratch (docs/method-and-training.md, "The shipped trunk"). The machine ran other work beside the pretraining for parts
-of it (the same section), so read the wall time as an upper bound.
+scratch (docs/method-and-training.md, "The shipped trunk"), which also says whether other work shared the machine
+while it ran.
 
 ## Training log
 
