@@ -55,6 +55,19 @@ def test_svm_is_a_sklearn_classifier_and_fit_returns_self():
         DefiniteNormalSVM().fit(X[:5], np.ones(5, int))
 
 
+def test_linear_score_keeps_ordering_films_beyond_the_fitted_range():
+    # Why the demo's SVM is linear: real films land far from the synthetic logits it was fitted on.
+    # There an RBF score flattens to its bias and stops ordering films by their evidence; a linear
+    # one keeps rising with it.
+    X, y, _ = _data()
+    direction = np.linspace(0, 1.5, 39)
+    far = np.outer(np.linspace(4, 12, 9), direction)  # ever more abnormal, all beyond the fitted cloud
+    lin = DefiniteNormalSVM(kernel="linear").fit(X, y).decision_function(far)
+    rbf = DefiniteNormalSVM(kernel="rbf").fit(X, y).decision_function(far)
+    assert (np.diff(lin) > 0).all()
+    assert np.ptp(rbf[-4:]) < 0.05 * np.ptp(lin[-4:])
+
+
 def test_thresholds_keep_validation_sensitivity_and_strict_is_stricter():
     X, y, patients = _data(400)
     svm = DefiniteNormalSVM().fit(X, y)
@@ -66,11 +79,12 @@ def test_thresholds_keep_validation_sensitivity_and_strict_is_stricter():
     assert 0 < th.val_auto_normal < 1
 
 
-def test_skops_roundtrip_and_untrusted_types_refused(tmp_path):
+@pytest.mark.parametrize("kernel", ["rbf", "linear"])  # the defaults' and the demo's
+def test_skops_roundtrip_and_untrusted_types_refused(kernel, tmp_path):
     import skops.io as sio
 
     X, y, patients = _data()
-    svm = DefiniteNormalSVM().fit(X, y)
+    svm = DefiniteNormalSVM(kernel=kernel).fit(X, y)
     th = choose_thresholds(svm.decision_function(X), y, patients, 0.9, 100, 0)
     save(svm, th, tmp_path)
     back, th2 = load(tmp_path)
