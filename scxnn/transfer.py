@@ -12,8 +12,11 @@ The table ``transfer_<adapter>`` gives, with 95% patient-bootstrap CIs:
 * each finding the source labels: the finding model's softmax probability of its target, the
   finding against every other film of known label (:func:`scxnn.evaluation.auc_per_finding`);
 
-and ``figure_transfer_gradcam`` the Grad-CAM of each finding's model on a real film with that
-finding (image-level labels: no outline). ``TARGETS`` are the transfer AUCs issue 32 asks of the
+``transfer_<adapter>_screening`` the promise itself on those films: the run's definite-normal
+thresholds, frozen on its own validation films, applied as they stand (Table 2 at the point and the
+strict threshold: how many films with a source finding it calls normal, and what share it
+auto-reports normal); and ``figure_transfer_gradcam`` the Grad-CAM of each finding's model on a real
+film with that finding (image-level labels: no outline). ``TARGETS`` are the transfer AUCs issue 32 asks of the
 demo; a row says whether its lower bound, its point estimate or neither reaches them.
 """
 
@@ -29,7 +32,7 @@ from scxnn.adapters import build_manifest
 from scxnn.checkpoints import run_model_dirs
 from scxnn.config import Config
 from scxnn.ensemble import load_run
-from scxnn.evaluation import auc_per_finding, format_ci, svm_auc
+from scxnn.evaluation import auc_per_finding, format_ci, svm_auc, table2, with_target
 from scxnn.trained_run import score_manifest
 from scxnn.metrics import fmt_ci
 from scxnn.study_tables import gradcam_figure
@@ -57,6 +60,14 @@ def _rows(svm_row: pd.Series | None, per_finding: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["measure", *keep])
 
 
+def _screening(real: pd.DataFrame, th, n_boot: int, seed: int, ci: float) -> pd.DataFrame:
+    """Table 2 of the real films at both frozen thresholds, a row per rule (point first)."""
+    parts = [with_target(table2(real, t, n_boot, seed, ci), th.target).assign(rule=rule, threshold=float(t))
+             for rule, t in (("point", th.point), ("strict", th.strict))]
+    df = pd.concat(parts, ignore_index=True)
+    return df[["rule", "threshold", *[c for c in df.columns if c not in ("rule", "threshold")]]]
+
+
 def transfer_table(cfg: Config, run_dir: str | Path, real_root: str | Path, out_dir: str | Path,
                    adapter: str = "nih", progress: bool = True) -> pd.DataFrame | None:
     """Score the run ``run_dir`` (``runs/<profile>``) on the real films under ``real_root`` and write
@@ -70,7 +81,7 @@ def transfer_table(cfg: Config, run_dir: str | Path, real_root: str | Path, out_
     findings, unseen = list(cfg.findings), list(cfg.unseen_findings)
     manifest_dir = out / "manifest"
     build_manifest(adapter, real_root, manifest_dir, findings, unseen, seed=cfg.seed)
-    _, real, _, dropped, _ = score_manifest(run_dir, manifest_dir / "manifest.csv", out / "scored", drop_seen=True, progress=progress)
+    _, real, _, dropped, th = score_manifest(run_dir, manifest_dir / "manifest.csv", out / "scored", drop_seen=True, progress=progress)
     n_boot, seed, ci = cfg.evaluate.bootstrap, cfg.seed, cfg.evaluate.ci
     study, _, _, _ = load_run(Path(run_dir) / "03_svm_ensemble", cfg)
     own_svm = svm_auc(study, n_boot, seed, ci)
@@ -98,6 +109,20 @@ def transfer_table(cfg: Config, run_dir: str | Path, real_root: str | Path, out_
         display=format_ci(df.rename(columns={"real_auc": "real", "real_auc_lo": "real_lo", "real_auc_hi": "real_hi",
                                              "study_auc": "study", "study_auc_lo": "study_lo",
                                              "study_auc_hi": "study_hi"}), ("study", "real")))
+    scr = _screening(real, th, n_boot, seed, ci)
+    strict = scr[scr["rule"] == "strict"].iloc[0]
+    reports.write_table(
+        cfg, scr, f"transfer_{adapter}_screening",
+        f"The {cfg.profile} run's definite-normal thresholds, frozen on its own validation films ({th.describe()}), applied "
+        f"unchanged to the {len(real)} real {adapter} films: normal vs abnormal at the point and the strict threshold. A film is "
+        f"abnormal when the source gives it any finding, mapped or not; sensitivity is the share of those not called normal, "
+        f"auto_normal the share of all films called normal; target: the sensitivity the thresholds were chosen for, and "
+        f"whether the real films' lower bound, only the point estimate, or neither reaches it. {ci:.0%} intervals: the wider of the "
+        f"patient bootstrap and the exact Clopper-Pearson interval (valid at 0 and 1).",
+        headline=f"real {adapter} films, strict threshold: sensitivity "
+                 f"{fmt_ci(strict['sensitivity'], strict['sensitivity_lo'], strict['sensitivity_hi'])}, "
+                 f"{int(strict['fn'])} abnormal film(s) called normal, auto-normal {strict['auto_normal']:.1%}",
+        display=format_ci(scr))
     if not labelled:
         return df
     models = run_model_dirs(run_dir, cfg)

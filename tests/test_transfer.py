@@ -51,5 +51,16 @@ def test_the_smoke_run_on_real_nih_films(smoke_study):
     meta = json.loads((tables / "transfer_nih.json").read_text())
     assert "normal vs abnormal AUC" in meta["headline"] and "319 real nih films" in meta["caption"]
     assert (ROOT / "reports" / "figures" / "smoke" / "figure_transfer_gradcam_nih.png").is_file()
+    # The promise on the real films: the run's frozen thresholds, every film in one cell of the confusion.
+    scr = pd.read_csv(tables / "transfer_nih_screening.csv")
+    assert scr["rule"].tolist() == ["point", "strict"]
+    for _, r in scr.iterrows():
+        assert r["tn"] + r["fn"] + r["fp"] + r["tp"] == len(labels), r["rule"]
+        assert (r["fn"] + r["tp"], r["tn"] + r["fp"]) == (len(labels) - normal, normal), r["rule"]
+        assert r["sensitivity_lo"] <= r["sensitivity"] <= r["sensitivity_hi"] and r["sensitivity_lo"] < r["sensitivity_hi"], r["rule"]
+    # Strict sits at or below the point threshold, so it never calls more films normal.
+    point, strict = scr.iloc[0], scr.iloc[1]
+    assert strict["threshold"] <= point["threshold"] and strict["tn"] + strict["fn"] <= point["tn"] + point["fn"]
+    assert "called normal" in json.loads((tables / "transfer_nih_screening.json").read_text())["headline"]
     # The step's folder carries its resolved config, as every step's does.
     assert (smoke_study / "08_transfer" / "config.resolved.yaml").is_file()
