@@ -4,8 +4,8 @@
   the layer the model names (:meth:`~scxnn.models.SCXNN.gradcam_target_layer`). The model is left as
   it was found: train/eval flags, ``requires_grad`` flags and ``.grad`` are restored, and the hooks
   are removed (the CAM object lives in a ``with`` block).
-* :func:`figure5`: one positive film per finding, its target-class CAM with the lesion outline, and
-  the decoder's reconstruction beside it.
+* :func:`figure5`: one positive film per finding (or a few, a row each), its target-class CAM with
+  the lesion outline, and the decoder's reconstruction beside it.
 * :func:`cam_for_files`: overlays for arbitrary PNG / JPEG / DICOM files, preprocessed as the models'
   training images were.
 
@@ -303,17 +303,23 @@ def figure5(
     pairs_per_row: int = 3,
     device: str | torch.device = "cpu",
     cache: str | os.PathLike | None = None,
+    films_per_finding: int = 1,
+    films_label: str | None = None,
 ):
     """Thesis Figure 5: per finding, a positive film with its target-class CAM and lesion outline,
     and the decoder's reconstruction beside it. Returns a :class:`matplotlib.figure.Figure`
-    (not registered with pyplot, so nothing leaks between calls) with two axes per finding.
+    (not registered with pyplot, so nothing leaks between calls) with two axes per film.
     ``cache``: another PNG cache folder than the profile's (e.g. real films scored by step 08).
 
-    The film is the first (by image id) hard-labelled positive of ``split`` with a lesion mask; the
-    title says when another split had to be used, and a finding without any shows an empty panel.
-    When no model has a decoder (classification only) there is no reconstruction column: one panel
-    per finding, not a column of "no decoder" placeholders.
+    The films are the first ``films_per_finding`` (by image id, so none is picked for how it looks)
+    hard-labelled positives of ``split`` with a lesion mask; the title says when another split had
+    to be used, and a finding without any shows an empty panel. With more than one film per finding
+    each finding gets a row of its own. When no model has a decoder (classification only) there is
+    no reconstruction column: one panel per film, not a column of "no decoder" placeholders.
+    ``films_label`` names the films in the title (default: "<split> films").
     """
+    if films_per_finding < 1:
+        raise ValueError(f"films_per_finding must be at least 1, got {films_per_finding}")
     from matplotlib.figure import Figure
 
     models = load_models(model_dirs, device)
@@ -321,48 +327,61 @@ def figure5(
     expected = fingerprint(cfg.preprocess)
     findings = study_order(cfg, list(models))
     decoders = any(_has_decoder(models[f].model) for f in findings)
-    per = 2 if decoders else 1  # panels per finding
-    if not decoders:
+    per = 2 if decoders else 1  # panels per film
+    if films_per_finding > 1:  # a row per finding, its films side by side
+        pairs_per_row = films_per_finding
+    elif not decoders:
         pairs_per_row *= 2
-    nrows = max(1, math.ceil(len(findings) / pairs_per_row))
+    slots = len(findings) * films_per_finding
+    nrows = max(1, math.ceil(slots / pairs_per_row))
     ncols = per * pairs_per_row
     fig = Figure(figsize=(2.0 * ncols, 2.3 * nrows), layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False)
-    for ax in axes.ravel():
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax in axes:
         ax.set_axis_off()
     for k, finding in enumerate(findings):
-        ax_cam = axes[k // pairs_per_row, per * (k % pairs_per_row)]
-        ax_rec = axes[k // pairs_per_row, per * (k % pairs_per_row) + 1] if decoders else None
         lm = models[finding]
         check_fingerprint(lm, expected)
-        films = positive_films(df, base, finding, cfg, split, 1, weak_ok=True)
+        films = positive_films(df, base, finding, cfg, split, films_per_finding, weak_ok=True)
+        first = per * k * films_per_finding
         if not films.image_ids:
-            ax_cam.set_title(f"{finding}\nno positive film", fontsize=7)
-            if ax_rec is not None:
-                ax_rec.set_title("-", fontsize=7)
+            axes[first].set_title(f"{finding}\nno positive film", fontsize=7)
+            if decoders:
+                axes[first + 1].set_title("-", fontsize=7)
             continue
-        x = films.images[:1]
-        cams, probs = gradcam_and_probs(lm.model, x, 1, method)
-        ax_cam.imshow(overlay(x[0, 0].numpy(), cams[0]))
-        # The lesion outline, at the pixel boundary of the (undilated) mask.
-        if films.masks[0].any():
-            ax_cam.contour(films.masks[0].astype(float), levels=[0.5], colors="lime", linewidths=0.8)
+        cams, probs = gradcam_and_probs(lm.model, films.images, 1, method)
         where = "" if films.split == split else f" ({films.split} film)"
-        ax_cam.set_title(f"{finding}{where}\nP(target)={probs[0, 1]:.2f}", fontsize=7)
-        if ax_rec is None:
-            continue
-        recon = _reconstruction(lm.model, x)
-        if recon is None:
-            ax_rec.text(0.5, 0.5, "no decoder", ha="center", va="center", fontsize=8, transform=ax_rec.transAxes)
-            ax_rec.set_title("reconstruction", fontsize=7)
-        else:
-            ax_rec.imshow(recon, cmap="gray", vmin=0, vmax=1)
-            ax_rec.set_title("segmentation" if getattr(lm.model, "decoder_kind", "") == "segmentation" else "reconstruction", fontsize=7)
-    # Its panels per finding, no empty trailing cells.
-    for ax in axes.ravel()[per * len(findings) :]:
+        for j in range(len(films.image_ids)):
+            nth = f" {j + 1}/{films_per_finding}" if films_per_finding > 1 else ""
+            _film_panels(axes[first + per * j : first + per * (j + 1)], lm.model, films.images[j : j + 1], films.masks[j],
+                         cams[j], f"{finding}{nth}{where}\nP(target)={probs[j, 1]:.2f}")
+    # Its panels per film, no empty trailing cells.
+    for ax in axes[per * slots :]:
         fig.delaxes(ax)
-    fig.suptitle(f"Grad-CAM ({method}) of the target class{' and the decoder output' if decoders else ''}, {split} films", fontsize=9)
+    fig.suptitle(f"Grad-CAM ({method}) of the target class{' and the decoder output' if decoders else ''}, "
+                 f"{films_label or f'{split} films'}", fontsize=9)
     return fig
+
+
+def _film_panels(axes, model: nn.Module, x: torch.Tensor, mask: np.ndarray, cam: np.ndarray, title: str) -> None:
+    """One film's panels of :func:`figure5`: its CAM with the lesion outline, then (with a second
+    axis) the decoder's output."""
+    ax_cam = axes[0]
+    ax_cam.imshow(overlay(x[0, 0].numpy(), cam))
+    # The lesion outline, at the pixel boundary of the (undilated) mask.
+    if mask.any():
+        ax_cam.contour(mask.astype(float), levels=[0.5], colors="lime", linewidths=0.8)
+    ax_cam.set_title(title, fontsize=7)
+    if len(axes) < 2:
+        return
+    ax_rec = axes[1]
+    recon = _reconstruction(model, x)
+    if recon is None:
+        ax_rec.text(0.5, 0.5, "no decoder", ha="center", va="center", fontsize=8, transform=ax_rec.transAxes)
+        ax_rec.set_title("reconstruction", fontsize=7)
+    else:
+        ax_rec.imshow(recon, cmap="gray", vmin=0, vmax=1)
+        ax_rec.set_title("segmentation" if getattr(model, "decoder_kind", "") == "segmentation" else "reconstruction", fontsize=7)
 
 
 def _has_decoder(model: nn.Module) -> bool:

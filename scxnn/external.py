@@ -49,10 +49,12 @@ def evaluate_manifest(run_dir: str | os.PathLike, manifest: str | os.PathLike, o
     _, missed = study_tables.missed(cfg, table, th, where=where)
     pub = study_tables.published(cfg, table, th, where=where)
     positive = [f for f in cfg.findings if (table[f] == 1).any()]
-    if positive:  # where the models look on these films: one film per finding the manifest marks
+    if positive:  # where the models look on these films: a few films per finding the manifest marks
         dirs = run_model_dirs(run, cfg)
+        n = study_tables.OUTSIDE_CAM_FILMS
         study_tables.gradcam_figure(cfg, {f: dirs[f] for f in positive}, cache=out / "png", name="figure_gradcam",
-                                    films=f"a film of {mpath.name} with its finding")
+                                    films=f"the first {n} films of {mpath.name} with its finding (by image id), each",
+                                    films_per_finding=n, films_label=f"films of {mpath.name}")
 
     first = t2.iloc[0]
     summary = {

@@ -302,12 +302,18 @@ def unseen_screening(cfg: Config, table: pd.DataFrame, th) -> pd.DataFrame | Non
     return us
 
 
+# Films per finding in the Grad-CAM figures of films from outside the study (step 08, `scxnn
+# evaluate`): one film, picked by its id, can be a lucky or an unlucky one; a few show a pattern.
+OUTSIDE_CAM_FILMS = 3
+
+
 def gradcam_figure(cfg: Config, models, split: str = "test", cache=None, name: str = "figure5_gradcam",
-                   films: str = "a positive test film"):
+                   films: str = "a positive test film", films_per_finding: int = 1, films_label: str | None = None):
     """Figure 5 (:func:`scxnn.cam.figure5`) written with its caption; returns the figure. ``cache``:
     another PNG cache than the profile's, e.g. the films ``scxnn evaluate`` or step 08 scored, saved
-    as ``name`` (``films`` says which films the caption is about)."""
-    fig = cam.figure5(cfg, models, split=split, cache=cache)
+    as ``name`` (``films`` says which films the caption is about, ``films_label`` the title;
+    ``films_per_finding`` films each, the first by image id)."""
+    fig = cam.figure5(cfg, models, split=split, cache=cache, films_per_finding=films_per_finding, films_label=films_label)
     what = (", and the decoder's reconstruction." if cfg.model.decoder != "none"
             else " (classification-only models: no decoder output).")
     reports.save_figure(cfg, fig, name, caption=f"{'Figure 5: ' if cache is None else ''}per finding model, {films} with the "

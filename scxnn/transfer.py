@@ -15,8 +15,8 @@ The table ``transfer_<adapter>`` gives, with 95% patient-bootstrap CIs:
 ``transfer_<adapter>_screening`` the promise itself on those films: the run's definite-normal
 thresholds, frozen on its own validation films, applied as they stand (Table 2 at the point and the
 strict threshold: how many films with a source finding it calls normal, and what share it
-auto-reports normal); and ``figure_transfer_gradcam`` the Grad-CAM of each finding's model on a real
-film with that finding (image-level labels: no outline). ``TARGETS`` are the transfer AUCs issue 32 asks of the
+auto-reports normal); and ``figure_transfer_gradcam`` the Grad-CAM of each finding's model on the
+first few real films with that finding, by image id (image-level labels: no outline). ``TARGETS`` are the transfer AUCs issue 32 asks of the
 demo; a row says whether its lower bound, its point estimate or neither reaches them.
 """
 
@@ -35,7 +35,7 @@ from scxnn.ensemble import load_run
 from scxnn.evaluation import auc_per_finding, format_ci, svm_auc, table2, with_target
 from scxnn.trained_run import score_manifest
 from scxnn.metrics import fmt_ci
-from scxnn.study_tables import gradcam_figure
+from scxnn.study_tables import OUTSIDE_CAM_FILMS, gradcam_figure
 from scxnn.utils import log
 
 NORMAL_VS_ABNORMAL = "normal_vs_abnormal"
@@ -127,5 +127,6 @@ def transfer_table(cfg: Config, run_dir: str | Path, real_root: str | Path, out_
         return df
     models = run_model_dirs(run_dir, cfg)
     gradcam_figure(cfg, {f: models[f] for f in labelled}, cache=out / "scored" / "png", name=f"figure_transfer_gradcam_{adapter}",
-                   films=f"a real {adapter} film with its finding")
+                   films=f"the first {OUTSIDE_CAM_FILMS} real {adapter} films with its finding (by image id), each",
+                   films_per_finding=OUTSIDE_CAM_FILMS, films_label=f"real {adapter} films")
     return df

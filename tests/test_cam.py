@@ -241,13 +241,27 @@ SMOKE_FINDINGS = list(load_config("smoke").findings)
 
 
 @pytest.fixture(scope="module")
-def smoke_cam(smoke_study):
+def smoke_models(smoke_study):
     cfg = load_config("smoke")
     dirs = find_model_dirs(smoke_study / "02_train_disease_model")
     assert list(dirs) == sorted(cfg.findings)
-    models = load_models(dirs)
+    return cfg, load_models(dirs)
+
+
+@pytest.fixture(scope="module")
+def smoke_cam(smoke_models):
+    cfg, models = smoke_models
     fig = figure5(cfg, models)
     return " ".join(ax.get_title() for ax in fig.axes), localization_table(cfg, models, max_per_finding=5)
+
+
+@pytest.fixture(scope="module")
+def smoke_cam_rows(smoke_models):
+    """Figure 5 with two films per finding (as step 08 draws three), beside the one-film figure."""
+    cfg, models = smoke_models
+    one = figure5(cfg, models)
+    two = figure5(cfg, models, films_per_finding=2, films_label="smoke test films")
+    return cfg, [ax.get_title() for ax in one.axes], two
 
 
 @pytest.mark.pipeline
@@ -265,6 +279,30 @@ def test_figure5_and_localization_on_smoke_runs(smoke_cam, finding):
     for col in ("pointing_hit_rate", "mean_iou", "random_pointing_rate", "random_mean_iou"):
         assert np.isnan(row[col]) or 0 <= row[col] <= 1, col
     assert row["n"] <= 5
+
+
+@pytest.mark.pipeline
+@pytest.mark.parametrize("finding", SMOKE_FINDINGS)
+def test_figure5_gives_each_finding_a_row_of_its_first_films(smoke_cam_rows, finding):
+    cfg, one_titles, fig = smoke_cam_rows
+    # Two panels (CAM, reconstruction) per film, two films per finding, every slot kept so rows align.
+    assert len(fig.axes) == 2 * 2 * len(cfg.findings)
+    assert fig._suptitle.get_text().endswith("smoke test films")
+    row = SMOKE_FINDINGS.index(finding)
+    titles = [ax.get_title() for ax in fig.axes[4 * row : 4 * row + 4]]
+    # The row's first film is the one-film figure's film: the films are picked by id, not by look.
+    single = one_titles[2 * row]
+    if "no positive film" in single:
+        assert "no positive film" in titles[0]
+        return
+    assert titles[0].startswith(f"{finding} 1/2")
+    assert titles[0].split("\n")[1] == single.split("\n")[1]  # the same P(target)
+    assert titles[2] == "" or titles[2].startswith(f"{finding} 2/2")
+
+
+def test_figure5_needs_at_least_one_film_per_finding():
+    with pytest.raises(ValueError, match="films_per_finding"):
+        figure5(load_config("smoke"), {}, films_per_finding=0)
 
 
 @pytest.mark.parametrize("size", [64, 512])

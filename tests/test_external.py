@@ -84,10 +84,11 @@ def test_evaluate_writes_the_tables_and_a_summary_of_them(evaluated, published):
             "missed_by_risk", "missed_cases"}
     assert tables == want | ({"published_comparison"} if published else set())
     assert ("boundary_accuracy" in summary) == published
-    # Grad-CAM: each finding model on a film of the manifest with its finding, into the manifest's own cache.
+    # Grad-CAM: each finding model on a few films of the manifest with its finding, into the manifest's own cache.
     ((models, kw),) = calls
     assert sorted(models) == ["bacterial_pneumonia", "viral_pneumonia"]
     assert kw["cache"] == out / "png" and kw["name"] == "figure_gradcam" and "manifest.csv" in kw["films"]
+    assert kw["films_per_finding"] == scxnn.study_tables.OUTSIDE_CAM_FILMS > 1 and "manifest.csv" in kw["films_label"]
 
 
 def _summary(**kw) -> dict:

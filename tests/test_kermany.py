@@ -281,10 +281,11 @@ def test_figure5_of_classification_only_models_has_no_placeholder_panels(kermany
 
     cfg, tmp, *_ = kermany_run
     models = load_models(find_model_dirs(tmp / "runs" / "02_train_disease_model"))
-    fig = figure5(cfg, models)
-    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
-    assert len(fig.axes) == len(cfg.findings) and "no decoder" not in texts
-    assert "decoder" not in fig._suptitle.get_text()
+    for n in (1, 2):  # one film per finding, or a row of n films each (as step 08 and `scxnn evaluate` draw)
+        fig = figure5(cfg, models, films_per_finding=n)
+        texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+        assert len(fig.axes) == n * len(cfg.findings) and "no decoder" not in texts, n
+        assert "decoder" not in fig._suptitle.get_text()
 
 
 def test_no_reconstruction_figure_for_a_classification_only_model(kermany_run):

@@ -11,6 +11,7 @@ import pytest
 from conftest import ROOT, require_shared
 
 from scxnn.config import load_config
+from scxnn.study_tables import OUTSIDE_CAM_FILMS
 from scxnn.transfer import NORMAL_VS_ABNORMAL, TARGETS, transfer_table
 
 NIH_FINDINGS = ("pneumothorax", "pleural_effusion", "nodule", "consolidation", "atelectasis", "cardiomegaly")
@@ -51,6 +52,9 @@ def test_the_smoke_run_on_real_nih_films(smoke_study):
     meta = json.loads((tables / "transfer_nih.json").read_text())
     assert "normal vs abnormal AUC" in meta["headline"] and "319 real nih films" in meta["caption"]
     assert (ROOT / "reports" / "figures" / "smoke" / "figure_transfer_gradcam_nih.png").is_file()
+    # A few real films per finding, picked by id (one film can be a lucky or an unlucky one).
+    cam = json.loads((ROOT / "reports" / "figures" / "smoke" / "figure_transfer_gradcam_nih.json").read_text())
+    assert f"the first {OUTSIDE_CAM_FILMS} real nih films with its finding (by image id)" in cam["caption"]
     # The promise on the real films: the run's frozen thresholds, every film in one cell of the confusion.
     scr = pd.read_csv(tables / "transfer_nih_screening.csv")
     assert scr["rule"].tolist() == ["point", "strict"]
