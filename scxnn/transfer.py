@@ -36,7 +36,7 @@ from scxnn.evaluation import auc_per_finding, format_ci, svm_auc, table2, with_t
 from scxnn.trained_run import score_manifest
 from scxnn.metrics import fmt_ci
 from scxnn.study_tables import OUTSIDE_CAM_FILMS, gradcam_figure
-from scxnn.utils import log
+from scxnn.utils import log, sha256_text
 
 NORMAL_VS_ABNORMAL = "normal_vs_abnormal"
 # Issue 32's done-whens for the demo run on real adult NIH films.
@@ -60,6 +60,21 @@ def _rows(svm_row: pd.Series | None, per_finding: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["measure", *keep])
 
 
+def tuning_half(patient_ids) -> np.ndarray:
+    """True for the films of the tuning half, False for the confirmation half. Issue 32 asks that a
+    lever be tuned on one half of the real films and confirmed on the other; a patient's half is the
+    parity of the SHA-256 of their (de-identified) id, so it depends on neither the films' order, nor
+    the run, nor the labels, and no patient is in both."""
+    return np.array([int(sha256_text(str(p)), 16) % 2 == 0 for p in patient_ids], dtype=bool)
+
+
+def _measures(real: pd.DataFrame, labelled: list[str], n_boot: int, seed: int, ci: float, prefix: str) -> pd.DataFrame:
+    """:func:`_rows` of ``real``'s films (SVM score, then each labelled finding), columns prefixed."""
+    svm = svm_auc(real, n_boot, seed, ci)
+    rows = _rows(svm.iloc[0] if len(svm) else None, auc_per_finding(real, labelled, n_boot, seed, ci))
+    return rows.rename(columns={c: f"{prefix}_{c}" for c in ("n_pos", "n_neg", *AUC_COLUMNS)})
+
+
 def _screening(real: pd.DataFrame, th, n_boot: int, seed: int, ci: float) -> pd.DataFrame:
     """Table 2 of the real films at both frozen thresholds, a row per rule (point first)."""
     parts = [with_target(table2(real, t, n_boot, seed, ci), th.target).assign(rule=rule, threshold=float(t))
@@ -73,7 +88,8 @@ def transfer_table(cfg: Config, run_dir: str | Path, real_root: str | Path, out_
     """Score the run ``run_dir`` (``runs/<profile>``) on the real films under ``real_root`` and write
     the transfer table and its Grad-CAM figure. None, with a log line saying so, when the folder is
     absent (a checkout without ``../shared``). Columns: measure, study_auc[_lo, _hi] (the run's own
-    first evaluation set: the synthetic internal test set for the demo), real_n_pos, real_n_neg, real_auc[_lo, _hi], target, verdict."""
+    first evaluation set: the synthetic internal test set for the demo), real_n_pos, real_n_neg, real_auc[_lo, _hi], the
+    same four for the tuning and the confirmation half (:func:`tuning_half`), target, verdict."""
     real_root, out = Path(real_root), Path(out_dir)
     if not real_root.is_dir():
         log.warning("no real films at %s: the transfer table is not written (it needs ../shared/realdata)", real_root)
@@ -86,12 +102,14 @@ def transfer_table(cfg: Config, run_dir: str | Path, real_root: str | Path, out_
     study, _, _, _ = load_run(Path(run_dir) / "03_svm_ensemble", cfg)
     own_svm = svm_auc(study, n_boot, seed, ci)
     own = _rows(own_svm.iloc[0] if len(own_svm) else None, auc_per_finding(study, findings, n_boot, seed, ci))
-    real_svm = svm_auc(real, n_boot, seed, ci)
     labelled = [f for f in findings if real[f].notna().any()]  # the findings the source labels
-    rea = _rows(real_svm.iloc[0] if len(real_svm) else None, auc_per_finding(real, labelled, n_boot, seed, ci))
-    df = rea.rename(columns={c: f"real_{c}" for c in ("n_pos", "n_neg", *AUC_COLUMNS)}).merge(
+    tuning = tuning_half(real["patient_id"])
+    df = _measures(real, labelled, n_boot, seed, ci, "real").merge(
         own[["measure", *AUC_COLUMNS]].rename(columns={c: f"study_{c}" for c in AUC_COLUMNS}), on="measure", how="left")
-    df = df[["measure", *(f"study_{c}" for c in AUC_COLUMNS), "real_n_pos", "real_n_neg", *(f"real_{c}" for c in AUC_COLUMNS)]]
+    for half, films in (("tuning", real[tuning]), ("confirm", real[~tuning])):
+        df = df.merge(_measures(films, labelled, n_boot, seed, ci, half), on="measure", how="left")
+    df = df[["measure", *(f"study_{c}" for c in AUC_COLUMNS), "real_n_pos", "real_n_neg", *(f"real_{c}" for c in AUC_COLUMNS),
+             *(f"{h}_{c}" for h in ("tuning", "confirm") for c in ("n_pos", "n_neg", *AUC_COLUMNS))]]
     df["target"] = [TARGETS.get(m, np.nan) for m in df["measure"]]
     df["verdict"] = [_verdict(lo, a, t) for lo, a, t in zip(df["real_auc_lo"], df["real_auc"], df["target"])]
     first = df.iloc[0]
@@ -103,12 +121,13 @@ def transfer_table(cfg: Config, run_dir: str | Path, real_root: str | Path, out_
         f"test set (study_: the first evaluation set, internal for the synthetic study). {NORMAL_VS_ABNORMAL}: the SVM score, films the source calls normal against films it "
         f"gives any finding, mapped or not; a finding: its model's probability, the finding against every other film of known "
         f"label. AUC with {ci:.0%} patient-bootstrap CIs; target: issue 32's transfer AUC; verdict: its lower bound "
-        f"(reached), only its point estimate, or neither reaches it.",
+        f"(reached), only its point estimate, or neither reaches it. tuning_ / confirm_: the same on each half of the real "
+        f"films ({int(tuning.sum())} / {int((~tuning).sum())}, by the parity of the SHA-256 of the patient id): tune a change "
+        f"on the first, confirm it on the second.",
         headline=f"real {adapter} films: normal vs abnormal AUC {fmt_ci(first['real_auc'], first['real_auc_lo'], first['real_auc_hi'])} "
                  f"(own test set {fmt_ci(first['study_auc'], first['study_auc_lo'], first['study_auc_hi'])})",
-        display=format_ci(df.rename(columns={"real_auc": "real", "real_auc_lo": "real_lo", "real_auc_hi": "real_hi",
-                                             "study_auc": "study", "study_auc_lo": "study_lo",
-                                             "study_auc_hi": "study_hi"}), ("study", "real")))
+        display=format_ci(df.rename(columns={f"{side}_auc{b}": f"{side}{b}" for side in ("study", "real", "tuning", "confirm")
+                                             for b in ("", "_lo", "_hi")}), ("study", "real", "tuning", "confirm")))
     scr = _screening(real, th, n_boot, seed, ci)
     strict = scr[scr["rule"] == "strict"].iloc[0]
     reports.write_table(

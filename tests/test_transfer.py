@@ -12,7 +12,7 @@ from conftest import ROOT, require_shared
 
 from scxnn.config import load_config
 from scxnn.study_tables import OUTSIDE_CAM_FILMS
-from scxnn.transfer import NORMAL_VS_ABNORMAL, TARGETS, transfer_table
+from scxnn.transfer import NORMAL_VS_ABNORMAL, TARGETS, transfer_table, tuning_half
 
 NIH_FINDINGS = ("pneumothorax", "pleural_effusion", "nodule", "consolidation", "atelectasis", "cardiomegaly")
 
@@ -22,6 +22,16 @@ def test_without_the_real_films_the_step_says_so_and_writes_nothing(tmp_path, ca
     with caplog.at_level("WARNING", logger="scxnn"):
         assert transfer_table(cfg, tmp_path / "no_run", tmp_path / "absent", tmp_path / "out") is None
     assert "no real films at" in caplog.text and not (tmp_path / "reports").exists()
+
+
+def test_the_tuning_half_is_fixed_by_the_patient_id_alone():
+    ids = [f"p{i:04d}" for i in range(2000)]
+    half = tuning_half(ids)
+    # Pinned: every tuning/confirmation figure in docs/ was measured on these halves.
+    assert tuning_half(["242ca53fce7b8006", "01a66b615af0acf9", "p1", "p2"]).tolist() == [True, False, True, False]
+    # The films' order does not move a patient, and a patient's films share a half.
+    assert (tuning_half(ids[::-1])[::-1] == half).all() and tuning_half(["p0007"] * 3).tolist() == [half[7]] * 3
+    assert 0.45 < half.mean() < 0.55
 
 
 @pytest.mark.pipeline
@@ -46,6 +56,13 @@ def test_the_smoke_run_on_real_nih_films(smoke_study):
         assert (t.loc[ok, f"{side}_auc_lo"] <= t.loc[ok, f"{side}_auc"]).all()
         assert (t.loc[ok, f"{side}_auc"] <= t.loc[ok, f"{side}_auc_hi"]).all()
         assert ((t.loc[ok, f"{side}_auc_hi"] - t.loc[ok, f"{side}_auc_lo"]) > 0).all()  # never [x, x] from a sample
+    # The halves split the same films: their counts add up, and each AUC sits in its own interval.
+    for c in ("n_pos", "n_neg"):
+        assert (t[f"tuning_{c}"] + t[f"confirm_{c}"] == t[f"real_{c}"]).all(), c
+    for side in ("tuning", "confirm"):
+        ok = t[f"{side}_auc"].notna()
+        assert ok.iloc[0] and (t.loc[ok, f"{side}_auc_lo"] <= t.loc[ok, f"{side}_auc"]).all()
+        assert (t.loc[ok, f"{side}_auc"] <= t.loc[ok, f"{side}_auc_hi"]).all()
     assert t["target"].tolist() == [TARGETS[m] for m in t["measure"]]
     assert set(t["verdict"]) <= {"reached", "point estimate only", "below target"}
     assert np.isfinite(first["study_auc"])
