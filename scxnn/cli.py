@@ -288,6 +288,28 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare_scored(args: argparse.Namespace) -> int:
+    from scxnn.transfer import compare_scored, read_scored
+
+    cfg = load_config(args.profile, args.set)
+    df = compare_scored(read_scored(args.first), read_scored(args.second), n_boot=cfg.evaluate.bootstrap, seed=cfg.seed,
+                        ci=cfg.evaluate.ci)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(args.out, df.to_csv(index=False))
+    if args.json:
+        _print_json({"first": str(args.first), "second": str(args.second), "rows": df.to_dict("records")})
+        return 0
+    print(f"second ({args.second}) minus first ({args.first}): AUC, and the difference with its paired "
+          f"{cfg.evaluate.ci:.0%} patient-bootstrap CI")
+    for r in df.itertuples():
+        print(f"  {r.measure:22s} {r.films:8s} {r.n_pos:4d} pos {r.n_neg:4d} neg  {r.auc_first:.3f} -> {r.auc_second:.3f}  "
+              f"difference {fmt_ci(r.delta, r.delta_lo, r.delta_hi)}")
+    if args.out:
+        print(f"-> {_rel(args.out)}")
+    return 0
+
+
 def _print_json(obj: dict) -> None:
     """One JSON object on stdout for the next tool in a pipe; NaN and infinity become null (they are
     not JSON), everything else that is not JSON-native becomes its string."""
@@ -507,6 +529,15 @@ def _register_evaluate(sub: Subparsers) -> None:
     _shared(p, "--no-progress")
 
 
+def _register_compare_scored(sub: Subparsers) -> None:
+    p = _subcommand(sub, "compare-scored", "two scorings of the same films (logits.parquet of step 08 or `scxnn evaluate`): each "
+                    "measure's AUC and the paired difference, on all films and on the tuning and confirmation halves", _cmd_compare_scored)
+    p.add_argument("first", type=Path, help="the reference scoring's logits.parquet (e.g. runs/demo/08_transfer/scored/logits.parquet)")
+    p.add_argument("second", type=Path, help="the scoring to compare with it, of the same films")
+    p.add_argument("--out", type=Path, help="also write the table as CSV here")
+    _shared(p, "--json")
+
+
 def _register_certify(sub: Subparsers) -> None:
     p = _subcommand(sub, "certify", "freeze a site's definite-normal threshold from a labelled sample of its films (exit 3: refused, with how many more abnormal films it needs); --plan: what certifying would take, before collecting any", _cmd_certify, profile=False)
     _shared(p, "--json")
@@ -594,7 +625,7 @@ def _register_bench(sub: Subparsers) -> None:
 _SUBCOMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     _register_config, _register_notebook, _register_synth, _register_manifest, _register_preprocess, _register_train,
     _register_pretrain, _register_trunk, _register_ensemble, _register_variant, _register_launch, _register_index,
-    _register_evaluate, _register_certify, _register_predict, _register_monitor, _register_gradcam, _register_bench,
+    _register_evaluate, _register_compare_scored, _register_certify, _register_predict, _register_monitor, _register_gradcam, _register_bench,
 )
 
 

@@ -382,7 +382,7 @@ def table9(table: pd.DataFrame, findings: Sequence[str], unseen: Sequence[str],
 # --------------------------------------------------------------------------- ROC AUC
 
 
-def _softmax_target(table: pd.DataFrame, finding: str) -> np.ndarray:
+def target_probability(table: pd.DataFrame, finding: str) -> np.ndarray:
     """P(target) from one model's logits, the ranking score of its target-vs-rest ROC."""
     logits = table[[f"{finding}__{n}" for n in _class_names(table, finding)]].to_numpy(float)
     z = np.exp(logits - logits.max(axis=1, keepdims=True))
@@ -426,7 +426,7 @@ def auc_per_finding(table: pd.DataFrame, findings: Sequence[str], n_boot: int, s
         sub = table[mask]
         y = _positive(sub[finding]).astype(int)
         rows.append({"finding": finding, "scope": scope,
-                     **_auc_row(y, _softmax_target(sub, finding), sub["patient_id"].to_numpy(), n_boot, seed, ci)})
+                     **_auc_row(y, target_probability(sub, finding), sub["patient_id"].to_numpy(), n_boot, seed, ci)})
     return pd.DataFrame(rows)
 
 

@@ -156,7 +156,8 @@ def outward(v: float, digits: int, rounding: str | None) -> float:
     if rounding is None or not np.isfinite(v):
         return v
     scale = 10.0 ** digits
-    return (np.floor if rounding == "down" else np.ceil)(v * scale + (1e-9 if rounding == "down" else -1e-9)) / scale
+    # + 0.0: an upper bound of exactly 0 ceils to -0.0, which would print as "-0.000".
+    return (np.floor if rounding == "down" else np.ceil)(v * scale + (1e-9 if rounding == "down" else -1e-9)) / scale + 0.0
 
 
 def _missing(v) -> bool:

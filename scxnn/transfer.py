@@ -32,9 +32,9 @@ from scxnn.adapters import build_manifest
 from scxnn.checkpoints import run_model_dirs
 from scxnn.config import Config
 from scxnn.ensemble import load_run
-from scxnn.evaluation import auc_per_finding, format_ci, svm_auc, table2, with_target
+from scxnn.evaluation import auc_per_finding, format_ci, svm_auc, table2, target_probability, with_target
 from scxnn.trained_run import score_manifest
-from scxnn.metrics import fmt_ci
+from scxnn.metrics import fmt_ci, paired_auc_delta, roc_auc
 from scxnn.study_tables import OUTSIDE_CAM_FILMS, gradcam_figure
 from scxnn.utils import log, sha256_text
 
@@ -149,3 +149,66 @@ def transfer_table(cfg: Config, run_dir: str | Path, real_root: str | Path, out_
                    films=f"the first {OUTSIDE_CAM_FILMS} real {adapter} films with its finding (by image id), each",
                    films_per_finding=OUTSIDE_CAM_FILMS, films_label=f"real {adapter} films")
     return df
+
+
+SCORED_KEY = ("image_id", "source_sha256")
+
+
+def read_scored(path: str | Path) -> pd.DataFrame:
+    """A scored table: the ``logits.parquet`` that step 08 or ``scxnn evaluate --out DIR`` wrote."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no scored table at {path}: give the logits.parquet that step 08 "
+                                f"(runs/<profile>/08_transfer/scored/) or `scxnn evaluate --out DIR` wrote")
+    try:
+        return pd.read_parquet(path)
+    except (ValueError, OSError) as e:  # pyarrow's ArrowInvalid is a ValueError
+        raise ValueError(f"{path} is not a scored table (a parquet file: step 08's or `scxnn evaluate`'s logits.parquet): "
+                         f"{' '.join(str(e).split())[:200]}") from e
+
+
+def _aligned(a: pd.DataFrame, b: pd.DataFrame, findings: list[str]) -> pd.DataFrame:
+    """``b``'s rows in ``a``'s film order; ValueError unless both are scored tables of the same films
+    with the same labels."""
+    for name, t in (("first", a), ("second", b)):
+        missing = [c for c in (*SCORED_KEY, "patient_id", "abnormal", "score") if c not in t]
+        if missing:
+            raise ValueError(f"the {name} table has no {', '.join(missing)} column: give the logits.parquet that step 08 "
+                             f"(runs/<profile>/08_transfer/scored/) or `scxnn evaluate --out DIR` wrote")
+    ka, kb = (pd.MultiIndex.from_frame(t[list(SCORED_KEY)].astype(str)) for t in (a, b))
+    if ka.has_duplicates or kb.has_duplicates or set(ka) != set(kb):
+        raise ValueError(f"the two tables do not hold the same films once each ({len(ka.difference(kb))} only in the first, "
+                         f"{len(kb.difference(ka))} only in the second): compare two scorings of one manifest")
+    b = b.set_axis(kb).loc[ka].reset_index(drop=True)
+    for c in ("abnormal", "patient_id", *findings):
+        va, vb = a[c].to_numpy(object), b[c].to_numpy(object)
+        if not ((pd.isna(va) & pd.isna(vb)) | (va == vb)).all():
+            raise ValueError(f"the two tables give the same films different {c!r}: they come from different manifests")
+    return b
+
+
+def compare_scored(a: pd.DataFrame, b: pd.DataFrame, findings=None, n_boot: int = 1000, seed: int = 0, ci: float = 0.95) -> pd.DataFrame:
+    """Two scorings of the same films (step 08's or `scxnn evaluate`'s ``logits.parquet``; say the
+    demo before and after a generator change), measure by measure, on all films and on each half
+    (:func:`tuning_half`): both AUCs and the paired difference, second minus first, with its
+    patient-bootstrap interval (:func:`scxnn.metrics.paired_auc_delta`: the same resamples for both,
+    so which films were drawn cancels). Measures: normal vs abnormal by the SVM score, then each of
+    ``findings`` (default: every model in the tables) that both tables have a model for and the films
+    label, by P(target) against every other film of known label. Raises ValueError unless both hold the same films with the same labels."""
+    if findings is None:  # every model both tables carry
+        findings = [c.removesuffix("__target") for c in a.columns if c.endswith("__target")]
+    findings = [f for f in findings if f in a and f in b and f"{f}__target" in a and f"{f}__target" in b and a[f].notna().any()]
+    b = _aligned(a, b, findings)
+    tuning, patients = tuning_half(a["patient_id"]), a["patient_id"].to_numpy()
+    measures = [(NORMAL_VS_ABNORMAL, a["abnormal"], a["score"].to_numpy(float), b["score"].to_numpy(float))]
+    measures += [(f, a[f], target_probability(a, f), target_probability(b, f)) for f in findings]
+    rows = []
+    for measure, label, sa, sb in measures:
+        known, y = label.notna().to_numpy(), label.fillna(0).astype(int).to_numpy() == 1
+        for films, sel in (("all", np.ones(len(a), bool)), ("tuning", tuning), ("confirm", ~tuning)):
+            k = known & sel
+            delta, lo, hi = paired_auc_delta(y[k], sa[k], sb[k], patients[k], n_boot, seed, ci)
+            rows.append({"measure": measure, "films": films, "n_pos": int(y[k].sum()), "n_neg": int((~y[k]).sum()),
+                         "auc_first": roc_auc(y[k], sa[k]), "auc_second": roc_auc(y[k], sb[k]),
+                         "delta": delta, "delta_lo": lo, "delta_hi": hi})
+    return pd.DataFrame(rows)

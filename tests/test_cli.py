@@ -239,7 +239,7 @@ def test_version_names_the_package(capsys):
 # flag: the subcommands that take it with one meaning, added from cli.SHARED_OPTIONS (the first is
 # the one the others are compared with)
 SHARED = {
-    "--json": ("evaluate", "certify", "predict", "monitor"),
+    "--json": ("evaluate", "compare-scored", "certify", "predict", "monitor"),
     "--models": ("evaluate", "certify", "predict", "monitor"),
     "--out": ("manifest", "preprocess", "evaluate", "predict", "synth", "certify", "gradcam"),
     "--drop-seen": ("evaluate", "certify"),
@@ -248,7 +248,7 @@ SHARED = {
     "--monitor": ("predict", "monitor"),
 }
 # the same flag meaning something else there, defined by the subcommand itself
-OWN = {("train", "--out"), ("trunk", "--out"), ("bench", "--out"), ("gradcam", "--models"), ("bench", "--models")}
+OWN = {("train", "--out"), ("trunk", "--out"), ("bench", "--out"), ("compare-scored", "--out"), ("gradcam", "--models"), ("bench", "--models")}
 # deliberate differences from the first subcommand's definition
 DIFFERS = {
     ("synth", "--out"): {"required": False},  # default: data/<profile>/raw

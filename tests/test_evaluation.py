@@ -590,7 +590,9 @@ def test_seen_films_record_lists_every_training_and_validation_film(smoke_cache,
     ((float("nan"), 0.1, 0.2), {}, "n/a"),
     ((0.5, float("nan"), float("nan")), {}, "0.500"),
     ((0.5, None, 0.7), {}, "0.500 [n/a, 0.700]"),
-], ids=["digits2", "outward", "percent", "percent3", "nan", "nan-value", "no-bounds", "one-bound"])
+    # a paired difference of two identical scorings: its upper bound of exactly 0 ceils to -0.0
+    ((0.0, 0.0, 0.0), {}, "0.000 [0.000, 0.000]"),
+], ids=["digits2", "outward", "percent", "percent3", "nan", "nan-value", "no-bounds", "one-bound", "zero-difference"])
 def test_fmt_ci_is_the_one_interval_format(args, kwargs, shown):
     from scxnn.metrics import fmt_ci
     assert fmt_ci(*args, **kwargs) == shown

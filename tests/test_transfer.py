@@ -12,7 +12,7 @@ from conftest import ROOT, require_shared
 
 from scxnn.config import load_config
 from scxnn.study_tables import OUTSIDE_CAM_FILMS
-from scxnn.transfer import NORMAL_VS_ABNORMAL, TARGETS, transfer_table, tuning_half
+from scxnn.transfer import NORMAL_VS_ABNORMAL, TARGETS, compare_scored, transfer_table, tuning_half
 
 NIH_FINDINGS = ("pneumothorax", "pleural_effusion", "nodule", "consolidation", "atelectasis", "cardiomegaly")
 
@@ -85,3 +85,78 @@ def test_the_smoke_run_on_real_nih_films(smoke_study):
     assert "called normal" in json.loads((tables / "transfer_nih_screening.json").read_text())["headline"]
     # The step's folder carries its resolved config, as every step's does.
     assert (smoke_study / "08_transfer" / "config.resolved.yaml").is_file()
+
+
+# --------------------------------------------------------------------------- two scorings of the same films
+
+
+def _scored(n: int = 240, signal: float = 1.0) -> pd.DataFrame:
+    """A scored table as step 08 writes it: labels, one model's logits, the SVM score; ``signal``
+    sets how well the scores rank the labels."""
+    abnormal = (np.arange(n) % 3 != 0).astype(int)
+    nodule = np.where(np.arange(n) % 5 == 0, np.nan, (np.arange(n) % 4 == 1).astype(float))
+    noise = np.random.default_rng(99).normal(size=(n, 4))  # the same films' noise in every scoring
+    return pd.DataFrame({
+        "image_id": [f"img{i:04d}" for i in range(n)], "source_sha256": [f"h{i:04d}" for i in range(n)],
+        "patient_id": [f"p{i:04d}" for i in range(n)], "abnormal": abnormal, "nodule": nodule,
+        "nodule__normal": noise[:, 0], "nodule__target": noise[:, 1] + signal * np.nan_to_num(nodule), "nodule__others": noise[:, 2],
+        "score": noise[:, 3] + signal * abnormal})
+
+
+def test_two_scorings_compare_measure_by_measure_and_half_by_half():
+    from scxnn.metrics import roc_auc
+
+    a, b = _scored(signal=0.3), _scored(signal=1.5)
+    t = compare_scored(a, b, n_boot=200, seed=0)
+    assert list(t["measure"].unique()) == [NORMAL_VS_ABNORMAL, "nodule"]
+    assert t.groupby("measure")["films"].apply(list).tolist() == [["all", "tuning", "confirm"]] * 2
+    tuning = tuning_half(a["patient_id"])
+    for measure, label, col in ((NORMAL_VS_ABNORMAL, "abnormal", "score"), ("nodule", "nodule", None)):
+        rows = t[t["measure"] == measure].set_index("films")
+        # The halves split the films of known label, and each half's AUC is the AUC of its films.
+        assert rows.loc["tuning", "n_pos"] + rows.loc["confirm", "n_pos"] == rows.loc["all", "n_pos"], measure
+        assert rows.loc["tuning", "n_neg"] + rows.loc["confirm", "n_neg"] == rows.loc["all", "n_neg"], measure
+        if col is not None:
+            known = a[label].notna().to_numpy() & tuning
+            assert rows.loc["tuning", "auc_second"] == pytest.approx(roc_auc(b.loc[known, label], b.loc[known, col]))
+        # The stronger scoring wins, and the paired interval excludes 0 on all films.
+        assert (rows["delta"] > 0).all() and rows.loc["all", "delta_lo"] > 0, measure
+        assert (rows["delta_lo"] <= rows["delta"]).all() and (rows["delta"] <= rows["delta_hi"]).all(), measure
+
+
+def test_the_films_order_does_not_matter_but_the_films_do():
+    a, b = _scored(signal=0.3), _scored(signal=1.5)
+    shuffled = b.sample(frac=1, random_state=1)
+    pd.testing.assert_frame_equal(compare_scored(a, b, n_boot=50), compare_scored(a, shuffled, n_boot=50))
+    same = compare_scored(a, a.sample(frac=1, random_state=2), n_boot=50)
+    assert (same["delta"] == 0).all() and (same["delta_lo"] == 0).all()
+
+
+@pytest.mark.parametrize("case, change, message", [
+    ("film missing", lambda t: t.iloc[1:], "do not hold the same films"),
+    ("film twice", lambda t: pd.concat([t, t.iloc[:1]]), "do not hold the same films"),
+    ("other labels", lambda t: t.assign(abnormal=1 - t["abnormal"]), "different 'abnormal'"),
+    ("other finding labels", lambda t: t.assign(nodule=t["nodule"].fillna(0)), "different 'nodule'"),
+    ("not scored", lambda t: t.drop(columns="score"), "no score column"),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_two_scorings_of_other_films_are_refused(case, change, message):
+    with pytest.raises(ValueError, match=message):
+        compare_scored(_scored(), change(_scored()), n_boot=10)
+
+
+def test_compare_scored_on_the_command_line(tmp_path, capsys):
+    from scxnn.cli import main
+
+    _scored(signal=0.3).to_parquet(tmp_path / "a.parquet")
+    _scored(signal=1.5).to_parquet(tmp_path / "b.parquet")
+    out = tmp_path / "cmp" / "delta.csv"
+    args = ["compare-scored", "--profile", "smoke", "--set", "evaluate.bootstrap=100"]
+    assert main([*args, str(tmp_path / "a.parquet"), str(tmp_path / "b.parquet"), "--out", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert "normal_vs_abnormal" in shown and "tuning" in shown and "difference" in shown
+    assert len(pd.read_csv(out)) == 6
+    (tmp_path / "table.csv").write_text("not,a,parquet\n")
+    for bad in (tmp_path / "absent.parquet", tmp_path / "table.csv"):  # one error line, no traceback
+        assert main([*args, str(bad), str(tmp_path / "b.parquet")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error:") and "scored table" in err and "Traceback" not in err
