@@ -282,3 +282,36 @@ def test_finding_has_its_sign(finding):
             assert diff < 0, (finding, job["image_id"], diff)
         else:
             assert diff > 0, (finding, job["image_id"], diff)
+
+
+# Where a lesion replaces the lung's air completely (air beyond a pleural line, fluid), no lung
+# marking may show, whatever this film's rendering weights. With v4's per-film weights the findings
+# removed the markings at weight 1: a faintly rendered film showed its vessels beyond a
+# pneumothorax' pleural line as dark branching lines, a shortcut no real film offers.
+EMPTIED = {"pneumothorax": "PA", "pleural_effusion": "PA"}
+
+
+@pytest.mark.parametrize("weights", [(0.05, 1.0), (1.15, 5.5), (0.3, 3.0)], ids=["faint", "strong", "mid"])
+@pytest.mark.parametrize("finding", sorted(EMPTIED))
+def test_an_emptied_lung_shows_no_markings(finding, weights):
+    from scxnn.synth.anatomy import compose, jitter, make_geometry, render_layers, sample_anatomy, sample_rendering
+    from scxnn.synth.findings import FINDINGS
+
+    rng = np.random.default_rng(3)
+    p = jitter(sample_anatomy(rng), rng)
+    p["render"] = dict(sample_rendering(rng), vessels=weights[0], texture=weights[1])
+    p["view"] = EMPTIED[finding]
+    g = make_geometry(p, 256, 256, 1.0)
+    layers = render_layers(g)
+    bare = dict(layers, vessels=np.zeros_like(layers["vessels"]), texture=np.zeros_like(layers["texture"]))
+    draw = FINDINGS[finding][1]
+    films = []
+    for L in (layers, bare):
+        delta, mask = draw(g, L, np.random.default_rng(5), 0.8)  # the same lesion on both
+        films.append(compose(L, p) + delta)
+    core = cv2.erode(mask.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)  # where the blurred edge is full
+    assert core.sum() > 50, finding
+    markings = np.abs(compose(layers, p) - compose(bare, p))[core]
+    assert markings.max() > 1e-3  # the lung under the lesion had markings to lose
+    left = np.abs(films[0] - films[1])[core]
+    assert left.max() < 0.02 * markings.max(), (finding, weights, float(left.max()), float(markings.max()))

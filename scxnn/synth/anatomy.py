@@ -615,11 +615,25 @@ def mediastinum_mask(g: Geometry, med_w: float) -> np.ndarray:
     return mediastinum_chord(g, med_w) > 0.05
 
 
+def shown(p: dict, layer: str) -> float:
+    """How strongly this film shows ``layer`` ("vessels", "texture" or "bone"): the per-film weight
+    of :func:`sample_rendering`, 1 without one. A finding that takes a layer away (air beyond a
+    pleural line, fluid) takes away what :func:`compose` put in, no more: with the layer's full
+    weight removed from a faintly rendered film, the vessels beyond a pneumothorax' pleural line came
+    out as dark branching lines, and with too little removed from a strongly textured one the lung
+    markings stayed."""
+    return p.get("render", {}).get(layer, 1.0)
+
+
+def lung_markings(layers: dict, p: dict) -> np.ndarray:
+    """The attenuation the lung markings (vessels and the lung's fine texture) add to this film."""
+    return shown(p, "vessels") * AIR_IN_LUNG * layers["vessels"] + shown(p, "texture") * 0.012 * layers["texture"]
+
+
 def compose(layers: dict, p: dict) -> np.ndarray:
     L = layers
-    r = p.get("render", {})  # sample_rendering's weights; 1 each without them
     a = p["density"] * (L["body"] + L["breast"])
     a = a - air(L) - L["airway"] - L["gas"]
-    a = a + r.get("bone", 1.0) * BONE * (L["ribs"] + L["girdle"]) + L["spine"] * BONE
-    a = a + r.get("vessels", 1.0) * AIR_IN_LUNG * L["vessels"] + r.get("texture", 1.0) * 0.012 * L["texture"]
+    a = a + shown(p, "bone") * BONE * (L["ribs"] + L["girdle"]) + L["spine"] * BONE
+    a = a + lung_markings(L, p)
     return a.astype(np.float32)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from scxnn.synth.anatomy import AIR_IN_LUNG, SIDES, Geometry, air, blur, heart_mask, lung_region, mediastinum_mask, smooth_noise, tubes
+from scxnn.synth.anatomy import AIR_IN_LUNG, SIDES, Geometry, air, blur, heart_mask, lung_markings, lung_region, mediastinum_mask, shown, smooth_noise, tubes
 
 
 def sample_severity(rng: np.random.Generator, difficulty: float) -> float:
@@ -107,7 +107,7 @@ def pneumothorax(g, L, rng, sev):
     m = blur(mask.astype(np.float32), 0.6)
     line = (np.abs(dist - rim) < max(0.8, 0.0025 * g.tw)) & lung & ~mask
     # Air without lung: its vessels, texture and tissue (a quarter of the lung's density) are gone.
-    delta = -m * (AIR_IN_LUNG * L["vessels"] + 0.012 * L["texture"] + (1 - AIR_IN_LUNG) * L["cavity"][s] * 0.8)
+    delta = -m * (lung_markings(L, g.p) + (1 - AIR_IN_LUNG) * L["cavity"][s] * 0.8)
     delta += blur(line.astype(np.float32), 0.5) * (0.02 + 0.03 * sev)
     delta += 0.1 * sev * air(L) * L["lung_bool"][s] * (1 - m)  # the collapsing lung is denser
     return delta, mask
@@ -166,8 +166,8 @@ def pleural_effusion(g, L, rng, sev):
     if not mask.any():
         mask = region & (g.Y > 0.85) & (u > 0.6)
     m = blur(mask.astype(np.float32), 0.006 * g.tw)
-    # Fluid replaces all the air (the recess behind the dome too) and the vessels vanish in it.
-    delta = m * (air(L) + 0.08) - m * 0.8 * AIR_IN_LUNG * L["vessels"]
+    # Fluid replaces all the air (the recess behind the dome too) and the lung markings vanish in it.
+    delta = m * (air(L) + 0.08 - lung_markings(L, g.p))
     return delta, mask
 
 
@@ -231,7 +231,8 @@ def consolidation(g, L, rng, sev):
     ang = np.arctan2(cy - hy, cx - hx)
     br = _line_layer(g, _branches(g, rng, (cx - np.cos(ang) * r * 0.6, cy - np.sin(ang) * r * 0.6), ang, r * 0.45, 3), max(1, int(0.007 * g.tw)))
     soft = blur(blob, 0.006 * g.tw)
-    delta = soft * fill * air(L) * (1 - 0.55 * br) + 0.03 * soft
+    # Filled airspace: tissue replaces the air, so the vessels and the lung's texture no longer show in it.
+    delta = soft * fill * (air(L) - lung_markings(L, g.p)) * (1 - 0.55 * br) + 0.03 * soft
     return delta, mask
 
 
@@ -325,7 +326,7 @@ def atelectasis(g, L, rng, sev):
     mask = shape > 0.5
     if not mask.any():
         mask = shape > 0.05
-    delta = shape * (0.6 + 0.4 * sev) * air(L) + 0.04 * shape
+    delta = shape * (0.6 + 0.4 * sev) * (air(L) - lung_markings(L, g.p)) + 0.04 * shape
     return delta, mask
 
 
@@ -448,7 +449,7 @@ def edema(g, L, rng, sev):
             kerley.append([g.px(s * u, y), g.px(s * (u - rng.uniform(0.05, 0.1)), y)])
     lines = _line_layer(g, kerley, 1) * (L["lung"] > 0.5)
     upper = np.clip((0.5 - g.Y) / 0.4, 0, 1)  # cephalisation: upper-zone vessels distend
-    delta = haze * (0.25 + 0.35 * sev) * air(L) + 0.06 * lines + (0.6 + 0.8 * sev) * AIR_IN_LUNG * L["vessels"] * upper
+    delta = haze * (0.25 + 0.35 * sev) * air(L) + 0.06 * lines + (0.6 + 0.8 * sev) * shown(g.p, "vessels") * AIR_IN_LUNG * L["vessels"] * upper
     return delta, (haze > 0.4) | (lines > 0.5)
 
 
