@@ -315,3 +315,29 @@ def test_an_emptied_lung_shows_no_markings(finding, weights):
     assert markings.max() > 1e-3  # the lung under the lesion had markings to lose
     left = np.abs(films[0] - films[1])[core]
     assert left.max() < 0.02 * markings.max(), (finding, weights, float(left.max()), float(markings.max()))
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_a_fracture_mask_is_centred_on_the_drawn_break(seed):
+    # The mask once came from a copy of the rib's curve with its own constants, up to 17 px (512 px
+    # film) off the break that was drawn: a profile with fracture as a target learnt a wrong region.
+    import copy
+
+    from scxnn.synth.anatomy import _rib_curve, jitter, make_geometry, ribs_chord, sample_anatomy
+    from scxnn.synth.findings import FINDINGS
+
+    rng = np.random.default_rng(seed)
+    intact = jitter(sample_anatomy(rng), rng)
+    pre, draw = FINDINGS["fracture"]
+    broken = copy.deepcopy(intact)
+    pre(broken, np.random.default_rng(seed + 100), 0.8)
+    g = make_geometry(broken, 512, 512, 0.7)
+    moved = np.abs(ribs_chord(g)[0] - ribs_chord(make_geometry(intact, 512, 512, 0.7))[0])
+    fr = broken["fracture"]
+    cx, cy = g.pxf(*_rib_curve(g, fr["side"], fr["rib"], n=400)[0])  # the intact rib's centre line, finely
+    along = moved[np.clip(np.round(cy).astype(int), 0, 511), np.clip(np.round(cx).astype(int), 0, 511)]
+    j = int(np.argmax(along > 0.5 * along.max()))  # walking out from the spine: where the rib first changes
+    _, mask = draw(g, None, np.random.default_rng(0), 0.8)
+    my, mx = np.nonzero(mask)
+    step = np.hypot(np.diff(cx), np.diff(cy)).sum() / 31  # one segment of the 32-point line ribs_chord draws
+    assert np.hypot(mx.mean() - cx[j], my.mean() - cy[j]) <= step + 1.0, (seed, fr)

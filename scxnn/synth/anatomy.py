@@ -404,6 +404,21 @@ def _rib_curve(g: Geometry, s: int, k: int, n: int = 32):
     return (s * u, y), (s * ua, ya)
 
 
+def _break_index(fr: dict, n: int) -> int:
+    """The point of a rib's ``n``-point centre line where a drawn fracture (``p["fracture"]``) breaks it."""
+    return int(fr["t"] * n)
+
+
+def rib_break(g: Geometry) -> tuple[float, float]:
+    """Where this film's fracture breaks its rib (thorax units): the middle of the gap ``ribs_chord``
+    leaves (its proximal piece ends at point i - 2, the displaced distal one starts at point i), so
+    that the fracture's mask is centred on the break that is drawn."""
+    fr = g.p["fracture"]
+    (x, y), _ = _rib_curve(g, fr["side"], fr["rib"])
+    i = _break_index(fr, len(x)) - 1
+    return float(x[i]), float(y[i])
+
+
 def ribs_chord(g: Geometry) -> tuple[np.ndarray, np.ndarray]:
     """(posterior, anterior) rib chords; cortical tubes."""
     p = g.p
@@ -414,7 +429,7 @@ def ribs_chord(g: Geometry) -> tuple[np.ndarray, np.ndarray]:
             pts = np.stack(g.pxf(x, y), 1)
             fr = p["fracture"]
             if fr is not None and fr["side"] == s and fr["rib"] == k:
-                i = int(fr["t"] * len(x))
+                i = _break_index(fr, len(x))
                 step = fr["step"] * g.lh
                 post += [pts[: i - 1], pts[i:] + np.array([fr["step"] * g.tw * 0.3 * s, step])]
             else:

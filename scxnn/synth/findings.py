@@ -18,7 +18,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from scxnn.synth.anatomy import AIR_IN_LUNG, SIDES, Geometry, air, blur, heart_mask, lung_markings, lung_region, mediastinum_mask, shown, smooth_noise, tubes
+from scxnn.synth.anatomy import AIR_IN_LUNG, SIDES, Geometry, air, blur, heart_mask, lung_markings, lung_region, mediastinum_mask, rib_break, shown, smooth_noise, tubes
 
 
 def sample_severity(rng: np.random.Generator, difficulty: float) -> float:
@@ -460,13 +460,7 @@ def fracture_pre(p, rng, sev):
 def fracture(g, L, rng, sev):
     """Signs (unseen finding): a break in the cortex of a rib with a step (drawn by ``fracture_pre``
     through the rib geometry); the mask is the fracture site."""
-    fr = g.p["fracture"]
-    s = fr["side"]
-    yk = g.p["rib_start"] + fr["rib"] * g.p["rib_gap"]
-    t = fr["t"]
-    u = 0.06 + t * (g.p["lat"][s] * 1.03 - 0.06)
-    y = yk - 0.05 * np.sin(np.pi * t) + (g.p["rib_drop"] + 0.004 * fr["rib"]) * t**2.5
-    cx, cy = g.px(s * u, y)
+    cx, cy = g.px(*rib_break(g))
     r = max(2, int(0.03 * g.tw))
     mask = np.zeros((g.H, g.W), np.uint8)
     cv2.circle(mask, (cx, cy), r, 1, -1)
