@@ -26,7 +26,7 @@ from scxnn.synth.anatomy import compose, jitter, make_geometry, render_layers, s
 from scxnn.synth.findings import FINDINGS, sample_severity
 from scxnn.utils import atomic_write_bytes, atomic_write_text, sha256_file, sha256_text
 
-GENERATOR_VERSION = "5"
+GENERATOR_VERSION = "6"
 META_NAME = "synth.json"
 # Comorbidity: the share of abnormal images with a second target finding, and of those with a third.
 # Real films with a finding mostly carry another (in the NIH labels of ../shared, 56% of cardiomegaly
