@@ -3,6 +3,7 @@ normal twins, synthetic-vs-real figure."""
 
 from __future__ import annotations
 
+import copy
 import os
 
 import cv2
@@ -14,6 +15,8 @@ from scxnn.config import load_config
 from scxnn.data import check_patient_splits, parse_masks, validate_manifest
 from scxnn.gallery import plot_gallery, plot_real_comparison, read_image
 from scxnn.synth import generate, plan, render
+from scxnn.synth.anatomy import _rib_curve, compose, jitter, make_geometry, render_layers, ribs_chord, sample_anatomy, sample_rendering
+from scxnn.synth.findings import FINDINGS
 from scxnn.synth.sites import TABLE1, internal_counts
 
 
@@ -294,9 +297,6 @@ EMPTIED = {"pneumothorax": "PA", "pleural_effusion": "PA"}
 @pytest.mark.parametrize("weights", [(0.05, 1.0), (1.15, 5.5), (0.3, 3.0)], ids=["faint", "strong", "mid"])
 @pytest.mark.parametrize("finding", sorted(EMPTIED))
 def test_an_emptied_lung_shows_no_markings(finding, weights):
-    from scxnn.synth.anatomy import compose, jitter, make_geometry, render_layers, sample_anatomy, sample_rendering
-    from scxnn.synth.findings import FINDINGS
-
     rng = np.random.default_rng(3)
     p = jitter(sample_anatomy(rng), rng)
     p["render"] = dict(sample_rendering(rng), vessels=weights[0], texture=weights[1])
@@ -321,11 +321,6 @@ def test_an_emptied_lung_shows_no_markings(finding, weights):
 def test_a_fracture_mask_is_centred_on_the_drawn_break(seed):
     # The mask once came from a copy of the rib's curve with its own constants, up to 17 px (512 px
     # film) off the break that was drawn: a profile with fracture as a target learnt a wrong region.
-    import copy
-
-    from scxnn.synth.anatomy import _rib_curve, jitter, make_geometry, ribs_chord, sample_anatomy
-    from scxnn.synth.findings import FINDINGS
-
     rng = np.random.default_rng(seed)
     intact = jitter(sample_anatomy(rng), rng)
     pre, draw = FINDINGS["fracture"]
