@@ -24,8 +24,8 @@ from scxnn import ood
 from scxnn.config import RISK_GROUPS
 from scxnn.data import MAIN_SITE, main_site
 from scxnn.ensemble import Thresholds, certified_threshold, point_threshold
-from scxnn.metrics import (auc_variance_ci, fmt_ci, fmt_num, paired_auc_delta, patient_bootstrap, proportion_ci, roc_auc,
-                           screening_metrics, screening_with_ci, separation_auc_ci)
+from scxnn.metrics import (auc_with_ci, fmt_ci, fmt_num, paired_auc_delta, patient_bootstrap, proportion_ci, roc_auc,
+                           screening_metrics, screening_with_ci)
 
 SITE_ORDER = ("internal", "temporal", "external1", "external2")
 DECISIONS = ("normal", "target", "others")  # index = the value of ``<finding>__pred``
@@ -195,7 +195,7 @@ def table7(pipelines: Mapping[str, tuple[pd.DataFrame, float]], n_boot: int, see
         row = {"pipeline": name, "set": set_name, **_screening_row(scored[mask], threshold, n_boot, seed, ci)}
         if reference is not None:
             sub = scored[mask]
-            auc = _auc_row(sub["abnormal"].to_numpy(int), _score(sub), sub["patient_id"].to_numpy(), n_boot, seed, ci)
+            auc = auc_with_ci(sub["abnormal"].to_numpy(int), _score(sub), sub["patient_id"].to_numpy(), n_boot, seed, ci)
             row.update({k: auc[k] for k in ("auc", "auc_lo", "auc_hi")}, **deltas[name])
         if ref is not None:
             row.update(thesis_confusion(ref.get(name)))
@@ -259,7 +259,7 @@ def auc_deltas(pipelines: Mapping[str, pd.DataFrame], reference: str | None, n_b
         b = _score(matched_films(ref, _set_rows(scored, set_name), (reference, name), set_name))
         d, lo, hi = paired_auc_delta(y, a, b, g, n_boot, seed, ci)
         if lo == hi and not np.array_equal(a, b):
-            ra, rb = _auc_row(y, a, g, n_boot, seed, ci), _auc_row(y, b, g, n_boot, seed, ci)
+            ra, rb = auc_with_ci(y, a, g, n_boot, seed, ci), auc_with_ci(y, b, g, n_boot, seed, ci)
             lo, hi = min(lo, rb["auc_lo"] - ra["auc_hi"]), max(hi, rb["auc_hi"] - ra["auc_lo"])
         out[name] = {"is_reference": False, "delta_auc": d, "delta_auc_lo": lo, "delta_auc_hi": hi}
     return out
@@ -389,25 +389,6 @@ def target_probability(table: pd.DataFrame, finding: str) -> np.ndarray:
     return z[:, 1] / z.sum(axis=1)
 
 
-def _auc_row(y: np.ndarray, p: np.ndarray, patients: np.ndarray, n_boot: int, seed: int, ci: float) -> dict:
-    """AUC with a patient-bootstrap interval; at perfect separation (AUC 0 or 1), where every
-    resample agrees and the bootstrap collapses, the exact bound of
-    :func:`scxnn.metrics.separation_auc_ci` instead, and where the bootstrap collapses at another
-    value (tied scores) the distribution-free bound of :func:`scxnn.metrics.auc_variance_ci`."""
-    lo, hi = (np.nan, np.nan)
-    auc = roc_auc(y, p)
-    if auc in (0.0, 1.0):
-        pid = np.asarray(patients)
-        lo, hi = separation_auc_ci(len(np.unique(pid[y == 1])), len(np.unique(pid[y == 0])), auc, ci)
-    elif np.isfinite(auc):
-        lo, hi = patient_bootstrap(patients, lambda idx: {"auc": roc_auc(y[idx], p[idx])}, n_boot, seed, ci)["auc"]
-        if not lo < hi:  # every resample agreed (tied scores, one positive patient): the exact-variance bound
-            pid = np.asarray(patients)
-            vlo, vhi = auc_variance_ci(auc, len(np.unique(pid[y == 1])), len(np.unique(pid[y == 0])), ci)
-            lo, hi = min(lo, vlo), max(hi, vhi)
-    return {"n_pos": int(y.sum()), "n_neg": int(len(y) - y.sum()), "auc": auc, "auc_lo": lo, "auc_hi": hi}
-
-
 def auc_per_finding(table: pd.DataFrame, findings: Sequence[str], n_boot: int, seed: int,
                     ci: float = 0.95) -> pd.DataFrame:
     """Each finding model's ROC AUC, target vs not-target (normal films and other findings alike),
@@ -426,7 +407,7 @@ def auc_per_finding(table: pd.DataFrame, findings: Sequence[str], n_boot: int, s
         sub = table[mask]
         y = _positive(sub[finding]).astype(int)
         rows.append({"finding": finding, "scope": scope,
-                     **_auc_row(y, target_probability(sub, finding), sub["patient_id"].to_numpy(), n_boot, seed, ci)})
+                     **auc_with_ci(y, target_probability(sub, finding), sub["patient_id"].to_numpy(), n_boot, seed, ci)})
     return pd.DataFrame(rows)
 
 
@@ -436,7 +417,7 @@ def svm_auc(table: pd.DataFrame, n_boot: int, seed: int, ci: float = 0.95) -> pd
     rows = []
     for name, mask in evaluation_sets(table).items():
         sub = table[mask]
-        rows.append({"set": name, **_auc_row(sub["abnormal"].to_numpy(int), _score(sub),
+        rows.append({"set": name, **auc_with_ci(sub["abnormal"].to_numpy(int), _score(sub),
                                              sub["patient_id"].to_numpy(), n_boot, seed, ci)})
     return pd.DataFrame(rows)
 
@@ -698,7 +679,7 @@ def published_comparison(table: pd.DataFrame, threshold: float, published: Mappi
     for name, mask in evaluation_sets(table).items():
         sub = table[mask]
         y, s, pid = sub["abnormal"].to_numpy(int), _score(sub), sub["patient_id"].to_numpy()
-        auc = _auc_row(y, s, pid, n_boot, seed, ci)
+        auc = auc_with_ci(y, s, pid, n_boot, seed, ci)
         for point, t in (("definite_normal", threshold), ("svm_boundary", 0.0)):
             pred = (s >= t).astype(int)
             m = screening_with_ci(y, pred, pid, n_boot, seed, ci)

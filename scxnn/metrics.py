@@ -238,6 +238,27 @@ def roc_auc(y: Sequence[int], p: Sequence[float]) -> float:
     return float((rankdata(p)[y == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * (len(y) - n_pos)))
 
 
+def auc_with_ci(y: np.ndarray, p: np.ndarray, patients: np.ndarray, n_boot: int, seed: int, ci: float) -> dict:
+    """``{n_pos, n_neg, auc, auc_lo, auc_hi}``: the ROC AUC of scores ``p`` for labels ``y`` with a
+    patient-bootstrap interval (``patients``: one id per row). At perfect separation (AUC 0 or 1),
+    where every resample agrees and the bootstrap collapses, the exact bound of
+    :func:`separation_auc_ci` instead; where it collapses at another value (tied scores), the
+    distribution-free bound of :func:`auc_variance_ci`. The one AUC-with-interval of every table."""
+    y, p = np.asarray(y, dtype=int), np.asarray(p, dtype=float)
+    lo, hi = (np.nan, np.nan)
+    auc = roc_auc(y, p)
+    if auc in (0.0, 1.0):
+        pid = np.asarray(patients)
+        lo, hi = separation_auc_ci(len(np.unique(pid[y == 1])), len(np.unique(pid[y == 0])), auc, ci)
+    elif np.isfinite(auc):
+        lo, hi = patient_bootstrap(patients, lambda idx: {"auc": roc_auc(y[idx], p[idx])}, n_boot, seed, ci)["auc"]
+        if not lo < hi:  # every resample agreed (tied scores, one positive patient): the exact-variance bound
+            pid = np.asarray(patients)
+            vlo, vhi = auc_variance_ci(auc, len(np.unique(pid[y == 1])), len(np.unique(pid[y == 0])), ci)
+            lo, hi = min(lo, vlo), max(hi, vhi)
+    return {"n_pos": int(y.sum()), "n_neg": int(len(y) - y.sum()), "auc": auc, "auc_lo": lo, "auc_hi": hi}
+
+
 def paired_auc_delta(
     abnormal: Sequence[int],
     scores_a: Sequence[float],

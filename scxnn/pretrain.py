@@ -6,9 +6,12 @@ study`` gives every per-finding model (and every variant with the same backbone 
 another start: one encoder per backbone, pretrained once on the profile's internal training films.
 
 * **Task**: a multi-label classifier over the study's findings, one logit each (binary
-  cross-entropy over the labels that are known: hard and weak labels alike; NA is left out). No
-  decoder, no masks: the trunk learns what chest films and their findings look like, and the
-  per-finding models then learn their own task (3-way head, lesion reconstruction) on top of it.
+  cross-entropy over the labels that are known: hard and weak labels alike; NA is left out). With
+  ``pretrain.masks`` (the shipped trunk's ``params/trunk.yaml``) a U-Net decoder also reconstructs
+  the film's dilated lesions (+ ``model.recon_weight`` x MSE, hard-labelled films only), so the
+  per-finding models get a decoder start too; without it, labels only and no decoder. The trunk
+  learns what chest films and their findings look like, and the per-finding models then learn
+  their own task (3-way head, lesion reconstruction) on top of it.
 * **Films**: the ``train`` split only (the same films the per-finding models train on); the
   ``val`` split's hard-labelled films give the mean per-finding AUC logged each epoch. Test and
   evaluation sites are never read.
@@ -17,12 +20,13 @@ another start: one encoder per backbone, pretrained once on the profile's intern
   is seen about equally often. Adam with a cosine learning-rate decay over the whole budget; the
   training augmentations of ``train.augment_*``.
 * **Output**: ``runs/<profile>/trunk/<backbone>-<preprocessing fingerprint>/trunk.pt``: under
-  ``model`` an SCXNN state dict holding the encoder only (what
+  ``model`` an SCXNN state dict holding the encoder, and the decoder with masks (what
   :meth:`scxnn.models.SCXNN.load_pretrained` reads), and beside it the multi-label head (``head``),
   the resolved config and the history (also ``history.csv``). ``last.pt`` is written atomically
   every epoch, so a killed run resumes; draws and augmentations are pure functions of (seed, epoch,
   index). The steps, the resumption and the checkpoints are :mod:`scxnn.loop`'s, as for the
-  per-finding models.
+  per-finding models. :func:`build_trunk` (``make trunk``) also scores the finished head per finding
+  (:func:`head_auc`; ``head_auc.csv``, and a table in the shipped card).
   A trunk is reused as long as the settings it was made with are unchanged; otherwise it is rebuilt.
   Parallel jobs that need the same trunk wait for the one that builds it (a file lock).
 """
@@ -49,6 +53,7 @@ from scxnn.dataset import ANY_FINDING, RadiographDataset, load_study_manifest, m
 from scxnn.hardware import bf16_supported, machine_description, resolve_device
 from scxnn.loop import evaluate, optimise, prepare_run_dir, resumable, save_epoch
 from scxnn.losses import recon_mse
+from scxnn.metrics import auc_with_ci, fmt_ci
 from scxnn.models import Encoder, UNetDecoder
 from scxnn.pixels import fingerprint
 from scxnn.utils import atomic_open, atomic_write_text, file_lock, seed_everything, sha256_file
@@ -57,6 +62,7 @@ from scxnn.weights import CARD_NAME, trunk_sha256_path
 log = logging.getLogger("scxnn")
 
 TRUNK_NAME = "trunk.pt"
+HEAD_AUC_NAME = "head_auc.csv"  # the finished trunk's head, per finding, on its validation films
 # The settings a trunk depends on; any change rebuilds it (the per-finding settings do not matter).
 TRUNK_SECTIONS = ("seed", "findings", "data", "preprocess", "pretrain")
 TRUNK_MODEL_KEYS = ("backbone", "decoder", "decoder_widths", "recon_weight", "dilate_mask")
@@ -228,6 +234,7 @@ class _TrunkData:
     findings: list[str]
     y_tr: np.ndarray
     y_va: np.ndarray
+    va_patients: np.ndarray  # one id per validation film (the bootstrap's unit)
     y_tr_t: torch.Tensor
     ds: RadiographDataset
     val_ds: RadiographDataset
@@ -249,7 +256,7 @@ def _trunk_data(cfg: Config, manifest, seed: int) -> _TrunkData:
     tr_, va_ = (tr, va) if decode else (tr.assign(masks=""), va.assign(masks=""))
     ds = RadiographDataset(tr_, base, ANY_FINDING, np.arange(len(tr)), rec_cfg, augment=True, seed=seed)
     val_ds = RadiographDataset(va_, base, ANY_FINDING, np.arange(len(va)), rec_cfg, augment=False)
-    return _TrunkData(findings, y_tr, y_va, torch.from_numpy(y_tr), ds, val_ds, decode)
+    return _TrunkData(findings, y_tr, y_va, va["patient_id"].astype(str).to_numpy(), torch.from_numpy(y_tr), ds, val_ds, decode)
 
 
 def _trunk_optimisation(cfg: Config, decode: bool, device: torch.device):
@@ -321,13 +328,58 @@ def _save_trunk(path: Path, model: TrunkNet, settings: dict, cfg: Config, histor
     return path
 
 
+def head_auc(cfg: Config, trunk_pt: Path, manifest=None) -> pd.DataFrame:
+    """The finished trunk's own multi-label head (``trunk.pt``'s ``head``) on its validation films,
+    per finding: columns finding, n_pos, n_neg, auc, auc_lo, auc_hi (:func:`scxnn.metrics.auc_with_ci`,
+    patients resampled). The epoch log keeps only the mean, and one pretraining is a draw whose
+    findings part by 0.2 in AUC from one draw to the next (docs/method-and-training.md), so this is
+    what to read before a trunk ships. Its mean is the log's last ``val_mean_auc``."""
+    obj = torch.load(trunk_pt, map_location="cpu", weights_only=True)
+    if not isinstance(obj, dict) or "head" not in obj:
+        raise ValueError(f"{trunk_pt}: no multi-label head (a shipped file, or a trunk.pt from before the head was kept); "
+                         "give the pretraining's own trunk.pt")
+    device = resolve_device(cfg)
+    seed = sample_seed(cfg.seed, 0x7E)
+    data = _trunk_data(cfg, manifest, seed)
+    model = TrunkNet(cfg.model.backbone, len(data.findings), cfg.model.decoder_widths if data.decode else None)
+    model.load_state_dict({**obj["model"], **{f"fc.{k}": v for k, v in obj["head"].items()}})
+    model = model.to(device)
+    if cfg.train.channels_last:  # the layout it was trained and logged in: bf16 scores depend on it
+        model = model.to(memory_format=torch.channels_last)
+    p = _trunk_val_probs(model, data, cfg, seed, device)
+    rows = []
+    for j, finding in enumerate(data.findings):
+        known = ~np.isnan(data.y_va[:, j])
+        rows.append({"finding": finding, **auc_with_ci(data.y_va[known, j].astype(int), p[known, j], data.va_patients[known],
+                                                        cfg.evaluate.bootstrap, cfg.seed, cfg.evaluate.ci)})
+    return pd.DataFrame(rows)
+
+
+def _head_auc_markdown(head: pd.DataFrame, ci: float) -> str:
+    rows = [f"| {r.finding} | {fmt_ci(r.auc, r.auc_lo, r.auc_hi)} | {r.n_pos} | {r.n_neg} |" for r in head.itertuples()]
+    return "\n".join([f"| finding | AUC [{ci:.0%} CI] | positives | negatives |", "|---|---|---|---|", *rows,
+                      f"| **mean** | {fmt_ci(head['auc'].mean())} | | |"])
+
+
+def _warn_weak_findings(head: pd.DataFrame) -> list[str]:
+    """The findings whose head AUC interval reaches down to 0.5 (the head does not separate them), each logged
+    as a warning; a finding without positives among the validation films has no AUC and is not listed."""
+    weak = head[head["auc"].notna() & ~(head["auc_lo"] > 0.5)]
+    for r in weak.itertuples():
+        log.warning("trunk head: %s is not separated on the validation films (AUC %s, %d positives)", r.finding,
+                    fmt_ci(r.auc, r.auc_lo, r.auc_hi), r.n_pos)
+    return list(weak["finding"])
+
+
 # --------------------------------------------------------------------------- the shipped trunk
 
 
-def ship_trunk(cfg: Config, trunk_pt: Path, dest: Path, command: str, seconds: dict[str, float], films: dict[str, int]) -> str:
+def ship_trunk(cfg: Config, trunk_pt: Path, dest: Path, command: str, seconds: dict[str, float], films: dict[str, int],
+               head: pd.DataFrame | None = None) -> str:
     """Write the trunk at ``trunk_pt`` (from :func:`pretrain_trunk`) as the shipped file ``dest``:
     the SCXNN weights in fp16 (integer buffers as they are) under ``model``, its SHA-256 beside it,
-    and the card ``TRUNK_CARD.md`` (checksum, command, machine, wall time, resolved config, log).
+    and the card ``TRUNK_CARD.md`` (checksum, command, machine, wall time, the head's AUC per finding
+    (``head``, from :func:`head_auc`), resolved config, log).
     Returns the SHA-256."""
     obj = torch.load(trunk_pt, map_location="cpu", weights_only=True)
     sd = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in obj["model"].items()}
@@ -359,6 +411,13 @@ The objective was chosen by measurement against a labels-only trunk and against 
 scratch (docs/method-and-training.md, "The shipped trunk"), which also says whether other work shared the machine
 while it ran.
 
+## Its head on the validation films
+
+The multi-label head the trunk was trained with (not shipped), on the {films.get('val', 0):,} validation films
+of its draw; one pretraining is a draw, so read this before a rebuilt trunk replaces a shipped one.
+
+{_head_auc_markdown(head, cfg.evaluate.ci) if head is not None else "Not measured."}
+
 ## Training log
 
 {_markdown_table(hist)}
@@ -381,7 +440,9 @@ def _markdown_table(df: pd.DataFrame) -> str:
 def build_trunk(cfg: Config, out_dir: Path | None = None, ship_to: Path | None = None, command: str = "make trunk",
                 progress: bool = True) -> tuple[Path, str | None]:
     """The whole trunk job: the profile's synthetic draw, preprocessed; the pretraining (resumable);
-    with ``ship_to``, the shipped file and its card. Returns (trunk.pt, SHA-256 of the shipped file or None)."""
+    its head's per-finding AUC (``head_auc.csv`` beside ``trunk.pt``, logged, a warning for any finding
+    it does not separate); with ``ship_to``, the shipped file and its card. Returns (trunk.pt, SHA-256
+    of the shipped file or None)."""
     from scxnn.sources import build_study_cache
 
     t0 = time.perf_counter()
@@ -395,10 +456,16 @@ def build_trunk(cfg: Config, out_dir: Path | None = None, ship_to: Path | None =
     else:
         path = pretrain_trunk(cfg, out, progress=progress)
         pre = time.perf_counter() - t1
+    head = head_auc(cfg, path)
+    with atomic_open(out / HEAD_AUC_NAME, "w") as fh:
+        head.to_csv(fh, index=False)
+    log.info("trunk head on its validation films: mean AUC %.3f; %s", head["auc"].mean(),
+             ", ".join(f"{r.finding} {r.auc:.3f}" for r in head.itertuples()))
+    _warn_weak_findings(head)
     if ship_to is None:
         return path, None
     films = {"train": int((df["split"] == "train").sum()), "val": int(((df["split"] == "val") & (df["label_type"] == "hard")).sum()),
              "hard": int(((df["split"] == "train") & (df["label_type"] == "hard")).sum())}
     data_key = "data and preprocessing" + (" (cache already built: its build is not counted)" if t1 - t0 < 60 else "")
-    sha = ship_trunk(cfg, path, Path(ship_to), command, {data_key: t1 - t0, "pretraining": pre}, films)
+    sha = ship_trunk(cfg, path, Path(ship_to), command, {data_key: t1 - t0, "pretraining": pre}, films, head)
     return path, sha

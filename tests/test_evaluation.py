@@ -12,6 +12,7 @@ import pytest
 from conftest import require_shared
 
 from scxnn import evaluation as E
+from scxnn import metrics as M
 from scxnn.ensemble import (
     DefiniteNormalSVM,
     abnormal_labels,
@@ -445,9 +446,9 @@ def test_format_ci_rounds_bounds_outward():
 
 def test_auc_at_perfect_separation_has_an_exact_lower_bound():
     y = np.r_[np.ones(30, int), np.zeros(30, int)]
-    row = E._auc_row(y, np.r_[np.full(30, 2.0), np.full(30, -2.0)] + np.arange(60) * 1e-3, np.arange(60), 200, 0, 0.95)
+    row = M.auc_with_ci(y, np.r_[np.full(30, 2.0), np.full(30, -2.0)] + np.arange(60) * 1e-3, np.arange(60), 200, 0, 0.95)
     assert row["auc"] == 1.0 and row["auc_hi"] == 1.0 and 0.6 < row["auc_lo"] < 0.95
-    flipped = E._auc_row(y, -np.r_[np.full(30, 2.0), np.full(30, -2.0)], np.arange(60), 200, 0, 0.95)
+    flipped = M.auc_with_ci(y, -np.r_[np.full(30, 2.0), np.full(30, -2.0)], np.arange(60), 200, 0, 0.95)
     assert flipped["auc"] == 0.0 and flipped["auc_lo"] == 0.0 and flipped["auc_hi"] == pytest.approx(1 - row["auc_lo"])
 
 
@@ -545,7 +546,7 @@ def test_auc_whose_bootstrap_collapses_still_gets_an_interval():
     """Tied scores (an untrained model) give AUC 0.5 in every resample: the interval must still
     say how little 1 positive and 4 negative patients tell (the smoke run's nodule row)."""
     y = np.r_[1, 0, 0, 0, 0]
-    row = E._auc_row(y, np.full(5, 0.3), np.arange(5), 200, 0, 0.95)
+    row = M.auc_with_ci(y, np.full(5, 0.3), np.arange(5), 200, 0, 0.95)
     assert row["auc"] == 0.5 and row["auc_lo"] < 0.1 and row["auc_hi"] > 0.9
 
 

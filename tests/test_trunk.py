@@ -139,3 +139,34 @@ def test_make_reports_never_rebuilds_the_trunk():
 
     assert "scxnn trunk" not in run_make("-n", *EVERYTHING_OUT_OF_DATE, "reports").stdout
     assert "scxnn trunk --profile trunk" in run_make("-n", "trunk").stdout
+
+
+def test_make_trunk_scores_its_head_per_finding_into_the_card(smoke_cache, tmp_path):
+    # The epoch log keeps only the mean AUC; a trunk whose head misses one finding must show it
+    # per finding before it ships (one pretraining is a draw).
+    cfg = load_config("smoke", {"paths.data": str(smoke_cache / "data"), "paths.runs": str(smoke_cache / "runs"),
+                                "model.pretrained": "none", "pretrain.epochs": 1, "pretrain.images_per_epoch": 8,
+                                "train.batch_size": 4, "evaluate.bootstrap": 100})
+    ship = tmp_path / "ship" / "densenet121_trunk.pt"
+    path, sha = P.build_trunk(cfg, tmp_path / "trunk", ship, progress=False)
+    head = pd.read_csv(path.parent / P.HEAD_AUC_NAME)
+    assert list(head["finding"]) == list(cfg.findings)
+    measured = head[head["auc"].notna()]
+    assert len(measured) and (measured["auc_lo"] <= measured["auc"]).all() and (measured["auc"] <= measured["auc_hi"]).all()
+    # The same head, scored again, gives the mean the log printed for its last epoch.
+    last = pd.read_csv(path.parent / P.HISTORY_NAME)["val_mean_auc"].iloc[-1]
+    assert head["auc"].mean() == pytest.approx(last, abs=1e-3)
+    card = (ship.parent / "TRUNK_CARD.md").read_text()
+    first = measured.iloc[0]
+    assert "## Its head on the validation films" in card and f"| {first['finding']} | {first['auc']:.3f} [" in card
+    # A shipped file carries no head: one clear error, not a KeyError.
+    with pytest.raises(ValueError, match="no multi-label head"):
+        P.head_auc(cfg, ship)
+
+
+def test_a_finding_the_head_does_not_separate_is_warned(caplog):
+    head = pd.DataFrame({"finding": ["nodule", "cardiomegaly", "fracture"], "n_pos": [9, 30, 0], "n_neg": [180, 159, 189],
+                         "auc": [0.58, 0.95, float("nan")], "auc_lo": [0.41, 0.90, float("nan")], "auc_hi": [0.74, 0.98, float("nan")]})
+    with caplog.at_level("WARNING", logger="scxnn"):
+        assert P._warn_weak_findings(head) == ["nodule"]
+    assert "nodule is not separated" in caplog.text and "0.580 [0.410, 0.740]" in caplog.text
