@@ -331,9 +331,10 @@ def _save_trunk(path: Path, model: TrunkNet, settings: dict, cfg: Config, histor
 def head_auc(cfg: Config, trunk_pt: Path, manifest=None) -> pd.DataFrame:
     """The finished trunk's own multi-label head (``trunk.pt``'s ``head``) on its validation films,
     per finding: columns finding, n_pos, n_neg, auc, auc_lo, auc_hi (:func:`scxnn.metrics.auc_with_ci`,
-    patients resampled). The epoch log keeps only the mean, and one pretraining is a draw whose
-    findings part by 0.2 in AUC from one draw to the next (docs/method-and-training.md), so this is
-    what to read before a trunk ships. Its mean is the log's last ``val_mean_auc``."""
+    patients resampled). The epoch log keeps only the mean, and one pretraining is a draw: two of
+    the same recipe read support device 0.715 and 0.959 (docs/method-and-training.md), so this is
+    what to read before a trunk ships. Its mean is the log's last ``val_mean_auc``. It scores the
+    validation films again (the last epoch did too) so that a reused trunk gets the same table."""
     obj = torch.load(trunk_pt, map_location="cpu", weights_only=True)
     if not isinstance(obj, dict) or "head" not in obj:
         raise ValueError(f"{trunk_pt}: no multi-label head (a shipped file, or a trunk.pt from before the head was kept); "
