@@ -241,8 +241,13 @@ def auc_per_finding(cfg: Config, table: pd.DataFrame, where: str = "") -> pd.Dat
     """ROC AUC of each finding model (target vs rest) on the internal test set, with its figure."""
     n_boot, seed, ci = cfg.evaluate.bootstrap, cfg.seed, cfg.evaluate.ci
     afd = evaluation.auc_per_finding(table, list(cfg.findings), n_boot, seed, ci)
+    # `scxnn evaluate` scores every film of its manifest as a test film of its own site, so there each
+    # row's scope is all_test: a caption saying "internal test" would misname the films.
+    scopes = set(afd["scope"])
+    films = ("internal test" if scopes == {"internal"} else "every scored test film (scope all_test)" if scopes == {"all_test"}
+             else "internal test; scope all_test: every test film, for a finding the internal test set has no positive of")
     reports.write_table(cfg, afd, "auc_per_finding",
-                        f"ROC AUC of each finding model (target vs rest, softmax of its target logit), internal test; {ci:.0%} "
+                        f"ROC AUC of each finding model (target vs rest, softmax of its target logit), {films}; {ci:.0%} "
                         f"patient-bootstrap CI (exact bound at AUC 0 or 1).{_tail(where)}",
                         headline=f"median AUC {afd.auc.median():.3f} over {afd.auc.notna().sum()} findings",
                         display=evaluation.format_ci(afd, evaluation.RATES + ("auc",)))

@@ -147,6 +147,22 @@ def test_auc_per_finding_one_row_per_model_with_its_figure(cfg):
     assert _meta(cfg, "figures", "auc_per_finding")["caption"].endswith(WHERE)
 
 
+@pytest.mark.parametrize("site", ["internal", "nih"])
+def test_auc_per_finding_caption_names_the_films_it_scored(cfg, site):
+    # `scxnn evaluate` scores every film of a manifest as a test film of the manifest's own site; the
+    # caption used to say "internal test" for those too.
+    table = scored(cfg)
+    afd = ST.auc_per_finding(cfg, table[table["split"] == "test"].assign(site=site), where=WHERE)
+    caption = _meta(cfg, "tables", "auc_per_finding")["caption"]
+    if site == "nih":
+        assert set(afd["scope"]) == {"all_test"}
+        assert "target logit), every scored test film (scope all_test);" in caption and "internal" not in caption
+    else:  # a finding with no internal positive falls back to every test film, and the caption says so
+        assert "internal" in set(afd["scope"])
+        assert "target logit), internal test;" in caption
+        assert ("all_test" in caption) == ("all_test" in set(afd["scope"]))
+
+
 def test_unseen_findings_table9_and_their_screening(cfg):
     table = scored(cfg)
     assert ST.unseen_findings(cfg, table) == list(cfg.unseen_findings)
