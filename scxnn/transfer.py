@@ -17,7 +17,11 @@ thresholds, frozen on its own validation films, applied as they stand (Table 2 a
 strict threshold: how many films with a source finding it calls normal, and what share it
 auto-reports normal); and ``figure_transfer_gradcam`` the Grad-CAM of each finding's model on the
 first few real films with that finding, by image id (image-level labels: no outline). ``TARGETS`` are the transfer AUCs issue 32 asks of the
-demo; a row says whether its lower bound, its point estimate or neither reaches them.
+demo on NIH films; a row says whether its lower bound, its point estimate or neither reaches them.
+
+Step 08 also scores a shifted population the same way when it is present: the pediatric Kermany
+films of ``../shared/realdata/kermany_dev`` (``transfer_kermany``: children aged 1–5, AP films,
+pneumonia or normal; no target, as no issue sets one).
 """
 
 from __future__ import annotations
@@ -110,7 +114,8 @@ def transfer_table(cfg: Config, run_dir: str | Path, real_root: str | Path, out_
         df = df.merge(_measures(films, labelled, n_boot, seed, ci, half), on="measure", how="left")
     df = df[["measure", *(f"study_{c}" for c in AUC_COLUMNS), "real_n_pos", "real_n_neg", *(f"real_{c}" for c in AUC_COLUMNS),
              *(f"{h}_{c}" for h in ("tuning", "confirm") for c in ("n_pos", "n_neg", *AUC_COLUMNS))]]
-    df["target"] = [TARGETS.get(m, np.nan) for m in df["measure"]]
+    targets = TARGETS if adapter == "nih" else {}  # issue 32's bar is set for adult NIH films, not for a shifted population
+    df["target"] = [targets.get(m, np.nan) for m in df["measure"]]
     df["verdict"] = [_verdict(lo, a, t) for lo, a, t in zip(df["real_auc_lo"], df["real_auc"], df["target"])]
     first = df.iloc[0]
     trained_on = "synthetic films only" if cfg.data.source == "synth" else f"{cfg.data.adapter or 'its own'} films"
@@ -120,7 +125,8 @@ def transfer_table(cfg: Config, run_dir: str | Path, real_root: str | Path, out_
         f"{adapter} films ({real_root.name}; {dropped['patients']} patient(s) left out as seen by the run) beside its own "
         f"test set (study_: the first evaluation set, internal for the synthetic study). {NORMAL_VS_ABNORMAL}: the SVM score, films the source calls normal against films it "
         f"gives any finding, mapped or not; a finding: its model's probability, the finding against every other film of known "
-        f"label. AUC with {ci:.0%} patient-bootstrap CIs; target: issue 32's transfer AUC; verdict: its lower bound "
+        f"label. AUC with {ci:.0%} patient-bootstrap CIs; target: issue 32's transfer AUC for adult NIH films"
+        f"{'' if targets else ' (none for these films)'}; verdict: its lower bound "
         f"(reached), only its point estimate, or neither reaches it. tuning_ / confirm_: the same on each half of the real "
         f"films ({int(tuning.sum())} / {int((~tuning).sum())}, by the parity of the SHA-256 of the patient id): tune a change "
         f"on the first, confirm it on the second.",
@@ -149,6 +155,23 @@ def transfer_table(cfg: Config, run_dir: str | Path, real_root: str | Path, out_
                    films=f"the first {OUTSIDE_CAM_FILMS} real {adapter} films with its finding (by image id), each",
                    films_per_finding=OUTSIDE_CAM_FILMS, films_label=f"real {adapter} films")
     return df
+
+
+def shifted_populations(cfg: Config, run_dir: str | Path, shared: str | Path, out_dir: str | Path,
+                        sources: dict[str, str], progress: bool = True) -> dict[str, pd.DataFrame | None]:
+    """:func:`transfer_table` for each shifted population of ``sources`` (adapter: folder below
+    ``shared``; step 08 passes ``{"kermany": "realdata/kermany_dev"}``), each in ``out_dir/<adapter>``.
+    The profile's own source is skipped, with a log line: a run trained on those films would be
+    scored on its own held-out patients, not on a shifted population. A value is None where the
+    folder is absent or skipped."""
+    tables: dict[str, pd.DataFrame | None] = {}
+    for adapter, folder in sources.items():
+        if cfg.data.source == "adapter" and cfg.data.adapter == adapter:
+            log.info("%s: the films the %s profile learnt from, not a shifted population; not scored", adapter, cfg.profile)
+            tables[adapter] = None
+            continue
+        tables[adapter] = transfer_table(cfg, run_dir, Path(shared) / folder, Path(out_dir) / adapter, adapter=adapter, progress=progress)
+    return tables
 
 
 SCORED_KEY = ("image_id", "source_sha256")

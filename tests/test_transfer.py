@@ -8,11 +8,11 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT, require_shared
+from conftest import ROOT, SHARED, require_shared
 
 from scxnn.config import load_config
 from scxnn.study_tables import OUTSIDE_CAM_FILMS
-from scxnn.transfer import NORMAL_VS_ABNORMAL, TARGETS, compare_scored, transfer_table, tuning_half
+from scxnn.transfer import NORMAL_VS_ABNORMAL, TARGETS, compare_scored, shifted_populations, transfer_table, tuning_half
 
 NIH_FINDINGS = ("pneumothorax", "pleural_effusion", "nodule", "consolidation", "atelectasis", "cardiomegaly")
 
@@ -22,6 +22,18 @@ def test_without_the_real_films_the_step_says_so_and_writes_nothing(tmp_path, ca
     with caplog.at_level("WARNING", logger="scxnn"):
         assert transfer_table(cfg, tmp_path / "no_run", tmp_path / "absent", tmp_path / "out") is None
     assert "no real films at" in caplog.text and not (tmp_path / "reports").exists()
+
+
+@pytest.mark.parametrize("profile", ["smoke", "kermany"], ids=["synthetic-run-absent-folder", "kermany-run-own-source"])
+def test_a_shifted_population_absent_or_the_profiles_own_source_gets_no_table(tmp_path, caplog, profile):
+    # The kermany profile learns from kermany_dev: scoring it there would be its own test patients,
+    # not a shifted population, so it is skipped even where the folder exists.
+    cfg = load_config(profile, {"paths.reports": str(tmp_path / "reports")})
+    folder = "realdata/kermany_dev" if profile == "kermany" else "absent"
+    with caplog.at_level("INFO", logger="scxnn"):
+        out = shifted_populations(cfg, tmp_path / "no_run", SHARED, tmp_path / "out", {"kermany": folder})
+    assert out == {"kermany": None} and not (tmp_path / "reports").exists()
+    assert ("not a shifted population" if profile == "kermany" else "no real films at") in caplog.text
 
 
 def test_the_tuning_half_is_fixed_by_the_patient_id_alone():
@@ -85,6 +97,27 @@ def test_the_smoke_run_on_real_nih_films(smoke_study):
     assert "called normal" in json.loads((tables / "transfer_nih_screening.json").read_text())["headline"]
     # The step's folder carries its resolved config, as every step's does.
     assert (smoke_study / "08_transfer" / "config.resolved.yaml").is_file()
+
+
+@pytest.mark.pipeline
+@pytest.mark.realdata
+def test_the_smoke_run_on_a_shifted_population_pediatric_films(smoke_study):
+    # Children's films label none of the 13 findings: one row, normal vs abnormal, and no target
+    # (issue 32's bar is set for adult NIH films). Every film is scored, pneumonia counts as abnormal.
+    labels = pd.read_csv(require_shared("realdata", "kermany_dev", "labels.csv"))
+    tables = ROOT / "reports" / "tables" / "smoke"
+    t = pd.read_csv(tables / "transfer_kermany.csv", keep_default_na=False, na_values=[""])  # "n/a" is a verdict, not NaN
+    assert t["measure"].tolist() == [NORMAL_VS_ABNORMAL]
+    row = t.iloc[0]
+    assert (row["real_n_neg"], row["real_n_pos"]) == (int((labels["normal"] == 1).sum()), int((labels["pneumonia"] == 1).sum()))
+    assert row["real_auc_lo"] < row["real_auc"] < row["real_auc_hi"]
+    assert np.isnan(row["target"]) and row["verdict"] == "n/a"
+    assert "real kermany films" in json.loads((tables / "transfer_kermany.json").read_text())["caption"]
+    scr = pd.read_csv(tables / "transfer_kermany_screening.csv")
+    assert (scr["tn"] + scr["fn"] + scr["fp"] + scr["tp"] == len(labels)).all()
+    # Its own folder: the NIH scoring that `scxnn compare-scored` reads stays where the docs say.
+    assert (smoke_study / "08_transfer" / "kermany" / "scored" / "logits.parquet").is_file()
+    assert (smoke_study / "08_transfer" / "scored" / "logits.parquet").is_file()
 
 
 # --------------------------------------------------------------------------- two scorings of the same films
